@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv if missing.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+# Everything runs offline: no hub, no telemetry, no wandb.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export WANDB_MODE := disabled
+export AXOLOTL_DO_NOT_TRACK := 1
+export DO_NOT_TRACK := 1
+export TOKENIZERS_PARALLELISM := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint install
+
+# torch first, from the CPU wheel on local disk (otherwise pip pulls a multi-GB CUDA build),
+# then the package with the tested versions pinned by constraints.txt.
+$(BIN)/.nextquill-installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==2.13.0" -c constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[deepspeed,dev]"
+	touch $@
+
+install: $(BIN)/.nextquill-installed
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m nextquill_plugin.demo
+
+test: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

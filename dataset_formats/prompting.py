@@ -1,0 +1,198 @@
+"""Paired prompts for NextQuill: with the user's history and counterfactual (history removed).
+
+Both prompts of a sample end with the same target tokens (review text + EOS), tokenized once,
+so the trainer can align the two forward passes token by token. Only the history block differs.
+The layout follows the authors' prompt (../shared/research/reference-and-data.md).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nextquill_plugin.args import DEFAULT_SYSTEM_PROMPT
+
+IGNORE_INDEX = -100
+
+DEFAULT_FIELD_LABELS: dict[str, str] = {
+    "item_title": "[Item Title]",
+    "item_description": "[Item Description]",
+    "history": "[User's Past Reviews]",
+    "review": "[Review {i}]",
+    "review_item_title": "- [Item Title]",
+    "review_item_description": "- [Item Description]",
+    "review_rating": "- [Review Rating]",
+    "review_title": "- [Review Title]",
+    "review_text": "- [Review Text]",
+    "output_rating": "[Output Review Rating]",
+    "output_title": "[Output Review Title]",
+    "query": "[Query]",
+    "history_entry": "[Entry {i}]",
+}
+
+# Bit flags recorded per row in ``nq_truncation`` (see ``describe_truncation``).
+DROPPED_OLD_HISTORY = 1
+SHORTENED_DESCRIPTIONS = 2
+DROPPED_ALL_HISTORY = 4
+CUT_TARGET = 8
+_FLAG_NAMES = {
+    DROPPED_OLD_HISTORY: "oldest history entries dropped",
+    SHORTENED_DESCRIPTIONS: "descriptions shortened",
+    DROPPED_ALL_HISTORY: "all history dropped",
+    CUT_TARGET: "target cut",
+}
+# Character limits tried, in order, when descriptions must be shortened.
+DESCRIPTION_LIMITS = (1000, 500, 250, 100, 40, 0)
+
+
+@dataclass
+class PromptSettings:
+    """What the recipe's ``nextquill_*`` prompt keys say."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    placeholder: str = "None"
+    history_k: int = 8
+    selection: str = "recent"
+    include_history: bool = True
+    emit_counterfactual: bool = True
+    labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FIELD_LABELS))
+    sequence_len: int = 2048
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> PromptSettings:
+        def get(key: str, default: Any) -> Any:
+            value = cfg.get(key) if hasattr(cfg, "get") else None
+            return default if value is None else value
+
+        labels = dict(DEFAULT_FIELD_LABELS)
+        unknown = set(get("nextquill_field_labels", {})) - set(labels)
+        if unknown:
+            raise ValueError(
+                f"nextquill_field_labels has unknown keys {sorted(unknown)}; known: {sorted(labels)}"
+            )
+        labels.update(get("nextquill_field_labels", {}))
+        selection = get("nextquill_history_selection", "recent")
+        return cls(
+            system_prompt=get("nextquill_system_prompt", DEFAULT_SYSTEM_PROMPT),
+            placeholder=get("nextquill_history_placeholder", "None"),
+            history_k=int(get("nextquill_history_k", 8)),
+            selection=str(selection),
+            include_history=bool(get("nextquill_include_history", True)),
+            # Counterfactual prompts are only needed by the NextQuill trainer.
+            emit_counterfactual=bool(get("nextquill", False)),
+            labels=labels,
+            sequence_len=int(get("sequence_len", 2048)),
+        )
+
+
+def describe_truncation(counts: Mapping[int, int]) -> str:
+    """Human-readable summary of a Counter of ``nq_truncation`` flags."""
+    per_reason: Counter[str] = Counter()
+    for flags, n in counts.items():
+        for bit, name in _FLAG_NAMES.items():
+            if flags & bit:
+                per_reason[name] += n
+    return ", ".join(f"{name}: {n} rows" for name, n in per_reason.most_common())
+
+
+class PromptRenderer:
+    """Turns (system, user) text into prompt token ids ending at the assistant's turn."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.use_chat_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def prompt_ids(self, system: str, user: str) -> list[int]:
+        if self.use_chat_template:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = f"{system}\n\n{user}\n\n### Review:\n"
+            if self.tokenizer.bos_token:
+                text = self.tokenizer.bos_token + text
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def target_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError(
+                "The tokenizer has no eos_token; set special_tokens.eos_token in the recipe."
+            )
+        return [*ids, self.tokenizer.eos_token_id]
+
+
+# A history entry renders itself given a description limit (None: full description).
+HistoryEntry = Callable[[int | None], str]
+# Builds the user message from the rendered history block and a description limit.
+UserMessage = Callable[[str, int | None], str]
+
+
+def build_paired_example(
+    renderer: PromptRenderer,
+    settings: PromptSettings,
+    user_message: UserMessage,
+    history: Sequence[HistoryEntry],
+    target_text: str,
+    history_block: Callable[[list[str]], str],
+) -> dict[str, Any]:
+    """Tokenize one sample into the columns the NextQuill trainer consumes.
+
+    ``history`` is ordered most important first (newest, or most relevant); when the sample
+    does not fit ``sequence_len`` the entries at the end are dropped first, then long
+    descriptions are shortened, then (only if nothing else helps) the history is removed and
+    at last the target is cut. The item, the output rating/title and the assistant header are
+    never cut.
+    """
+    budget = settings.sequence_len
+    target = renderer.target_ids(target_text)
+    entries = list(history[: settings.history_k]) if settings.include_history else []
+    flags = 0
+
+    def with_history_ids(kept: Sequence[HistoryEntry], limit: int | None) -> list[int]:
+        block = history_block([entry(limit) for entry in kept]) if kept else settings.placeholder
+        return renderer.prompt_ids(settings.system_prompt, user_message(block, limit))
+
+    limit: int | None = None
+    prompt = with_history_ids(entries, limit)
+    while len(prompt) + len(target) > budget and len(entries) > 1:
+        entries.pop()
+        flags |= DROPPED_OLD_HISTORY
+        prompt = with_history_ids(entries, limit)
+    for candidate in DESCRIPTION_LIMITS:
+        if len(prompt) + len(target) <= budget:
+            break
+        limit, flags = candidate, flags | SHORTENED_DESCRIPTIONS
+        prompt = with_history_ids(entries, limit)
+    if len(prompt) + len(target) > budget and entries:
+        entries, flags = [], flags | DROPPED_ALL_HISTORY
+        prompt = with_history_ids(entries, limit)
+    cf_prompt = renderer.prompt_ids(
+        settings.system_prompt, user_message(settings.placeholder, limit)
+    )
+    longest_prompt = max(len(prompt), len(cf_prompt))
+    if longest_prompt + len(target) > budget:
+        room = budget - longest_prompt
+        if room < 2:
+            raise ValueError(
+                f"sequence_len={budget} cannot hold even the prompt without history "
+                f"({longest_prompt} tokens); raise sequence_len."
+            )
+        target, flags = [*target[: room - 1], target[-1]], flags | CUT_TARGET
+
+    row: dict[str, Any] = {
+        "input_ids": prompt + target,
+        "attention_mask": [1] * (len(prompt) + len(target)),
+        "labels": [IGNORE_INDEX] * len(prompt) + target,
+        "nq_history_kept": len(entries),
+        "nq_truncation": flags,
+    }
+    if settings.emit_counterfactual:
+        # A row whose history had to go entirely has no causal contrast: no counterfactual.
+        has_pair = bool(entries)
+        row["cf_input_ids"] = cf_prompt + target if has_pair else []
+        row["cf_labels"] = [IGNORE_INDEX] * len(cf_prompt) + target if has_pair else []
+    return row

@@ -1,0 +1,97 @@
+"""Collator that pads the with-history batch, the counterfactual batch and the token weights."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
+
+from .causal import IGNORE_INDEX, targets_per_row
+from .objective import (
+    COUNTERFACTUAL_IDS,
+    COUNTERFACTUAL_LABELS,
+    COUNTERFACTUAL_MASK,
+    HAS_COUNTERFACTUAL,
+    INFO_COLUMNS,
+    TOKEN_WEIGHTS,
+)
+
+# Columns the dataset types emit (or the weight pass adds) besides the usual input_ids/labels.
+NEXTQUILL_COLUMNS = (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS, TOKEN_WEIGHTS)
+
+
+def pad_sequences(
+    sequences: list[list[int | float]],
+    value: int | float,
+    *,
+    side: str = "right",
+    multiple_of: int | None = None,
+    min_length: int = 1,
+    dtype: torch.dtype = torch.long,
+) -> torch.Tensor:
+    """Pad ragged lists to one ``[batch, length]`` tensor (length rounded up to ``multiple_of``)."""
+    length = max([min_length, *(len(s) for s in sequences)])
+    if multiple_of:
+        length = math.ceil(length / multiple_of) * multiple_of
+    out = torch.full((len(sequences), length), value, dtype=dtype)
+    for i, seq in enumerate(sequences):
+        if not len(seq):
+            continue
+        row = torch.as_tensor(seq, dtype=dtype)
+        if side == "right":
+            out[i, : len(seq)] = row
+        else:
+            out[i, length - len(seq) :] = row
+    return out
+
+
+@dataclass
+class NextQuillDataCollator(DataCollatorForSeq2Seq):
+    """Axolotl's seq2seq collator plus the counterfactual sequence and per-token weights.
+
+    Rows without a counterfactual prompt (an ordinary SFT dataset mixed into the recipe) get
+    ``has_counterfactual = False``: the trainer gives them plain cross-entropy (weight 1) and
+    no second pass. Token weights are padded with 0 to the longest target of the batch; the
+    trainer reads the first ``n_targets`` of each row, in the row-major order of the labels.
+    """
+
+    def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None):
+        features = [dict(f) for f in features]  # the dataset's rows must not be mutated
+        extras = [
+            {k: f.pop(k, None) for k in (*NEXTQUILL_COLUMNS, *INFO_COLUMNS)} for f in features
+        ]
+        batch = super().__call__(features, return_tensors=return_tensors)
+        if all(e[COUNTERFACTUAL_IDS] is None for e in extras) and all(
+            e[TOKEN_WEIGHTS] is None for e in extras
+        ):
+            return batch  # no NextQuill rows at all: an ordinary batch
+
+        side = getattr(self.tokenizer, "padding_side", "right") or "right"
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        cf_ids = [e[COUNTERFACTUAL_IDS] or [] for e in extras]
+        cf_labels = [e[COUNTERFACTUAL_LABELS] or [] for e in extras]
+        multiple = self.pad_to_multiple_of
+        batch[COUNTERFACTUAL_IDS] = pad_sequences(cf_ids, pad_id, side=side, multiple_of=multiple)
+        batch[COUNTERFACTUAL_LABELS] = pad_sequences(
+            cf_labels, IGNORE_INDEX, side=side, multiple_of=multiple
+        )
+        batch[COUNTERFACTUAL_MASK] = pad_sequences(
+            [[1] * len(s) for s in cf_ids], 0, side=side, multiple_of=multiple
+        )
+        batch[HAS_COUNTERFACTUAL] = torch.tensor([len(s) > 0 for s in cf_ids], dtype=torch.bool)
+        weights = [e[TOKEN_WEIGHTS] for e in extras]
+        if any(w is not None for w in weights):
+            # Rows without weights (mixed-in SFT rows) weigh every target token 1.
+            n_targets = targets_per_row(batch["labels"]).tolist()
+            batch[TOKEN_WEIGHTS] = pad_sequences(
+                [
+                    w if w is not None else [1.0] * n
+                    for w, n in zip(weights, n_targets, strict=True)
+                ],
+                0.0,
+                dtype=torch.float32,
+            )
+        return batch

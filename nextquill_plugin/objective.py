@@ -1,0 +1,167 @@
+"""One micro-batch of the NextQuill objective: the two passes, the weights, the loss.
+
+Framework-free (a transformers model and a collated batch in, a loss out) so that the trainer is
+thin glue and the whole step can be tested and reused without Axolotl.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .causal import (
+    NextQuillLoss,
+    causal_effects,
+    nextquill_loss,
+    preference_weights,
+    targets_per_row,
+    token_log_probs,
+)
+from .forward import resolve_lm_head, target_logits
+
+COUNTERFACTUAL_IDS = "cf_input_ids"
+COUNTERFACTUAL_LABELS = "cf_labels"
+COUNTERFACTUAL_MASK = "cf_attention_mask"
+HAS_COUNTERFACTUAL = "has_counterfactual"
+TOKEN_WEIGHTS = "nq_token_weights"
+# Book-keeping columns of the dataset types; never passed to the model.
+INFO_COLUMNS = ("nq_history_kept", "nq_truncation")
+BATCH_KEYS = (
+    COUNTERFACTUAL_IDS,
+    COUNTERFACTUAL_LABELS,
+    COUNTERFACTUAL_MASK,
+    HAS_COUNTERFACTUAL,
+    TOKEN_WEIGHTS,
+    *INFO_COLUMNS,
+)
+
+
+@dataclass(frozen=True)
+class NextQuillSettings:
+    """The knobs of the objective (see the README's config table for the recipe keys)."""
+
+    alpha: float = 0.05
+    delta: float = 0.05
+    high_weight: float = 0.9
+    low_weight: float = 0.1
+    token_weighting: bool = True
+    causal_loss: bool = True
+    weight_source: str = "initial"
+    weight_causal_loss: bool = True
+
+
+@dataclass
+class BatchLoss:
+    """The loss of a micro-batch and what the trainer logs about it."""
+
+    loss: NextQuillLoss
+    weights: torch.Tensor  # [N] omega_t used
+    causal_token_mask: torch.Tensor  # [N] tokens of rows that have a counterfactual prompt
+    n_tokens: int
+    outputs: Any  # the with-history model outputs (hidden states, last-position logits)
+
+
+def flatten_row_weights(padded: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` zero-padded per-row weights -> ``[N]`` in row-major target order."""
+    valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < counts[:, None]
+    return padded[valid]
+
+
+def counterfactual_logits(
+    model: nn.Module,
+    lm_head: nn.Module,
+    batch: dict[str, Any],
+    expected_ids: torch.Tensor,
+    with_grad: bool,
+) -> torch.Tensor:
+    """Logits of the counterfactual prompts at their target positions (rows that have one)."""
+    has_cf = batch[HAS_COUNTERFACTUAL]
+    with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+        logits, targets, _ = target_logits(
+            model,
+            lm_head,
+            batch[COUNTERFACTUAL_IDS][has_cf],
+            batch[COUNTERFACTUAL_MASK][has_cf],
+            batch[COUNTERFACTUAL_LABELS][has_cf],
+        )
+    if not torch.equal(targets.token_ids, expected_ids):
+        raise ValueError(
+            "NextQuill: the counterfactual prompt's target tokens differ from the with-history "
+            "target tokens; a dataset type must give both prompts the same target."
+        )
+    return logits
+
+
+def compute_batch_loss(
+    model: nn.Module,
+    batch: dict[str, Any],
+    settings: NextQuillSettings,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> BatchLoss:
+    """L = Ln + alpha * Lp for a collated batch (see ``NextQuillDataCollator``).
+
+    ``num_items_in_batch`` is the number of target tokens of the whole gradient-accumulation
+    window; the summed losses are divided by it, so that gradients do not depend on how the
+    window is split into micro-batches. None divides by this micro-batch's target tokens.
+    """
+    batch = dict(batch)
+    extras = {key: batch.pop(key, None) for key in BATCH_KEYS}
+    batch.pop("num_items_in_batch", None)
+    labels = batch.pop("labels")
+    lm_head = resolve_lm_head(model)
+    logits_with, targets, outputs = target_logits(
+        model, lm_head, batch.pop("input_ids"), batch.pop("attention_mask", None), labels, **batch
+    )
+    token_ids = targets.token_ids
+    has_cf = extras[HAS_COUNTERFACTUAL]
+    if has_cf is None:
+        has_cf = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
+    causal_token_mask = has_cf.to(token_ids.device)[targets.rows]
+
+    weights = torch.ones_like(token_ids, dtype=torch.float32)
+    if settings.token_weighting and extras[TOKEN_WEIGHTS] is not None:
+        weights = flatten_row_weights(extras[TOKEN_WEIGHTS], targets_per_row(labels)).to(
+            weights.device
+        )
+        if weights.shape != token_ids.shape:
+            raise ValueError(
+                f"NextQuill: {weights.shape[0]} token weights for {token_ids.shape[0]} target tokens; "
+                "the weight cache belongs to other data. Delete it or set nextquill_weight_cache_dir."
+            )
+
+    current_weights = settings.token_weighting and settings.weight_source == "current"
+    logits_without = None
+    if (settings.causal_loss or current_weights) and bool(has_cf.any()):
+        logits_without = counterfactual_logits(
+            model,
+            lm_head,
+            {**extras, HAS_COUNTERFACTUAL: has_cf},
+            token_ids[causal_token_mask],
+            with_grad=settings.causal_loss,
+        )
+    if current_weights and logits_without is not None:
+        with torch.no_grad():  # the authors' variant: weights from the model being trained
+            paired_ids = token_ids[causal_token_mask]
+            effects = causal_effects(
+                token_log_probs(logits_with[causal_token_mask], paired_ids).exp(),
+                token_log_probs(logits_without, paired_ids).exp(),
+            )
+            weights[causal_token_mask] = preference_weights(
+                effects, settings.delta, settings.high_weight, settings.low_weight
+            )
+
+    n_tokens = int(token_ids.numel())
+    loss = nextquill_loss(
+        logits_with,
+        token_ids,
+        weights,
+        logits_without_history=logits_without if settings.causal_loss else None,
+        causal_token_mask=causal_token_mask,
+        alpha=settings.alpha if settings.causal_loss else 0.0,
+        weight_causal_loss=settings.weight_causal_loss,
+        normalizer=num_items_in_batch if num_items_in_batch else max(n_tokens, 1),
+    )
+    return BatchLoss(loss, weights, causal_token_mask, n_tokens, outputs)

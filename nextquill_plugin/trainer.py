@@ -1,0 +1,78 @@
+"""AxolotlTrainer subclass whose compute_loss is NextQuill's L = Ln + alpha * Lp."""
+
+from __future__ import annotations
+
+from axolotl.core.trainers.base import AxolotlTrainer
+from typing_extensions import override
+
+from .objective import (
+    COUNTERFACTUAL_IDS,
+    COUNTERFACTUAL_LABELS,
+    TOKEN_WEIGHTS,
+    BatchLoss,
+    NextQuillSettings,
+    compute_batch_loss,
+)
+
+
+class NextQuillTrainer(AxolotlTrainer):
+    """Two forward passes per batch (with and without history), LM head on targets only.
+
+    The loss of a micro-batch is ``sum_t omega_t * l_t / num_items_in_batch`` (plus alpha times
+    the same for Lp), where ``num_items_in_batch`` counts the target tokens of the whole
+    gradient-accumulation window. Hence ``model_accepts_loss_kwargs = True``: transformers must
+    not divide again by the number of accumulation steps.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True
+        a = self.args
+        self.nextquill_settings = NextQuillSettings(
+            alpha=a.nextquill_alpha,
+            delta=a.nextquill_delta,
+            high_weight=a.nextquill_high_weight,
+            low_weight=a.nextquill_low_weight,
+            token_weighting=a.nextquill_token_weighting,
+            causal_loss=a.nextquill_causal_loss,
+            weight_source=a.nextquill_weight_source,
+            weight_causal_loss=a.nextquill_weight_causal_loss,
+        )
+
+    def _set_signature_columns_if_needed(self):
+        # Keep our columns when remove_unused_columns is on (the KD trainer's pattern).
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None:
+            for column in (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS, TOKEN_WEIGHTS):
+                if column not in self._signature_columns:
+                    self._signature_columns.append(column)
+
+    @override
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if COUNTERFACTUAL_IDS not in inputs:  # a batch of ordinary rows only: stock loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        result = compute_batch_loss(model, inputs, self.nextquill_settings, num_items_in_batch)
+        self._log_parts(result, num_items_in_batch, model.training)
+        if return_outputs:
+            result.outputs["loss"] = result.loss.total
+            return result.loss.total, result.outputs
+        return result.loss.total
+
+    def _log_parts(self, result: BatchLoss, num_items_in_batch, training: bool) -> None:
+        """Ln and Lp per target token of this micro-batch, mean weight, preference-token share."""
+        if result.n_tokens == 0:
+            return
+        # The parts are divided by the window's token count; rescale to this micro-batch.
+        scale = float(num_items_in_batch) / result.n_tokens if num_items_in_batch else 1.0
+        paired = result.causal_token_mask
+        preference_share = 0.0
+        if self.nextquill_settings.token_weighting and bool(paired.any()):
+            high = self.nextquill_settings.high_weight
+            preference_share = (result.weights[paired] >= high).float().mean().item()
+        metrics = {
+            "nextquill/normal_loss": result.loss.normal.item() * scale,
+            "nextquill/causal_loss": result.loss.causal.item() * scale,
+            "nextquill/mean_weight": result.weights.mean().item(),
+            "nextquill/preference_token_fraction": preference_share,
+        }
+        self.store_metrics(metrics, train_eval="train" if training else "eval")

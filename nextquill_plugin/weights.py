@@ -1,0 +1,264 @@
+"""The data-side identification (eq. 3-4): causal effects of the history under theta_0, cached.
+
+The cache stores the per-token probabilities p(y_t | x, h, y<t) and p(y_t | x, 0, y<t) under the
+initial model, keyed by the model's identity and the tokenized data. Token weights are a pure
+function of those (``preference_weights``), so changing delta, lambda or epsilon reuses the cache
+without a single forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .causal import causal_effects, preference_weights, token_log_probs
+from .collator import pad_sequences
+from .forward import resolve_lm_head, target_logits, unwrap_model
+from .objective import COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS
+
+CACHE_FORMAT_VERSION = "1"
+
+
+@dataclass
+class TokenEffects:
+    """Per-row target-token probabilities with and without history, flattened with offsets."""
+
+    p_with: np.ndarray  # float32 [total target tokens]
+    p_without: np.ndarray  # float32 [total target tokens]
+    offsets: np.ndarray  # int64 [rows + 1]; row i owns [offsets[i], offsets[i+1])
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        return self.p_with[lo:hi], self.p_without[lo:hi]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row_weights(self, delta: float, high_weight: float, low_weight: float) -> list[list[float]]:
+        """omega_t for every row (eq. 3), from the cached effects (eq. 4)."""
+        effects = causal_effects(torch.from_numpy(self.p_with), torch.from_numpy(self.p_without))
+        flat = preference_weights(effects, delta, high_weight, low_weight).numpy()
+        return [flat[self.offsets[i] : self.offsets[i + 1]].tolist() for i in range(len(self))]
+
+    def save(self, path: Path, meta: dict) -> None:
+        """Write atomically: a reader sees the old file or the complete new one."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(
+                    handle,
+                    p_with=self.p_with,
+                    p_without=self.p_without,
+                    offsets=self.offsets,
+                    meta=np.array(json.dumps(meta, sort_keys=True)),
+                )
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenEffects:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["p_with"], data["p_without"], data["offsets"])
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[TokenEffects]) -> TokenEffects:
+        lengths = np.concatenate([np.diff(p.offsets) for p in parts]) if parts else np.zeros(0)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return cls(
+            np.concatenate([p.p_with for p in parts]).astype(np.float32),
+            np.concatenate([p.p_without for p in parts]).astype(np.float32),
+            offsets,
+        )
+
+
+def model_fingerprint(model: nn.Module, name: str = "") -> str:
+    """Identity of the base weights: name, dtypes, shapes and a sample of every tensor.
+
+    LoRA adapter tensors are left out: theta_0 is the base model with adapters disabled.
+    """
+    digest = hashlib.sha256(name.encode())
+    for param_name, param in unwrap_model(model).named_parameters():
+        if "lora_" in param_name:
+            continue
+        digest.update(f"{param_name}:{tuple(param.shape)}:{param.dtype}".encode())
+        flat = param.detach().reshape(-1)
+        if flat.numel():
+            sample = torch.cat([flat[:16], flat[-16:], flat[:: max(1, flat.numel() // 64)]])
+            digest.update(sample.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(dataset, columns: Sequence[str]) -> str:
+    """Hash of the token columns of a ``datasets.Dataset`` (content, not its history)."""
+    digest = hashlib.sha256()
+    table = dataset.with_format("arrow")[:] if len(dataset) else None
+    for column in columns:
+        digest.update(column.encode())
+        if table is None:
+            continue
+        array = table.column(column).combine_chunks()
+        offsets = np.asarray(array.offsets) - array.offsets[0].as_py()
+        digest.update(offsets.astype(np.int64).tobytes())
+        digest.update(np.asarray(array.flatten()).astype(np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Row indices bucketed by length (longest first) so that padding is small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def compute_token_effects(
+    model: nn.Module,
+    rows: dict[str, list[list[int]]],
+    *,
+    pad_token_id: int,
+    batch_size: int = 4,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    show_progress: bool = True,
+) -> TokenEffects:
+    """Target-token probabilities with and without history for every row, under ``model``.
+
+    ``rows`` holds the columns ``input_ids``, ``labels``, ``cf_input_ids`` and ``cf_labels``.
+    Rows without a counterfactual prompt get no effects (zero target tokens).
+    """
+    lm_head = resolve_lm_head(model)
+    device = lm_head.weight.device
+    n_rows = len(rows["input_ids"])
+    p_with: list[np.ndarray | None] = [None] * n_rows
+    p_without: list[np.ndarray | None] = [None] * n_rows
+    lengths = [
+        len(a) + len(b or [])
+        for a, b in zip(rows["input_ids"], rows[COUNTERFACTUAL_IDS], strict=True)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        batches = list(_batches(lengths, batch_size))
+        for batch in tqdm(batches, desc="NextQuill theta_0 effects", disable=not show_progress):
+            batch = [i for i in batch if rows[COUNTERFACTUAL_IDS][i]]
+            if not batch:
+                continue
+            probs = []
+            for ids_key, labels_key in (
+                ("input_ids", "labels"),
+                (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS),
+            ):
+                ids = [rows[ids_key][i] for i in batch]
+                input_ids = pad_sequences(ids, pad_token_id).to(device)
+                mask = pad_sequences([[1] * len(s) for s in ids], 0).to(device)
+                labels = pad_sequences([rows[labels_key][i] for i in batch], -100).to(device)
+                with autocast():
+                    logits, targets, _ = target_logits(model, lm_head, input_ids, mask, labels)
+                probs.append(
+                    (token_log_probs(logits, targets.token_ids).exp().cpu().numpy(), targets)
+                )
+            (pw, tw), (pc, tc) = probs
+            if not torch.equal(tw.token_ids, tc.token_ids):
+                raise ValueError("NextQuill: with/without-history target tokens differ in a row.")
+            rows_of_token = tw.rows.cpu().numpy()
+            for j, i in enumerate(batch):
+                p_with[i] = pw[rows_of_token == j]
+                p_without[i] = pc[rows_of_token == j]
+    finally:
+        model.train(was_training)
+    empty = np.zeros(0, dtype=np.float32)
+    lengths_out = [len(p) if p is not None else 0 for p in p_with]
+    return TokenEffects(
+        np.concatenate([p if p is not None else empty for p in p_with] or [empty]).astype(
+            np.float32
+        ),
+        np.concatenate([p if p is not None else empty for p in p_without] or [empty]).astype(
+            np.float32
+        ),
+        np.concatenate([[0], np.cumsum(lengths_out)]).astype(np.int64),
+    )
+
+
+def initial_model_context(model: nn.Module) -> contextlib.AbstractContextManager:
+    """theta_0: with LoRA, the base model with adapters disabled; otherwise the model as loaded."""
+    base = unwrap_model(model)
+    if hasattr(base, "disable_adapter") and hasattr(base, "peft_config"):
+        return base.disable_adapter()
+    return contextlib.nullcontext()
+
+
+def cached_token_effects(
+    model: nn.Module,
+    dataset,
+    cache_dir: Path,
+    *,
+    model_name: str,
+    pad_token_id: int,
+    batch_size: int = 4,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    extra_key: str = "",
+) -> tuple[TokenEffects, Path, bool]:
+    """theta_0 effects for ``dataset``: from the cache, or computed once across all ranks.
+
+    Returns ``(effects, cache file, computed_now)``. In a multi-process run each rank computes
+    a disjoint share of the rows, the shares are gathered, the main process writes the cache
+    and every rank returns the same result.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    columns = ("input_ids", "labels", COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS)
+    key = hashlib.sha256(
+        "|".join(
+            [
+                CACHE_FORMAT_VERSION,
+                model_fingerprint(model, model_name),
+                data_fingerprint(dataset, columns),
+                extra_key,
+            ]
+        ).encode()
+    ).hexdigest()[:24]
+    path = Path(cache_dir) / f"effects-{key}.npz"
+    state = PartialState()
+    if path.exists():
+        return TokenEffects.load(path), path, False
+
+    n_rows = len(dataset)
+    shares = np.array_split(np.arange(n_rows), state.num_processes)
+    mine = shares[state.process_index].tolist()
+    subset = dataset.select(mine) if mine else None
+    rows = subset.select_columns(list(columns)).to_dict() if subset is not None else None
+    with initial_model_context(model):
+        part = (
+            compute_token_effects(
+                model,
+                rows,
+                pad_token_id=pad_token_id,
+                batch_size=batch_size,
+                autocast=autocast,
+                show_progress=state.is_local_main_process,
+            )
+            if rows
+            else TokenEffects(
+                np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(1, np.int64)
+            )
+        )
+    parts = gather_object([part]) if state.num_processes > 1 else [part]
+    effects = TokenEffects.concatenate(parts)
+    if state.is_main_process:
+        effects.save(path, {"key": key, "model": model_name, "rows": n_rows})
+    state.wait_for_everyone()
+    return effects, path, True

@@ -1,0 +1,46 @@
+"""Shared fixtures: offline environment and one tiny local model per test session."""
+
+from __future__ import annotations
+
+import os
+
+# No test may reach a hub: set before transformers/datasets/axolotl are imported.
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ[_key] = _value
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_splits():
+    from dataset_formats.synthetic import synthetic_rows
+
+    return synthetic_rows(n_users=16, reviews_per_user=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, synthetic_splits):
+    """A random-init 2-layer Qwen2 with a locally trained tokenizer, built once."""
+    from dataset_formats.synthetic import corpus_texts
+    from nextquill_plugin.tiny_model import build_tiny_model
+
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny_model"),
+        corpus_texts(synthetic_splits["train"]),
+        vocab_size=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)

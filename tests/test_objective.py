@@ -1,0 +1,200 @@
+"""The whole micro-batch objective on a tiny Qwen2, against a slow obvious implementation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nextquill_plugin.causal import IGNORE_INDEX
+from nextquill_plugin.objective import NextQuillSettings, compute_batch_loss
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():  # a random but not-near-uniform model, so effects are not all ~0
+        for p in model.parameters():
+            p.mul_(8.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def paired_features(tiny_tokenizer, synthetic_splits):
+    from dataset_formats.amazon_reviews import load
+
+    strategy = load(tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_history_k": 2})
+    return [strategy.tokenize_prompt(r) for r in synthetic_splits["train"][:4]]
+
+
+def collate(tokenizer, features, weights=None):
+    from nextquill_plugin.collator import NextQuillDataCollator
+
+    feats = [dict(f) for f in features]
+    if weights is not None:
+        for f, w in zip(feats, weights, strict=True):
+            f["nq_token_weights"] = w
+    return NextQuillDataCollator(tokenizer, padding=True, pad_to_multiple_of=8, return_tensors="pt")(feats)
+
+
+def slow_loss(model, features, weights, settings: NextQuillSettings, normalizer):
+    """Full logits for every position of both passes, one row at a time, explicit loops."""
+    total = 0.0
+    for row, w_row in zip(features, weights, strict=True):
+        out_with = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+        out_cf = model(input_ids=torch.tensor([row["cf_input_ids"]])).logits[0]
+        pos_with = [p for p in range(len(row["labels"]) - 1) if row["labels"][p + 1] != IGNORE_INDEX]
+        pos_cf = [p for p in range(len(row["cf_labels"]) - 1) if row["cf_labels"][p + 1] != IGNORE_INDEX]
+        for k, (pw, pc) in enumerate(zip(pos_with, pos_cf, strict=True)):
+            y = row["labels"][pw + 1]
+            assert y == row["cf_labels"][pc + 1]
+            if settings.weight_source == "current":
+                with torch.no_grad():
+                    effect = torch.softmax(out_with[pw], -1)[y] - torch.softmax(out_cf[pc], -1)[y]
+                w = settings.high_weight if effect > settings.delta else settings.low_weight
+            else:
+                w = w_row[k]
+            ln = -torch.log_softmax(out_with[pw], -1)[y]
+            lp = -torch.log_softmax(out_with[pw] - out_cf[pc], -1)[y]
+            total = total + w * ln + settings.alpha * (w if settings.weight_causal_loss else 1.0) * lp
+    return total / normalizer
+
+
+def n_targets(features):
+    return sum(sum(1 for x in f["labels"][1:] if x != IGNORE_INDEX) for f in features)
+
+
+def random_weights(features, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        [0.9 if torch.rand(1, generator=g).item() > 0.7 else 0.1 for _ in range(n_targets([f]))]
+        for f in features
+    ]
+
+
+def assert_same_gradients(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for name, g in expected.items():
+        # float32 round-off: 1e-5 relative to the largest gradient entry of the tensor.
+        tolerance = 1e-5 * max(1.0, g.abs().max().item())
+        assert (actual[name] - g).abs().max().item() <= tolerance, name
+
+
+def grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        NextQuillSettings(alpha=0.3),
+        NextQuillSettings(alpha=0.3, weight_causal_loss=False),
+        NextQuillSettings(alpha=0.3, weight_source="current"),
+    ],
+    ids=["paper", "unweighted_lp", "current_weights"],
+)
+def test_loss_and_gradients_equal_slow_reference(tiny_model, tiny_tokenizer, paired_features, settings):
+    features = paired_features[:2]
+    weights = random_weights(features)
+    normalizer = n_targets(features)
+    tiny_model.zero_grad()
+    fast = compute_batch_loss(tiny_model, collate(tiny_tokenizer, features, weights), settings, normalizer)
+    fast.loss.total.backward()
+    fast_grads = grads(tiny_model)
+    tiny_model.zero_grad()
+    slow = slow_loss(tiny_model, features, weights, settings, normalizer)
+    slow.backward()
+    slow_grads = grads(tiny_model)
+    assert fast.loss.total.item() == pytest.approx(slow.item(), abs=1e-5)
+    assert fast.loss.causal.item() > 0  # the counterfactual pass is part of the loss
+    assert_same_gradients(fast_grads, slow_grads)
+    tiny_model.zero_grad()
+
+
+def test_counterfactual_pass_carries_gradient(tiny_model, tiny_tokenizer, paired_features):
+    """Lp's gradient must include d f(x, 0, y<t) / d theta: it differs from a detached pass."""
+    batch = collate(tiny_tokenizer, paired_features[:2])
+    settings = NextQuillSettings(alpha=1.0, token_weighting=False)
+    tiny_model.zero_grad()
+    compute_batch_loss(tiny_model, batch, settings).loss.causal.backward()
+    with_cf_grad = grads(tiny_model)
+    tiny_model.zero_grad()
+    import nextquill_plugin.objective as objective
+
+    original = objective.counterfactual_logits
+    objective.counterfactual_logits = lambda *a, **k: original(*a, **k).detach()
+    try:
+        compute_batch_loss(tiny_model, batch, settings).loss.causal.backward()
+    finally:
+        objective.counterfactual_logits = original
+    detached_grad = grads(tiny_model)
+    tiny_model.zero_grad()
+    diff = sum((with_cf_grad[n] - detached_grad[n]).abs().sum().item() for n in with_cf_grad)
+    assert diff > 1e-4
+
+
+def test_micro_batch_split_does_not_change_loss_or_gradients(tiny_model, tiny_tokenizer, paired_features):
+    features = paired_features[:2]
+    weights = random_weights(features, seed=3)
+    settings = NextQuillSettings(alpha=0.2)
+    total_items = n_targets(features)
+    tiny_model.zero_grad()
+    whole = compute_batch_loss(tiny_model, collate(tiny_tokenizer, features, weights), settings, total_items)
+    whole.loss.total.backward()
+    whole_grads = grads(tiny_model)
+    tiny_model.zero_grad()
+    split_total = 0.0
+    for f, w in zip(features, weights, strict=True):  # micro-batch 1 x accumulation 2
+        part = compute_batch_loss(tiny_model, collate(tiny_tokenizer, [f], [w]), settings, total_items)
+        part.loss.total.backward()
+        split_total += part.loss.total.item()
+    split_grads = grads(tiny_model)
+    tiny_model.zero_grad()
+    assert whole.loss.total.item() == pytest.approx(split_total, abs=1e-5)
+    assert_same_gradients(split_grads, whole_grads)
+
+
+def test_lm_head_sees_only_target_positions(tiny_model, tiny_tokenizer, paired_features):
+    features = paired_features[:3]
+    batch = collate(tiny_tokenizer, features)
+    rows_seen = []
+    handle = tiny_model.lm_head.register_forward_hook(
+        lambda _m, inputs, _o: rows_seen.append(inputs[0].reshape(-1, inputs[0].shape[-1]).shape[0])
+    )
+    try:
+        compute_batch_loss(tiny_model, batch, NextQuillSettings())
+    finally:
+        handle.remove()
+    batch_size, n = len(features), n_targets(features)
+    # Per pass: the model's own logits_to_keep=1 call (one row per sample) + ours (targets).
+    assert sorted(rows_seen) == sorted([batch_size, n, batch_size, n])
+    assert max(rows_seen) < batch["input_ids"].numel()
+
+
+def test_norm_only_runs_no_counterfactual_pass(tiny_model, tiny_tokenizer, paired_features):
+    batch = collate(tiny_tokenizer, paired_features[:2])
+    calls = []
+    handle = tiny_model.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        out = compute_batch_loss(tiny_model, batch, NextQuillSettings(causal_loss=False))
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    assert out.loss.causal.item() == 0.0
+
+
+def test_rows_without_counterfactual_get_plain_cross_entropy(tiny_model, tiny_tokenizer, paired_features):
+    plain = {k: v for k, v in paired_features[1].items() if not k.startswith("cf_")}
+    plain_only = compute_batch_loss(
+        tiny_model, collate(tiny_tokenizer, [plain]), NextQuillSettings(alpha=0.5)
+    )
+    mixed_weights = [random_weights(paired_features[:1])[0], None]
+    mixed = compute_batch_loss(
+        tiny_model, collate(tiny_tokenizer, [paired_features[0], plain], mixed_weights), NextQuillSettings(alpha=0.5)
+    )
+    assert mixed.causal_token_mask.sum().item() == n_targets(paired_features[:1])
+    plain_part = mixed.weights[~mixed.causal_token_mask]
+    assert torch.all(plain_part == 1.0)
+    assert plain_only.loss.causal.item() == 0.0
