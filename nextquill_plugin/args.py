@@ -125,11 +125,14 @@ def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
     source = str(get("nextquill_weight_source", "initial"))
     source = source.split(".")[-1]  # accept the enum as well as its value
     weighting = get("nextquill_token_weighting", True)
-    if source == "initial" and weighting and data.get("rl"):
-        problems.append(
-            "nextquill_weight_source: initial needs the SFT trainer's datasets; it cannot be "
-            "computed with rl set. Remove rl or use nextquill_weight_source: current."
-        )
+    if source == "initial" and weighting:
+        for key in ("rl", "pretraining_dataset"):
+            if data.get(key):
+                problems.append(
+                    f"nextquill_weight_source: initial needs a finite SFT dataset to compute theta_0 "
+                    f"weights from, which {key} does not give; remove {key} or use "
+                    "nextquill_weight_source: current."
+                )
     return problems
 
 

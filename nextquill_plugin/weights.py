@@ -217,9 +217,6 @@ def cached_token_effects(
     a disjoint share of the rows, the shares are gathered, the main process writes the cache
     and every rank returns the same result.
     """
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
     columns = ("input_ids", "labels", COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS)
     key = hashlib.sha256(
         "|".join(
@@ -232,13 +229,13 @@ def cached_token_effects(
         ).encode()
     ).hexdigest()[:24]
     path = Path(cache_dir) / f"effects-{key}.npz"
-    state = PartialState()
     if path.exists():
         return TokenEffects.load(path), path, False
 
+    rank, world_size = _distributed_rank_and_size()
     n_rows = len(dataset)
-    shares = np.array_split(np.arange(n_rows), state.num_processes)
-    mine = shares[state.process_index].tolist()
+    shares = np.array_split(np.arange(n_rows), world_size)
+    mine = shares[rank].tolist()
     subset = dataset.select(mine) if mine else None
     rows = subset.select_columns(list(columns)).to_dict() if subset is not None else None
     with initial_model_context(model):
@@ -249,16 +246,27 @@ def cached_token_effects(
                 pad_token_id=pad_token_id,
                 batch_size=batch_size,
                 autocast=autocast,
-                show_progress=state.is_local_main_process,
+                show_progress=int(os.environ.get("LOCAL_RANK", "0")) == 0,
             )
             if rows
             else TokenEffects(
                 np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(1, np.int64)
             )
         )
-    parts = gather_object([part]) if state.num_processes > 1 else [part]
+    parts = [part]
+    if world_size > 1:
+        parts = [None] * world_size
+        torch.distributed.all_gather_object(parts, part)
     effects = TokenEffects.concatenate(parts)
-    if state.is_main_process:
+    if rank == 0:
         effects.save(path, {"key": key, "model": model_name, "rows": n_rows})
-    state.wait_for_everyone()
+    if world_size > 1:
+        torch.distributed.barrier()
     return effects, path, True
+
+
+def _distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

@@ -1,0 +1,94 @@
+"""Helpers to run `axolotl train` on a recipe in a subprocess, offline, and read its log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+CPU_SETTINGS = {
+    "bf16": False,
+    "fp16": False,
+    "tf32": False,
+    "optimizer": "adamw_torch",
+    "lora_mlp_kernel": False,
+    "lora_qkv_kernel": False,
+    "lora_o_kernel": False,
+    "lora_embedding_kernel": False,
+}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def tiny_recipe(model_dir: Path, train_file: Path, workdir: Path, **overrides) -> dict:
+    """A complete CPU recipe for the tiny model; ``overrides`` replace or add keys."""
+    recipe = {
+        "base_model": str(model_dir),
+        "plugins": ["nextquill_plugin.NextQuillPlugin"],
+        "nextquill": True,
+        "datasets": [{"path": str(train_file), "ds_type": "json", "type": "dataset_formats.amazon_reviews"}],
+        "sequence_len": 768,
+        "nextquill_history_k": 3,
+        "adapter": "lora",
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "lora_target_linear": True,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 24,
+        "learning_rate": 0.005,
+        "lr_scheduler": "constant",
+        "output_dir": str(workdir / "out"),
+        "dataset_prepared_path": str(workdir / "prepared"),
+        "logging_steps": 1,
+        "val_set_size": 0,
+        "save_strategy": "no",
+        "seed": 7,
+        "dataset_processes": 1,
+        **CPU_SETTINGS,
+    }
+    recipe.update(overrides)
+    return recipe
+
+
+def offline_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled",
+        AXOLOTL_DO_NOT_TRACK="1", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false",
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run_axolotl(command: str, recipe: dict, workdir: Path, timeout: int = 600, extra_args=()) -> subprocess.CompletedProcess:
+    """`axolotl <command> recipe.yml`, exactly as a user runs it (from the venv's bin)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "recipe.yml"
+    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    axolotl = Path(sys.executable).parent / "axolotl"
+    return subprocess.run(
+        [str(axolotl), command, str(config), *extra_args],
+        cwd=workdir, env=offline_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def logged_metrics(output: str) -> list[dict[str, float]]:
+    """The per-step metric dicts the Trainer prints, e.g. {'loss': '0.68', ...}."""
+    steps = []
+    for match in re.finditer(r"\{'loss': [^}]*\}", output):
+        pairs = re.findall(r"'([^']+)': '([^']*)'", match.group(0))
+        steps.append({k: float(v) for k, v in pairs if re.fullmatch(r"[-+0-9.eE]+|nan|inf", v)})
+    return steps

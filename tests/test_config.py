@@ -1,0 +1,68 @@
+"""Recipe validation through Axolotl's own config loading, with the plugin registered."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from .axolotl_runs import tiny_recipe
+
+
+@pytest.fixture()
+def load(tmp_path, tiny_model_dir):
+    from axolotl.cli.config import load_cfg
+
+    def _load(**overrides):
+        recipe = tiny_recipe(tiny_model_dir, tmp_path / "train.jsonl", tmp_path, **overrides)
+        (tmp_path / "train.jsonl").write_text("{}\n")
+        path = tmp_path / "recipe.yml"
+        path.write_text(yaml.safe_dump(recipe))
+        return load_cfg(str(path))
+
+    return _load
+
+
+def test_defaults_are_the_papers(load):
+    cfg = load()
+    assert cfg.nextquill is True
+    assert (cfg.nextquill_alpha, cfg.nextquill_delta) == (0.05, 0.05)
+    assert (cfg.nextquill_high_weight, cfg.nextquill_low_weight) == (0.9, 0.1)
+    assert cfg.nextquill_token_weighting and cfg.nextquill_causal_loss and cfg.nextquill_weight_causal_loss
+    assert str(cfg.nextquill_weight_source) == "initial"
+    assert cfg.nextquill_history_placeholder == "None" and str(cfg.nextquill_history_selection) == "recent"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"nextquill_alpha": -0.1}, "nextquill_alpha must be >= 0"),
+        ({"nextquill_low_weight": 0.95}, "must not exceed nextquill_high_weight"),
+        ({"nextquill_high_weight": 1.5}, "nextquill_high_weight must lie in [0, 1]"),
+        ({"nextquill_low_weight": -0.2}, "nextquill_low_weight must lie in [0, 1]"),
+        ({"sample_packing": True}, "set sample_packing: false"),
+        ({"nextquill_include_history": False}, "nextquill_include_history: false"),
+        ({"pretraining_dataset": [{"path": "x", "type": "pretrain"}]}, "remove pretraining_dataset"),
+    ],
+)
+def test_bad_settings_fail_naming_key_and_fix(load, overrides, message):
+    with pytest.raises(Exception) as error:
+        load(**overrides)
+    assert message in str(error.value)
+
+
+def test_checks_apply_only_when_nextquill_is_enabled(load):
+    cfg = load(nextquill=False, nextquill_alpha=-1.0, sample_packing=True)
+    assert cfg.nextquill is False
+
+
+def test_plugin_is_inert_without_nextquill(load):
+    from nextquill_plugin import NextQuillPlugin
+
+    cfg = load(nextquill=False)
+    plugin = NextQuillPlugin()
+    assert plugin.get_trainer_cls(cfg) is None
+    assert plugin.get_collator_cls_and_kwargs(cfg) is None
+    assert plugin.get_training_args(cfg) is None
+    enabled = load()
+    assert plugin.get_trainer_cls(enabled).__name__ == "NextQuillTrainer"
+    assert plugin.get_training_args(enabled)["nextquill_weight_source"] == "initial"
