@@ -46,6 +46,11 @@ class NextQuillPlugin(BasePlugin):
     plugins for every config, and a recipe may list the plugin only for its prompt keys.
     """
 
+    def register(self, cfg: dict):
+        """Import the recipe's dataset_formats types now, so a broken install fails clearly
+        (Axolotl would report an import error inside them as an unknown dataset type)."""
+        check_dataset_types(cfg)
+
     def get_input_args(self) -> str:
         return "nextquill_plugin.args.NextQuillArgs"
 
@@ -91,6 +96,27 @@ class NextQuillPlugin(BasePlugin):
             describe_rows(dataset, split)
             if cfg.nextquill_token_weighting and _source(cfg) == "initial":
                 setattr(trainer, split, attach_initial_weights(cfg, trainer, dataset))
+
+
+def check_dataset_types(cfg: dict) -> None:
+    """Raise a clear error when a ``type: dataset_formats.X`` of the recipe cannot be imported."""
+    import importlib
+
+    for key in ("datasets", "test_datasets"):
+        for dataset in cfg.get(key) or []:
+            kind = dataset.get("type") if isinstance(dataset, dict) else None
+            if not isinstance(kind, str) or not kind.startswith("dataset_formats."):
+                continue
+            try:
+                module = importlib.import_module(kind)
+            except ImportError as error:
+                raise ImportError(
+                    f"NextQuill: dataset type `{kind}` cannot be imported ({error}). Known types: "
+                    "dataset_formats.amazon_reviews, dataset_formats.paired; is the package "
+                    "installed in this environment (pip install nextquill-axolotl)?"
+                ) from error
+            if not hasattr(module, "load"):
+                raise ImportError(f"NextQuill: `{kind}` is not a dataset type (it has no load()).")
 
 
 def _source(cfg) -> str:
@@ -152,8 +178,7 @@ def attach_initial_weights(cfg, trainer, dataset):
     weights = effects.row_weights(
         cfg.nextquill_delta, cfg.nextquill_high_weight, cfg.nextquill_low_weight
     )
-    n_tokens = sum(len(w) for w in weights)
-    n_high = sum(sum(1 for x in w if x >= cfg.nextquill_high_weight) for w in weights)
+    n_tokens, n_high = len(effects.p_with), effects.preference_token_count(cfg.nextquill_delta)
     LOG.info(
         "NextQuill: %d of %d target tokens (%.1f%%) are preference-bearing (effect > delta=%s).",
         n_high,

@@ -51,6 +51,10 @@ class TokenEffects:
         flat = preference_weights(effects, delta, high_weight, low_weight).numpy()
         return [flat[self.offsets[i] : self.offsets[i + 1]].tolist() for i in range(len(self))]
 
+    def preference_token_count(self, delta: float) -> int:
+        """How many target tokens cross delta, i.e. get lambda (eq. 3)."""
+        return int((self.p_with - self.p_without > delta).sum())
+
     def save(self, path: Path, meta: dict) -> None:
         """Write atomically: a reader sees the old file or the complete new one."""
         path.parent.mkdir(parents=True, exist_ok=True)

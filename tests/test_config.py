@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from .axolotl_runs import tiny_recipe
+from nextquill_plugin.local_runs import tiny_recipe
 
 
 @pytest.fixture()
@@ -27,9 +27,16 @@ def test_defaults_are_the_papers(load):
     assert cfg.nextquill is True
     assert (cfg.nextquill_alpha, cfg.nextquill_delta) == (0.05, 0.05)
     assert (cfg.nextquill_high_weight, cfg.nextquill_low_weight) == (0.9, 0.1)
-    assert cfg.nextquill_token_weighting and cfg.nextquill_causal_loss and cfg.nextquill_weight_causal_loss
+    assert (
+        cfg.nextquill_token_weighting
+        and cfg.nextquill_causal_loss
+        and cfg.nextquill_weight_causal_loss
+    )
     assert str(cfg.nextquill_weight_source) == "initial"
-    assert cfg.nextquill_history_placeholder == "None" and str(cfg.nextquill_history_selection) == "recent"
+    assert (
+        cfg.nextquill_history_placeholder == "None"
+        and str(cfg.nextquill_history_selection) == "recent"
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,7 +48,10 @@ def test_defaults_are_the_papers(load):
         ({"nextquill_low_weight": -0.2}, "nextquill_low_weight must lie in [0, 1]"),
         ({"sample_packing": True}, "set sample_packing: false"),
         ({"nextquill_include_history": False}, "nextquill_include_history: false"),
-        ({"pretraining_dataset": [{"path": "x", "type": "pretrain"}]}, "remove pretraining_dataset"),
+        (
+            {"pretraining_dataset": [{"path": "x", "type": "pretrain"}]},
+            "remove pretraining_dataset",
+        ),
     ],
 )
 def test_bad_settings_fail_naming_key_and_fix(load, overrides, message):

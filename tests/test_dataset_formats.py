@@ -31,7 +31,11 @@ def test_prompts_differ_only_in_the_history_block(tiny_tokenizer, synthetic_spli
     head, _, rest = with_text.partition("[User's Past Reviews]:\n")
     history_block, _, tail = rest.partition("\n\n[Output Review Rating]")
     assert cf_text == f"{head}[User's Past Reviews]:\nNone\n\n[Output Review Rating]{tail}"
-    assert "[Review 1]" in history_block and "[Review 2]" in history_block and "[Review 3]" not in history_block
+    assert (
+        "[Review 1]" in history_block
+        and "[Review 2]" in history_block
+        and "[Review 3]" not in history_block
+    )
     # newest first: review 1 is the latest history review
     newest = max(row["history"], key=lambda r: r["timestamp"])
     assert history_block.index(newest["text"]) < history_block.index("[Review 2]")
@@ -100,11 +104,15 @@ def test_target_is_cut_only_when_it_alone_exceeds_the_budget(tiny_tokenizer, syn
     assert out["cf_input_ids"] == []  # no history left: no causal contrast to learn from
 
 
-def test_no_counterfactual_without_nextquill_and_no_history_for_sft(tiny_tokenizer, synthetic_splits):
+def test_no_counterfactual_without_nextquill_and_no_history_for_sft(
+    tiny_tokenizer, synthetic_splits
+):
     row = synthetic_splits["train"][3]
     context_sft = load_amazon(tiny_tokenizer, {"sequence_len": 2048}).tokenize_prompt(row)
     assert "cf_input_ids" not in context_sft
-    sft = load_amazon(tiny_tokenizer, {"sequence_len": 2048, "nextquill_include_history": False}).tokenize_prompt(row)
+    sft = load_amazon(
+        tiny_tokenizer, {"sequence_len": 2048, "nextquill_include_history": False}
+    ).tokenize_prompt(row)
     assert "[Review 1]" not in tiny_tokenizer.decode(sft["input_ids"])
     assert "[User's Past Reviews]:\nNone" in tiny_tokenizer.decode(sft["input_ids"])
 
@@ -122,15 +130,28 @@ def test_bm25_selection_prefers_the_most_similar_items():
 
 def test_paired_type_accepts_lists_strings_and_messages(tiny_tokenizer):
     strategy = load_paired(tiny_tokenizer, CFG)
-    a = strategy.tokenize_prompt({"prompt": "Write a tweet", "history": ["I love tea", "Tea again"], "response": "More tea"})
-    b = strategy.tokenize_prompt({"query": "Write a tweet", "profile": "I love tea", "output": "More tea"})
+    a = strategy.tokenize_prompt(
+        {"prompt": "Write a tweet", "history": ["I love tea", "Tea again"], "response": "More tea"}
+    )
+    b = strategy.tokenize_prompt(
+        {"query": "Write a tweet", "profile": "I love tea", "output": "More tea"}
+    )
     c = strategy.tokenize_prompt(
-        {"messages": [{"role": "user", "content": "Write a tweet"}, {"role": "assistant", "content": "More tea"}],
-         "history": ["I love tea"]}
+        {
+            "messages": [
+                {"role": "user", "content": "Write a tweet"},
+                {"role": "assistant", "content": "More tea"},
+            ],
+            "history": ["I love tea"],
+        }
     )
     for out in (a, b, c):
-        assert target_part(out["input_ids"], out["labels"]) == target_part(out["cf_input_ids"], out["cf_labels"])
-        assert tiny_tokenizer.decode(target_part(out["input_ids"], out["labels"])[:-1]) == "More tea"
+        assert target_part(out["input_ids"], out["labels"]) == target_part(
+            out["cf_input_ids"], out["cf_labels"]
+        )
+        assert (
+            tiny_tokenizer.decode(target_part(out["input_ids"], out["labels"])[:-1]) == "More tea"
+        )
     assert "[Entry 2]: Tea again" in tiny_tokenizer.decode(a["input_ids"])
     assert tiny_tokenizer.decode(b["input_ids"]) == tiny_tokenizer.decode(c["input_ids"])
     with pytest.raises(ValueError, match="needs a query"):

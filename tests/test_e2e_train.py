@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from .axolotl_runs import logged_metrics, run_axolotl, tiny_recipe, write_jsonl
+from nextquill_plugin.local_runs import logged_metrics, run_axolotl, tiny_recipe, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,9 @@ def assert_trained(result, workdir):
     return output, steps
 
 
-def test_full_nextquill_trains_logs_parts_and_reuses_weight_cache(tmp_path, tiny_model_dir, train_file):
+def test_full_nextquill_trains_logs_parts_and_reuses_weight_cache(
+    tmp_path, tiny_model_dir, train_file
+):
     recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path)
     output, steps = assert_trained(run_axolotl("train", recipe, tmp_path), tmp_path)
     assert "computed theta_0 effects" in output

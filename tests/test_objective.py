@@ -25,7 +25,9 @@ def tiny_model(tiny_model_dir):
 def paired_features(tiny_tokenizer, synthetic_splits):
     from dataset_formats.amazon_reviews import load
 
-    strategy = load(tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_history_k": 2})
+    strategy = load(
+        tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_history_k": 2}
+    )
     return [strategy.tokenize_prompt(r) for r in synthetic_splits["train"][:4]]
 
 
@@ -36,7 +38,9 @@ def collate(tokenizer, features, weights=None):
     if weights is not None:
         for f, w in zip(feats, weights, strict=True):
             f["nq_token_weights"] = w
-    return NextQuillDataCollator(tokenizer, padding=True, pad_to_multiple_of=8, return_tensors="pt")(feats)
+    return NextQuillDataCollator(
+        tokenizer, padding=True, pad_to_multiple_of=8, return_tensors="pt"
+    )(feats)
 
 
 def slow_loss(model, features, weights, settings: NextQuillSettings, normalizer):
@@ -45,8 +49,12 @@ def slow_loss(model, features, weights, settings: NextQuillSettings, normalizer)
     for row, w_row in zip(features, weights, strict=True):
         out_with = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
         out_cf = model(input_ids=torch.tensor([row["cf_input_ids"]])).logits[0]
-        pos_with = [p for p in range(len(row["labels"]) - 1) if row["labels"][p + 1] != IGNORE_INDEX]
-        pos_cf = [p for p in range(len(row["cf_labels"]) - 1) if row["cf_labels"][p + 1] != IGNORE_INDEX]
+        pos_with = [
+            p for p in range(len(row["labels"]) - 1) if row["labels"][p + 1] != IGNORE_INDEX
+        ]
+        pos_cf = [
+            p for p in range(len(row["cf_labels"]) - 1) if row["cf_labels"][p + 1] != IGNORE_INDEX
+        ]
         for k, (pw, pc) in enumerate(zip(pos_with, pos_cf, strict=True)):
             y = row["labels"][pw + 1]
             assert y == row["cf_labels"][pc + 1]
@@ -58,7 +66,9 @@ def slow_loss(model, features, weights, settings: NextQuillSettings, normalizer)
                 w = w_row[k]
             ln = -torch.log_softmax(out_with[pw], -1)[y]
             lp = -torch.log_softmax(out_with[pw] - out_cf[pc], -1)[y]
-            total = total + w * ln + settings.alpha * (w if settings.weight_causal_loss else 1.0) * lp
+            total = (
+                total + w * ln + settings.alpha * (w if settings.weight_causal_loss else 1.0) * lp
+            )
     return total / normalizer
 
 
@@ -95,12 +105,16 @@ def grads(model):
     ],
     ids=["paper", "unweighted_lp", "current_weights"],
 )
-def test_loss_and_gradients_equal_slow_reference(tiny_model, tiny_tokenizer, paired_features, settings):
+def test_loss_and_gradients_equal_slow_reference(
+    tiny_model, tiny_tokenizer, paired_features, settings
+):
     features = paired_features[:2]
     weights = random_weights(features)
     normalizer = n_targets(features)
     tiny_model.zero_grad()
-    fast = compute_batch_loss(tiny_model, collate(tiny_tokenizer, features, weights), settings, normalizer)
+    fast = compute_batch_loss(
+        tiny_model, collate(tiny_tokenizer, features, weights), settings, normalizer
+    )
     fast.loss.total.backward()
     fast_grads = grads(tiny_model)
     tiny_model.zero_grad()
@@ -135,19 +149,25 @@ def test_counterfactual_pass_carries_gradient(tiny_model, tiny_tokenizer, paired
     assert diff > 1e-4
 
 
-def test_micro_batch_split_does_not_change_loss_or_gradients(tiny_model, tiny_tokenizer, paired_features):
+def test_micro_batch_split_does_not_change_loss_or_gradients(
+    tiny_model, tiny_tokenizer, paired_features
+):
     features = paired_features[:2]
     weights = random_weights(features, seed=3)
     settings = NextQuillSettings(alpha=0.2)
     total_items = n_targets(features)
     tiny_model.zero_grad()
-    whole = compute_batch_loss(tiny_model, collate(tiny_tokenizer, features, weights), settings, total_items)
+    whole = compute_batch_loss(
+        tiny_model, collate(tiny_tokenizer, features, weights), settings, total_items
+    )
     whole.loss.total.backward()
     whole_grads = grads(tiny_model)
     tiny_model.zero_grad()
     split_total = 0.0
     for f, w in zip(features, weights, strict=True):  # micro-batch 1 x accumulation 2
-        part = compute_batch_loss(tiny_model, collate(tiny_tokenizer, [f], [w]), settings, total_items)
+        part = compute_batch_loss(
+            tiny_model, collate(tiny_tokenizer, [f], [w]), settings, total_items
+        )
         part.loss.total.backward()
         split_total += part.loss.total.item()
     split_grads = grads(tiny_model)
@@ -185,14 +205,18 @@ def test_norm_only_runs_no_counterfactual_pass(tiny_model, tiny_tokenizer, paire
     assert out.loss.causal.item() == 0.0
 
 
-def test_rows_without_counterfactual_get_plain_cross_entropy(tiny_model, tiny_tokenizer, paired_features):
+def test_rows_without_counterfactual_get_plain_cross_entropy(
+    tiny_model, tiny_tokenizer, paired_features
+):
     plain = {k: v for k, v in paired_features[1].items() if not k.startswith("cf_")}
     plain_only = compute_batch_loss(
         tiny_model, collate(tiny_tokenizer, [plain]), NextQuillSettings(alpha=0.5)
     )
     mixed_weights = [random_weights(paired_features[:1])[0], None]
     mixed = compute_batch_loss(
-        tiny_model, collate(tiny_tokenizer, [paired_features[0], plain], mixed_weights), NextQuillSettings(alpha=0.5)
+        tiny_model,
+        collate(tiny_tokenizer, [paired_features[0], plain], mixed_weights),
+        NextQuillSettings(alpha=0.5),
     )
     assert mixed.causal_token_mask.sum().item() == n_targets(paired_features[:1])
     plain_part = mixed.weights[~mixed.causal_token_mask]

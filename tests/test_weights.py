@@ -28,7 +28,9 @@ def model(tiny_model_dir):
 def rows(tiny_tokenizer, synthetic_splits):
     from dataset_formats.amazon_reviews import load
 
-    strategy = load(tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_history_k": 2})
+    strategy = load(
+        tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_history_k": 2}
+    )
     tokenized = [strategy.tokenize_prompt(r) for r in synthetic_splits["train"][:5]]
     tokenized[2] = {**tokenized[2], "cf_input_ids": [], "cf_labels": []}  # an ordinary SFT row
     keys = ("input_ids", "labels", "cf_input_ids", "cf_labels")
@@ -47,31 +49,49 @@ def as_columns(rows):
 
 
 def test_effects_equal_full_logit_probabilities(model, rows):
-    effects = compute_token_effects(model, as_columns(rows), pad_token_id=0, batch_size=2, show_progress=False)
+    effects = compute_token_effects(
+        model, as_columns(rows), pad_token_id=0, batch_size=2, show_progress=False
+    )
     assert len(effects) == len(rows)
     for i, row in enumerate(rows):
         p_with, p_without = effects.row(i)
         if not row["cf_input_ids"]:
             assert len(p_with) == 0
             continue
-        assert np.allclose(p_with, slow_probabilities(model, row["input_ids"], row["labels"]), atol=1e-5)
-        assert np.allclose(p_without, slow_probabilities(model, row["cf_input_ids"], row["cf_labels"]), atol=1e-5)
+        assert np.allclose(
+            p_with, slow_probabilities(model, row["input_ids"], row["labels"]), atol=1e-5
+        )
+        assert np.allclose(
+            p_without, slow_probabilities(model, row["cf_input_ids"], row["cf_labels"]), atol=1e-5
+        )
     assert np.abs(effects.p_with - effects.p_without).max() > 1e-3  # the history matters
 
 
 def test_row_weights_threshold_by_hand():
     effects = TokenEffects(
-        np.array([0.5, 0.2, 0.9], np.float32), np.array([0.4, 0.2, 0.95], np.float32), np.array([0, 2, 3])
+        np.array([0.5, 0.2, 0.9], np.float32),
+        np.array([0.4, 0.2, 0.95], np.float32),
+        np.array([0, 2, 3]),
     )
-    assert effects.row_weights(0.05, 0.9, 0.1) == [[pytest.approx(0.9), pytest.approx(0.1)], [pytest.approx(0.1)]]
-    assert effects.row_weights(0.2, 0.8, 0.3) == [[pytest.approx(0.3), pytest.approx(0.3)], [pytest.approx(0.3)]]
+    assert effects.row_weights(0.05, 0.9, 0.1) == [
+        [pytest.approx(0.9), pytest.approx(0.1)],
+        [pytest.approx(0.1)],
+    ]
+    assert effects.row_weights(0.2, 0.8, 0.3) == [
+        [pytest.approx(0.3), pytest.approx(0.3)],
+        [pytest.approx(0.3)],
+    ]
+    assert effects.preference_token_count(0.05) == 1
+    assert effects.preference_token_count(-0.06) == 3
 
 
 def test_cache_is_written_once_and_keyed_by_model_and_data(model, rows, tmp_path, monkeypatch):
     from datasets import Dataset
 
     dataset = Dataset.from_list(rows)
-    first, path, computed = cached_token_effects(model, dataset, tmp_path, model_name="tiny", pad_token_id=0)
+    first, path, computed = cached_token_effects(
+        model, dataset, tmp_path, model_name="tiny", pad_token_id=0
+    )
     assert computed and path.exists()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left behind
 
@@ -81,18 +101,26 @@ def test_cache_is_written_once_and_keyed_by_model_and_data(model, rows, tmp_path
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(weights, "compute_token_effects", no_forward)
-    again, path2, computed2 = cached_token_effects(model, dataset, tmp_path, model_name="tiny", pad_token_id=0)
+    again, path2, computed2 = cached_token_effects(
+        model, dataset, tmp_path, model_name="tiny", pad_token_id=0
+    )
     assert (path2, computed2) == (path, False)
-    assert np.array_equal(again.p_with, first.p_with) and np.array_equal(again.offsets, first.offsets)
+    assert np.array_equal(again.p_with, first.p_with) and np.array_equal(
+        again.offsets, first.offsets
+    )
     monkeypatch.undo()
 
     fewer = Dataset.from_list(rows[:3])
-    _, path3, computed3 = cached_token_effects(model, fewer, tmp_path, model_name="tiny", pad_token_id=0)
+    _, path3, computed3 = cached_token_effects(
+        model, fewer, tmp_path, model_name="tiny", pad_token_id=0
+    )
     assert computed3 and path3 != path
     with torch.no_grad():
         model.lm_head.weight[0, 0] += 1.0  # another model (tied: the embedding changes too)
     try:
-        _, path4, computed4 = cached_token_effects(model, dataset, tmp_path, model_name="tiny", pad_token_id=0)
+        _, path4, computed4 = cached_token_effects(
+            model, dataset, tmp_path, model_name="tiny", pad_token_id=0
+        )
     finally:
         with torch.no_grad():
             model.lm_head.weight[0, 0] -= 1.0
@@ -104,9 +132,21 @@ def test_two_processes_split_the_rows_and_agree(rows, tiny_model_dir, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     script = __import__("pathlib").Path(__file__).parent / "scripts" / "distributed_effects.py"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-         str(script), str(tiny_model_dir), str(data), str(tmp_path / "cache"), str(tmp_path / "report")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            str(script),
+            str(tiny_model_dir),
+            str(data),
+            str(tmp_path / "cache"),
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads((tmp_path / f"report.{rank}").read_text()) for rank in (0, 1)]

@@ -11,7 +11,8 @@ import nextquill_plugin.weights as weights
 
 torch.distributed.init_process_group("gloo")  # what a launcher does before the trainer exists
 model_dir, data_file, cache_dir, report = sys.argv[1:5]
-rows = [json.loads(line) for line in open(data_file)]
+with open(data_file) as handle:
+    rows = [json.loads(line) for line in handle]
 dataset = Dataset.from_list(rows)
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
@@ -25,8 +26,17 @@ def counting(model, rows, **kwargs):
 
 
 weights.compute_token_effects = counting
-effects, path, computed = weights.cached_token_effects(model, dataset, cache_dir, model_name="tiny", pad_token_id=0)
+effects, path, computed = weights.cached_token_effects(
+    model, dataset, cache_dir, model_name="tiny", pad_token_id=0
+)
 rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 with open(f"{report}.{rank}", "w") as handle:
-    json.dump({"rows_computed": len(computed_rows), "p_with": effects.p_with.tolist(),
-               "offsets": effects.offsets.tolist(), "computed": computed}, handle)
+    json.dump(
+        {
+            "rows_computed": len(computed_rows),
+            "p_with": effects.p_with.tolist(),
+            "offsets": effects.offsets.tolist(),
+            "computed": computed,
+        },
+        handle,
+    )

@@ -1,4 +1,7 @@
-"""Helpers to run `axolotl train` on a recipe in a subprocess, offline, and read its log."""
+"""Run `axolotl` on a recipe in a subprocess, offline, on CPU, and read its log.
+
+Used by the demo, the benchmarks and the tests; not needed to train with the plugin.
+"""
 
 from __future__ import annotations
 
@@ -32,12 +35,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def tiny_recipe(model_dir: Path, train_file: Path, workdir: Path, **overrides) -> dict:
-    """A complete CPU recipe for the tiny model; ``overrides`` replace or add keys."""
+    """A complete CPU recipe for the tiny model; ``overrides`` replace or add keys (None removes)."""
     recipe = {
         "base_model": str(model_dir),
         "plugins": ["nextquill_plugin.NextQuillPlugin"],
         "nextquill": True,
-        "datasets": [{"path": str(train_file), "ds_type": "json", "type": "dataset_formats.amazon_reviews"}],
+        "datasets": [
+            {"path": str(train_file), "ds_type": "json", "type": "dataset_formats.amazon_reviews"}
+        ],
         "sequence_len": 768,
         "nextquill_history_k": 3,
         "adapter": "lora",
@@ -60,28 +65,44 @@ def tiny_recipe(model_dir: Path, train_file: Path, workdir: Path, **overrides) -
         **CPU_SETTINGS,
     }
     recipe.update(overrides)
-    return recipe
+    return {key: value for key, value in recipe.items() if value is not None}
 
 
 def offline_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled",
-        AXOLOTL_DO_NOT_TRACK="1", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        AXOLOTL_DO_NOT_TRACK="1",
+        DO_NOT_TRACK="1",
+        TOKENIZERS_PARALLELISM="false",
     )
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
-def run_axolotl(command: str, recipe: dict, workdir: Path, timeout: int = 600, extra_args=()) -> subprocess.CompletedProcess:
+def run_axolotl(
+    command: str,
+    recipe: dict,
+    workdir: Path,
+    timeout: int = 600,
+    extra_args: tuple[str, ...] = (),
+    name: str = "recipe.yml",
+) -> subprocess.CompletedProcess:
     """`axolotl <command> recipe.yml`, exactly as a user runs it (from the venv's bin)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "recipe.yml"
+    config = workdir / name
     config.write_text(yaml.safe_dump(recipe, sort_keys=False))
     axolotl = Path(sys.executable).parent / "axolotl"
     return subprocess.run(
-        [str(axolotl), command, str(config), *extra_args],
-        cwd=workdir, env=offline_env(), capture_output=True, text=True, timeout=timeout,
+        [str(axolotl), command, str(config.resolve()), *extra_args],
+        cwd=workdir,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
