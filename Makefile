@@ -17,11 +17,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 # torch first, from the CPU wheel on local disk (otherwise pip pulls a multi-GB CUDA build),
 # then the package with the tested versions pinned by constraints.txt.
+# pip's output goes to $(VENV)/install.log and is shown only when an install fails.
 $(BIN)/.nextquill-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "torch==2.13.0" -c constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[deepspeed,dev]"
+	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
+	@( $(BIN)/python -m pip install --upgrade pip \
+	  && $(BIN)/python -m pip install "torch==2.13.0" -c constraints.txt \
+	  && $(BIN)/python -m pip install -c constraints.txt -e ".[deepspeed,dev]" ) \
+	  > $(VENV)/install.log 2>&1 || { tail -n 60 $(VENV)/install.log; exit 1; }
 	touch $@
 
 install: $(BIN)/.nextquill-installed

@@ -1,15 +1,18 @@
-"""The end-to-end demo (`make demo`): tiny local model, shipped-style data, `axolotl train`.
+"""The end-to-end demo (`make demo`): tiny local model, shipped data, `axolotl train`.
 
-1. Builds a tiny random-init Qwen2 and a tokenizer from the demo corpus (no hub).
-2. theta_0: trains it (full fine-tuning) on a disjoint population of users, half of the rows
+1. Builds train/validation/test rows from the shipped raw Amazon-Reviews-2023-schema demo files
+   with the builder (`nextquill-data build`), and a disjoint population of users for theta_0.
+2. Builds a tiny random-init Qwen2 and a tokenizer from the demo corpus (no hub).
+3. theta_0: trains it (full fine-tuning) on a disjoint population of users, half of the rows
    without history, so that it knows both the with-history and the counterfactual prompt
    (see ../shared/research/small-model-lessons.md: a from-scratch theta_0 needs both).
-3. From theta_0, trains ContextSFT and NextQuill on the demo users with the same budget.
-4. Prints what happened: the share of preference-bearing tokens theta_0 found, the loss parts.
+4. From theta_0, trains ContextSFT and NextQuill on the demo users with the same budget.
+5. Prints what happened: the share of preference-bearing tokens theta_0 found, the loss parts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -23,6 +26,11 @@ STEPS = int(os.environ.get("NEXTQUILL_DEMO_STEPS", "80"))
 
 def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle]
 
 
 def train(name: str, recipe: dict) -> list[dict]:

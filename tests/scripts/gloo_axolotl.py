@@ -1,0 +1,39 @@
+"""Test-only helper: initialise torch.distributed with gloo, then run Axolotl in this process.
+
+Axolotl hard-codes NCCL when a recipe names DeepSpeed, which does not exist on a CPU machine;
+a process group that already exists is used as it is (../shared/research/axolotl-facts.md).
+
+    python gloo_axolotl.py validate RECIPE... --base_model PATH   prints one JSON line per recipe
+    python gloo_axolotl.py train RECIPE --key value ...           axolotl's own train entry point
+"""
+
+import json
+import os
+import sys
+
+os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+os.environ.setdefault("MASTER_PORT", str(29000 + os.getpid() % 1000))
+
+import torch.distributed as dist  # noqa: E402
+
+from nextquill_plugin.cli import parse_overrides  # noqa: E402
+
+dist.init_process_group("gloo", rank=0, world_size=1)
+mode, rest = sys.argv[1], sys.argv[2:]
+recipes = [a for a in rest if not a.startswith("--") and a.endswith(".yml")]
+overrides = parse_overrides([a for a in rest if a not in recipes])
+sys.argv = sys.argv[:1]  # axolotl parses its own CLI dataclass from sys.argv
+if mode == "validate":
+    from axolotl.cli.config import load_cfg
+
+    for recipe in recipes:
+        cfg = load_cfg(recipe, **overrides)
+        keys = ("nextquill", "nextquill_token_weighting", "nextquill_causal_loss", "nextquill_include_history",
+                "nextquill_alpha", "learning_rate", "num_epochs", "lora_r", "sequence_len", "deepspeed")
+        print("RECIPE " + json.dumps({"recipe": os.path.basename(recipe), **{k: cfg.get(k) for k in keys}}))
+elif mode == "train":
+    from axolotl.cli.train import do_cli
+
+    do_cli(config=recipes[0], **overrides)
+else:
+    raise SystemExit(f"unknown mode {mode}")
