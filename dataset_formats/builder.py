@@ -120,11 +120,36 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise BuildError(f"{path}: the file is empty")
 
 
+def _bad_input(report: Report, kind: str, reason: str, where: str, strict: bool) -> None:
+    """Count and locate a bad line, or stop on it with --strict."""
+    if strict:
+        raise BuildError(f"{where}: {reason.replace('_', ' ')} (--strict)")
+    report.skip(kind, reason, where)
+
+
+def _records(
+    paths: list[Path], kind: str, report: Report, options: BuildOptions
+) -> Iterator[tuple[int, int, str, dict]]:
+    """(file index, line number, "file:line", object) of every parseable line, with progress;
+    every line read is counted, unparseable ones as bad input."""
+    progress = tqdm(desc=f"reading {kind}s", unit=" lines", disable=not options.show_progress)
+    for file_index, path in enumerate(paths):
+        for line_no, raw in iter_json_lines(path):
+            progress.update()
+            if kind == "review":
+                report.reviews_read += 1
+            else:
+                report.items_read += 1
+            where = f"{path.name}:{line_no}"
+            obj = _parse(raw, where, kind, report, options.strict)
+            if obj is not None:
+                yield file_index, line_no, where, obj
+    progress.close()
+
+
 def _parse(raw: bytes, where: str, kind: str, report: Report, strict: bool) -> dict | None:
     def bad(reason: str) -> None:
-        if strict:
-            raise BuildError(f"{where}: {reason.replace('_', ' ')} (--strict)")
-        report.skip(kind, reason, where)
+        _bad_input(report, kind, reason, where, strict)
 
     if not raw.strip():
         bad("blank_line")
@@ -219,29 +244,18 @@ class _ParquetSink:
 def read_reviews(paths: list[Path], sink_path: Path, report: Report, options: BuildOptions) -> None:
     """Stage 1 for review files: validate each line and keep the protocol's columns."""
     sink = _ParquetSink(sink_path, REVIEW_SCHEMA)
-    progress = tqdm(desc="reading reviews", unit=" lines", disable=not options.show_progress)
-    for file_index, path in enumerate(paths):
-        for line_no, raw in iter_json_lines(path):
-            progress.update()
-            report.reviews_read += 1
-            where = f"{path.name}:{line_no}"
-            obj = _parse(raw, where, "review", report, options.strict)
-            if obj is None:
-                continue
-            reason, row = _review_row(obj)
-            if reason is not None:
-                if reason.startswith(("missing_", "bad_")):
-                    if options.strict:
-                        raise BuildError(f"{where}: {reason.replace('_', ' ')} (--strict)")
-                    report.skip("review", reason, where)
-                else:  # a protocol filter, not bad input: counted, not listed
-                    report.reviews_dropped[reason] += 1
-                continue
-            if len(row["text"]) < options.min_text_chars:
-                report.reviews_dropped["short_text"] += 1
-                continue
-            sink.add({**row, "file_index": file_index, "line_no": line_no})
-    progress.close()
+    for file_index, line_no, where, obj in _records(paths, "review", report, options):
+        reason, row = _review_row(obj)
+        if reason is not None:
+            if reason.startswith(("missing_", "bad_")):
+                _bad_input(report, "review", reason, where, options.strict)
+            else:  # a protocol filter, not bad input: counted, not listed
+                report.reviews_dropped[reason] += 1
+            continue
+        if len(row["text"]) < options.min_text_chars:
+            report.reviews_dropped["short_text"] += 1
+            continue
+        sink.add({**row, "file_index": file_index, "line_no": line_no})
     sink.close()
 
 
@@ -274,50 +288,31 @@ def read_items(paths: list[Path], sink_path: Path, report: Report, options: Buil
     description of the allowed length; the first record of a parent_asin wins."""
     sink = _ParquetSink(sink_path, ITEM_SCHEMA)
     seen: set[str] = set()
-    progress = tqdm(desc="reading item metadata", unit=" lines", disable=not options.show_progress)
-    for path in paths:
-        for line_no, raw in iter_json_lines(path):
-            progress.update()
-            report.items_read += 1
-            where = f"{path.name}:{line_no}"
-            obj = _parse(raw, where, "item", report, options.strict)
-            if obj is None:
-                continue
-            missing = next(
-                (
-                    n
-                    for n in ("parent_asin", "title", "categories", "rating_number", "description")
-                    if obj.get(n) is None
-                ),
-                None,
-            )
-            if missing:
-                report.items_dropped[f"missing_{missing}"] += 1
-                continue
-            description = join_description(obj["description"])
-            if description is None:
-                report.skip("item", "bad_description", where)
-                continue
-            if (
-                not options.min_description_chars
-                <= len(description)
-                <= options.max_description_chars
-            ):
-                report.items_dropped["description_length"] += 1
-                continue
-            if obj["parent_asin"] in seen:
-                report.items_dropped["duplicate_item"] += 1
-                continue
-            seen.add(obj["parent_asin"])
-            report.items_kept += 1
-            sink.add(
-                {
-                    "parent_asin": obj["parent_asin"],
-                    "item_title": clean_text(str(obj["title"])),
-                    "item_description": description,
-                }
-            )
-    progress.close()
+    required = ("parent_asin", "title", "categories", "rating_number", "description")
+    for _, _, where, obj in _records(paths, "item", report, options):
+        missing = next((name for name in required if obj.get(name) is None), None)
+        if missing:
+            report.items_dropped[f"missing_{missing}"] += 1
+            continue
+        description = join_description(obj["description"])
+        if description is None:
+            _bad_input(report, "item", "bad_description", where, options.strict)
+            continue
+        if not options.min_description_chars <= len(description) <= options.max_description_chars:
+            report.items_dropped["description_length"] += 1
+            continue
+        if obj["parent_asin"] in seen:
+            report.items_dropped["duplicate_item"] += 1
+            continue
+        seen.add(obj["parent_asin"])
+        report.items_kept += 1
+        sink.add(
+            {
+                "parent_asin": obj["parent_asin"],
+                "item_title": clean_text(str(obj["title"])),
+                "item_description": description,
+            }
+        )
     sink.close()
 
 
@@ -421,7 +416,7 @@ _REVIEW_COLUMNS = (
 
 def _user_reviews(con, batch_rows: int = 50_000) -> Iterator[list[dict]]:
     """Each kept user's reviews in time order, one user at a time (bounded memory)."""
-    reader = con.execute(
+    reader = con.sql(
         f"""SELECT user_id, target_index, parent_asin AS item_id, {", ".join(_REVIEW_COLUMNS[1:])}
             FROM final ORDER BY user_id, pos"""
     ).to_arrow_reader(batch_rows)

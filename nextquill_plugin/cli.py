@@ -13,8 +13,26 @@ from typing import Any
 import yaml
 
 
+def parse_value(text: str) -> Any:
+    """A command-line value: booleans, null, numbers, YAML lists/maps; any other text stays text
+    (YAML 1.1 alone would turn `--save_strategy no` into False)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none", "~"):
+        return None
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    if text.strip().startswith(("[", "{")):
+        return yaml.safe_load(text)
+    return text
+
+
 def parse_overrides(extra: list[str]) -> dict[str, Any]:
-    """``--key value`` / ``--key=value`` pairs (values parsed as YAML), as `axolotl train` takes."""
+    """``--key value`` / ``--key=value`` pairs, as `axolotl train` takes them."""
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(extra):
@@ -30,7 +48,7 @@ def parse_overrides(extra: list[str]) -> dict[str, Any]:
             else:
                 i += 1
                 value = extra[i]
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = parse_value(value)
         i += 1
     return overrides
 

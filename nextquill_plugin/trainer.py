@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from axolotl.core.trainers.base import AxolotlTrainer
 from typing_extensions import override
 
@@ -27,16 +29,9 @@ class NextQuillTrainer(AxolotlTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True
-        a = self.args
+        # The training arguments carry each setting as nextquill_<name> (args.py's mixin).
         self.nextquill_settings = NextQuillSettings(
-            alpha=a.nextquill_alpha,
-            delta=a.nextquill_delta,
-            high_weight=a.nextquill_high_weight,
-            low_weight=a.nextquill_low_weight,
-            token_weighting=a.nextquill_token_weighting,
-            causal_loss=a.nextquill_causal_loss,
-            weight_source=a.nextquill_weight_source,
-            weight_causal_loss=a.nextquill_weight_causal_loss,
+            **{f.name: getattr(self.args, f"nextquill_{f.name}") for f in fields(NextQuillSettings)}
         )
 
     def _set_signature_columns_if_needed(self):

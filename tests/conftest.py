@@ -44,3 +44,27 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def sharpened_tiny_model(model_dir, scale: float):
+    """The tiny model with weights scaled up: random but far from uniform predictions, so that
+    with/without-history probabilities differ clearly."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return model
+
+
+@pytest.fixture(scope="session")
+def paired_rows(tiny_tokenizer, synthetic_splits):
+    """Tokenized NextQuill rows (history K=2, sequence_len 512) of the first training users."""
+    from dataset_formats.amazon_reviews import load
+
+    strategy = load(
+        tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_history_k": 2}
+    )
+    return [strategy.tokenize_prompt(r) for r in synthetic_splits["train"][:5]]

@@ -168,10 +168,17 @@ def test_truncated_gzip_empty_file_and_unmatched_meta_are_errors(tmp_path):
         build([reviews], [empty], tmp_path / "out", SMALL)
     other_meta = tmp_path / "other_meta.jsonl"
     other_meta.write_text(json.dumps(item("Q9", ["an unrelated item"])) + "\n")
-    with pytest.raises(BuildError, match="none of the 16 valid reviews matches an item of the metadata"):
+    with pytest.raises(
+        BuildError, match="none of the 16 valid reviews matches an item of the metadata"
+    ):
         build([reviews], [other_meta], tmp_path / "out", SMALL)
     with pytest.raises(BuildError, match="no user survived"):
-        build([reviews], [meta], tmp_path / "out", BuildOptions(**{**SMALL.__dict__, "min_user_reviews": 50}))
+        build(
+            [reviews],
+            [meta],
+            tmp_path / "out",
+            BuildOptions(**{**SMALL.__dict__, "min_user_reviews": 50}),
+        )
     assert not (tmp_path / "out").exists()
     assert [
         p.name for p in tmp_path.iterdir() if p.name.startswith(".out")
@@ -238,10 +245,26 @@ def test_million_review_build_stays_within_memory_bound(tmp_path):
         "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", measure, "build", "--reviews", str(tmp_path / "raw" / "reviews.jsonl.gz"),
-         "--meta", str(tmp_path / "raw" / "meta.jsonl.gz"), "--out", str(tmp_path / "out"), "--quiet",
-         "--memory-limit", "1GB", "--max-history", "8"],
-        capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-c",
+            measure,
+            "build",
+            "--reviews",
+            str(tmp_path / "raw" / "reviews.jsonl.gz"),
+            "--meta",
+            str(tmp_path / "raw" / "meta.jsonl.gz"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--memory-limit",
+            "1GB",
+            "--max-history",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     peak_mib = int(result.stdout.split("PEAK_KIB")[-1]) / 1024

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,132 @@ def test_norm_only_has_no_causal_loss(tmp_path, tiny_model_dir, train_file):
     output, steps = assert_trained(run_axolotl("train", recipe, tmp_path), tmp_path)
     assert "computed theta_0 effects" in output
     assert all(s["nextquill/causal_loss"] == 0.0 for s in steps)
+
+
+def test_mixed_recipe_trains_stock_rows_with_plain_loss(tmp_path, tiny_model_dir, train_file):
+    """recipes/mixed_example.yml with local paths: alpaca rows and NextQuill rows together."""
+    import yaml
+
+    recipe = yaml.safe_load(
+        (Path(__file__).parent.parent / "recipes" / "mixed_example.yml").read_text()
+    )
+    alpaca = write_jsonl(
+        tmp_path / "data" / "instructions.jsonl",
+        [
+            {"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."}
+            for i in range(40)
+        ],
+    )
+    recipe["datasets"][0]["path"], recipe["datasets"][1]["path"] = str(alpaca), str(train_file)
+    local = tiny_recipe(tiny_model_dir, train_file, tmp_path, max_steps=6)
+    for key in (
+        "base_model",
+        "output_dir",
+        "dataset_prepared_path",
+        "bf16",
+        "gradient_checkpointing",
+        "micro_batch_size",
+        "gradient_accumulation_steps",
+        "sequence_len",
+        "max_steps",
+        "save_strategy",
+        "lora_mlp_kernel",
+        "lora_qkv_kernel",
+        "lora_o_kernel",
+        "lora_embedding_kernel",
+        "tf32",
+        "fp16",
+    ):
+        recipe[key] = local[key]
+    recipe["shuffle_merged_datasets"] = True
+    result = run_axolotl("train", recipe, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert f"has {128} paired rows and {40} ordinary rows" in output
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_weights_command_fills_the_cache_then_full_finetune_with_eval_uses_it(
+    tmp_path, tiny_model_dir, train_file, synthetic_splits
+):
+    """`nextquill weights` ahead of training; then full fine-tuning (no LoRA) with evaluation."""
+    import subprocess
+    import sys
+
+    from nextquill_plugin.local_runs import offline_env
+
+    val_file = write_jsonl(tmp_path / "validation.jsonl", synthetic_splits["validation"])
+    recipe = tiny_recipe(
+        tiny_model_dir,
+        train_file,
+        tmp_path,
+        adapter=None,
+        lora_r=None,
+        lora_alpha=None,
+        lora_dropout=None,
+        lora_target_linear=None,
+        max_steps=4,
+        learning_rate=0.001,
+        eval_strategy="steps",
+        eval_steps=2,
+        test_datasets=[
+            {
+                "path": str(val_file),
+                "ds_type": "json",
+                "split": "train",
+                "type": "dataset_formats.amazon_reviews",
+            }
+        ],
+    )
+    import yaml
+
+    (tmp_path / "recipe.yml").write_text(yaml.safe_dump(recipe))
+    nextquill = [
+        sys.executable,
+        "-m",
+        "nextquill_plugin.cli",
+        "weights",
+        str(tmp_path / "recipe.yml"),
+    ]
+    ahead = subprocess.run(
+        nextquill, cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=600
+    )
+    out1 = ahead.stdout + ahead.stderr
+    assert ahead.returncode == 0, out1[-4000:]
+    assert "computed theta_0 effects" in out1 and "theta_0 effects are cached in" in out1
+    assert (
+        len(list((tmp_path / "prepared" / "nextquill").glob("effects-*.npz"))) == 2
+    )  # train and eval
+
+    result = run_axolotl("train", recipe, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert (
+        "computed theta_0 effects" not in output
+        and output.count("used cached theta_0 effects") == 2
+    )
+    assert "'eval_loss'" in output and "'eval_nextquill/causal_loss'" in output
+    assert (tmp_path / "out" / "model.safetensors").exists()  # full fine-tuning saves the model
+
+
+def test_weights_command_refuses_a_recipe_without_nextquill(tmp_path, tiny_model_dir, train_file):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from nextquill_plugin.local_runs import offline_env
+
+    (tmp_path / "recipe.yml").write_text(
+        yaml.safe_dump(tiny_recipe(tiny_model_dir, train_file, tmp_path, nextquill=False))
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "nextquill_plugin.cli", "weights", str(tmp_path / "recipe.yml")],
+        cwd=tmp_path,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "does not set `nextquill: true`" in result.stderr
+    assert "Traceback" not in result.stderr

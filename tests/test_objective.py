@@ -8,27 +8,17 @@ import torch
 from nextquill_plugin.causal import IGNORE_INDEX
 from nextquill_plugin.objective import NextQuillSettings, compute_batch_loss
 
+from .conftest import sharpened_tiny_model
+
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    with torch.no_grad():  # a random but not-near-uniform model, so effects are not all ~0
-        for p in model.parameters():
-            p.mul_(8.0)
-    return model
+    return sharpened_tiny_model(tiny_model_dir, 8.0)
 
 
 @pytest.fixture(scope="module")
-def paired_features(tiny_tokenizer, synthetic_splits):
-    from dataset_formats.amazon_reviews import load
-
-    strategy = load(
-        tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_history_k": 2}
-    )
-    return [strategy.tokenize_prompt(r) for r in synthetic_splits["train"][:4]]
+def paired_features(paired_rows):
+    return paired_rows[:4]
 
 
 def collate(tokenizer, features, weights=None):

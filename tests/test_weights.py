@@ -12,26 +12,17 @@ import torch
 
 from nextquill_plugin.weights import TokenEffects, cached_token_effects, compute_token_effects
 
+from .conftest import sharpened_tiny_model
+
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.mul_(6.0)
-    return m
+    return sharpened_tiny_model(tiny_model_dir, 6.0)
 
 
 @pytest.fixture(scope="module")
-def rows(tiny_tokenizer, synthetic_splits):
-    from dataset_formats.amazon_reviews import load
-
-    strategy = load(
-        tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_history_k": 2}
-    )
-    tokenized = [strategy.tokenize_prompt(r) for r in synthetic_splits["train"][:5]]
+def rows(paired_rows):
+    tokenized = list(paired_rows)
     tokenized[2] = {**tokenized[2], "cf_input_ids": [], "cf_labels": []}  # an ordinary SFT row
     keys = ("input_ids", "labels", "cf_input_ids", "cf_labels")
     return [{k: r[k] for k in keys} for r in tokenized]

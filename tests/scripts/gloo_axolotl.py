@@ -24,13 +24,30 @@ recipes = [a for a in rest if not a.startswith("--") and a.endswith(".yml")]
 overrides = parse_overrides([a for a in rest if a not in recipes])
 sys.argv = sys.argv[:1]  # axolotl parses its own CLI dataclass from sys.argv
 if mode == "validate":
+    import axolotl.utils.distributed
     from axolotl.cli.config import load_cfg
 
     for recipe in recipes:
+        # `axolotl train` loads one recipe per process; forget the previous recipe's state
+        # (axolotl refuses to set up DeepSpeed twice in one process).
+        axolotl.utils.distributed.distributed_state = None
         cfg = load_cfg(recipe, **overrides)
-        keys = ("nextquill", "nextquill_token_weighting", "nextquill_causal_loss", "nextquill_include_history",
-                "nextquill_alpha", "learning_rate", "num_epochs", "lora_r", "sequence_len", "deepspeed")
-        print("RECIPE " + json.dumps({"recipe": os.path.basename(recipe), **{k: cfg.get(k) for k in keys}}))
+        keys = (
+            "nextquill",
+            "nextquill_token_weighting",
+            "nextquill_causal_loss",
+            "nextquill_include_history",
+            "nextquill_alpha",
+            "learning_rate",
+            "num_epochs",
+            "lora_r",
+            "sequence_len",
+            "deepspeed",
+        )
+        print(
+            "RECIPE "
+            + json.dumps({"recipe": os.path.basename(recipe), **{k: cfg.get(k) for k in keys}})
+        )
 elif mode == "train":
     from axolotl.cli.train import do_cli
 
