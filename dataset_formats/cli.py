@@ -38,7 +38,7 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def _write_jsonl_gz(path: Path, records: list[dict]) -> None:
+def write_jsonl_gz(path: Path, records: list[dict]) -> None:
     import gzip
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
             from .synthetic import synthetic_raw_amazon
 
             reviews, meta = synthetic_raw_amazon(args.users, args.reviews_per_user, seed=args.seed)
-            _write_jsonl_gz(args.out / "reviews.jsonl.gz", reviews)
-            _write_jsonl_gz(args.out / "meta.jsonl.gz", meta)
+            write_jsonl_gz(args.out / "reviews.jsonl.gz", reviews)
+            write_jsonl_gz(args.out / "meta.jsonl.gz", meta)
             print(f"wrote {len(reviews)} reviews and {len(meta)} items to {args.out}")
     except (BuildError, FileNotFoundError) as error:
         print(f"nextquill-data: error: {error}", file=sys.stderr)

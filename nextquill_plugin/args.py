@@ -85,6 +85,10 @@ class NextQuillArgs(BaseModel):
         problems = nextquill_config_problems(data)
         if problems:
             raise ValueError("NextQuill config: " + " ".join(problems))
+        if data.get("gradient_checkpointing") and data.get("gradient_checkpointing_kwargs") is None:
+            # Axolotl would default to reentrant checkpointing, under which each of our two
+            # forward passes runs its own backward and DeepSpeed ZeRO reduces gradients twice.
+            data = {**data, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
         return data
 
 
@@ -116,6 +120,13 @@ def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
         problems.append(
             "sample_packing cannot be combined with NextQuill (the counterfactual sequence has no "
             "packed layout); set sample_packing: false."
+        )
+    checkpointing = data.get("gradient_checkpointing_kwargs") or {}
+    if data.get("gradient_checkpointing") and checkpointing.get("use_reentrant") is True:
+        problems.append(
+            "gradient_checkpointing_kwargs.use_reentrant: true runs a separate backward for each of "
+            "NextQuill's two forward passes (DeepSpeed ZeRO then fails with 'Gradient computed twice'); "
+            "set gradient_checkpointing_kwargs: {use_reentrant: false}."
         )
     if data.get("nextquill_include_history") is False:
         problems.append(

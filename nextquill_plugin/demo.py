@@ -1,11 +1,11 @@
 """The end-to-end demo (`make demo`): tiny local model, shipped data, `axolotl train`.
 
 1. Builds train/validation/test rows from the shipped raw Amazon-Reviews-2023-schema demo files
-   with the builder (`nextquill-data build`), and a disjoint population of users for theta_0.
+   with the builder (`nextquill-data build`), and rows of a disjoint population for theta_0.
 2. Builds a tiny random-init Qwen2 and a tokenizer from the demo corpus (no hub).
-3. theta_0: trains it (full fine-tuning) on a disjoint population of users, half of the rows
-   without history, so that it knows both the with-history and the counterfactual prompt
-   (see ../shared/research/small-model-lessons.md: a from-scratch theta_0 needs both).
+3. theta_0: trains it (full fine-tuning) on the other population, half of the rows without
+   history, so that it knows both the with-history and the counterfactual prompt
+   (../shared/research/small-model-lessons.md: a from-scratch theta_0 needs both).
 4. From theta_0, trains ContextSFT and NextQuill on the demo users with the same budget.
 5. Prints what happened: the share of preference-bearing tokens theta_0 found, the loss parts.
 """
@@ -45,35 +45,50 @@ def train(name: str, recipe: dict) -> list[dict]:
         sys.exit(result.returncode)
     steps = logged_metrics(result.stdout + result.stderr)
     say(
-        f"{name}: {len(steps)} steps in {time.time() - started:.0f}s, loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"
+        f"{name}: {len(steps)} steps in {time.time() - started:.0f}s, "
+        f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"
     )
     return steps
 
 
+def build_data() -> tuple[Path, list[dict]]:
+    """Demo rows from the shipped raw files; theta_0 rows from another generated population."""
+    from dataset_formats.builder import BuildOptions, build
+    from dataset_formats.cli import DEMO_META, DEMO_REVIEWS, write_jsonl_gz
+    from dataset_formats.synthetic import synthetic_raw_amazon
+
+    quiet = BuildOptions(show_progress=False)
+    data = OUT / "data"
+    report = build([DEMO_REVIEWS], [DEMO_META], data, quiet)
+    say(
+        f"built {report.rows_per_split} rows of {report.users} users from {DEMO_REVIEWS.name} "
+        f"({report.reviews_read} reviews read, {report.reviews_kept} kept; {data / 'stats.json'})"
+    )
+    raw = OUT / "theta0_raw"
+    reviews, meta = synthetic_raw_amazon(n_users=120, seed=1)
+    write_jsonl_gz(raw / "reviews.jsonl.gz", reviews)
+    write_jsonl_gz(raw / "meta.jsonl.gz", meta)
+    build([raw / "reviews.jsonl.gz"], [raw / "meta.jsonl.gz"], OUT / "theta0_data", quiet)
+    theta0_train = read_jsonl(OUT / "theta0_data" / "train.jsonl")
+    # Every other theta_0 row without history: exactly the counterfactual prompt.
+    mixed = [row if i % 2 else {**row, "history": []} for i, row in enumerate(theta0_train)]
+    write_jsonl(data / "theta0_train.jsonl", mixed)
+    say(f"theta_0 data: {len(mixed)} rows of 120 other users, half of them without history")
+    return data, theta0_train
+
+
 def main() -> None:
-    from dataset_formats.synthetic import corpus_texts, synthetic_rows
+    from dataset_formats.synthetic import corpus_texts
 
     from .tiny_model import build_tiny_model
 
     OUT.mkdir(parents=True, exist_ok=True)
     say(f"working in {OUT}")
-    demo_users = synthetic_rows(n_users=48, reviews_per_user=12, seed=0)
-    theta0_users = synthetic_rows(n_users=48, reviews_per_user=12, seed=1)
-    data = OUT / "data"
-    for split, rows in demo_users.items():
-        write_jsonl(data / f"{split}.jsonl", rows)
-    # theta_0's rows: every other row without history, i.e. exactly the counterfactual prompt.
-    theta0_rows = [
-        row if i % 2 else {**row, "history": []} for i, row in enumerate(theta0_users["train"])
-    ]
-    write_jsonl(data / "theta0_train.jsonl", theta0_rows)
-    say(
-        f"data: {len(demo_users['train'])} train rows of {48} demo users; {len(theta0_rows)} theta_0 rows"
-    )
-
+    data, theta0_train = build_data()
+    demo_train = read_jsonl(data / "train.jsonl")
     base = build_tiny_model(
         OUT / "base_model",
-        corpus_texts(theta0_users["train"] + demo_users["train"]),
+        corpus_texts(theta0_train[:400] + demo_train[:400]),
         vocab_size=1000,
         hidden_size=96,
         num_layers=2,
@@ -81,6 +96,13 @@ def main() -> None:
     say(f"tiny Qwen2 built in {base}")
 
     common = {"sequence_len": 1024, "nextquill_history_k": 4, "micro_batch_size": 4}
+    full_finetune = {
+        "adapter": None,
+        "lora_r": None,
+        "lora_alpha": None,
+        "lora_dropout": None,
+        "lora_target_linear": None,
+    }
     train(
         "theta0",
         tiny_recipe(
@@ -88,18 +110,13 @@ def main() -> None:
             data / "theta0_train.jsonl",
             OUT / "theta0",
             nextquill=False,
-            adapter=None,
-            lora_r=None,
-            lora_alpha=None,
-            lora_dropout=None,
-            lora_target_linear=None,
             max_steps=STEPS * 2,
             learning_rate=0.003,
+            **full_finetune,
             **common,
         ),
     )
     theta0 = OUT / "theta0" / "out"
-
     context_sft = train(
         "context_sft",
         tiny_recipe(
@@ -124,15 +141,15 @@ def main() -> None:
         ),
     )
     log = (OUT / "nextquill" / "train.log").read_text()
-    share = [line for line in log.splitlines() if "preference-bearing" in line]
-    say("theta_0 weights: " + (share[-1].split("] ")[-1] if share else "(not found in the log)"))
+    found = [line.split("] ")[-1] for line in log.splitlines() if "preference-bearing" in line]
+    say("theta_0 weights: " + (found[-1] if found else "(not found in the log)"))
     last = nextquill[-1]
     say(
-        f"NextQuill final step: Ln={last['nextquill/normal_loss']:.3f} Lp={last['nextquill/causal_loss']:.3f} "
-        f"mean weight={last['nextquill/mean_weight']:.3f} "
-        f"preference tokens={last['nextquill/preference_token_fraction']:.2%}"
+        f"NextQuill last step: Ln={last['nextquill/normal_loss']:.3f} "
+        f"Lp={last['nextquill/causal_loss']:.3f} mean weight={last['nextquill/mean_weight']:.3f} "
+        f"preference tokens={last['nextquill/preference_token_fraction']:.1%}"
     )
-    say(f"ContextSFT final loss {context_sft[-1]['loss']:.3f}; adapters in {OUT}/*/out")
+    say(f"ContextSFT last loss {context_sft[-1]['loss']:.3f}; models and adapters in {OUT}/*/out")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ seed: 42
 bf16: true
 tf32: true
 gradient_checkpointing: true
+gradient_checkpointing_kwargs:
+  use_reentrant: false  # NextQuill's two forward passes need one backward (DeepSpeed ZeRO)
 deepspeed: deepspeed_configs/zero1.json  # as in the authors' code
 
 logging_steps: 10
@@ -122,8 +124,13 @@ def render(domain: str, variant: str) -> str:
     title, keys = VARIANTS[variant]
     uses_nextquill_loss = variant in ("nextquill", "causal_only", "norm_only")
     return TEMPLATE.format(
-        domain=domain, domain_name=domain_name, domain_file=domain_file, variant=variant,
-        variant_title=title, variant_keys=keys, nextquill_keys=NEXTQUILL_KEYS if uses_nextquill_loss else "",
+        domain=domain,
+        domain_name=domain_name,
+        domain_file=domain_file,
+        variant=variant,
+        variant_title=title,
+        variant_keys=keys,
+        nextquill_keys=NEXTQUILL_KEYS if uses_nextquill_loss else "",
     )
 
 
@@ -136,7 +143,9 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         stale = [p.name for p, text in recipes.items() if not p.exists() or p.read_text() != text]
         if stale:
-            print(f"recipes differ from recipes/generate.py: {stale}; run python recipes/generate.py")
+            print(
+                f"recipes differ from recipes/generate.py: {stale}; run python recipes/generate.py"
+            )
             return 1
         print(f"{len(recipes)} recipes match recipes/generate.py")
         return 0

@@ -52,12 +52,28 @@ def test_defaults_are_the_papers(load):
             {"pretraining_dataset": [{"path": "x", "type": "pretrain"}]},
             "remove pretraining_dataset",
         ),
+        (
+            {
+                "gradient_checkpointing": True,
+                "gradient_checkpointing_kwargs": {"use_reentrant": True},
+            },
+            "set gradient_checkpointing_kwargs: {use_reentrant: false}",
+        ),
     ],
 )
 def test_bad_settings_fail_naming_key_and_fix(load, overrides, message):
     with pytest.raises(Exception) as error:
         load(**overrides)
     assert message in str(error.value)
+
+
+def test_gradient_checkpointing_defaults_to_non_reentrant(load):
+    assert load(gradient_checkpointing=True).gradient_checkpointing_kwargs == {
+        "use_reentrant": False
+    }
+    # Without NextQuill, Axolotl's own default (reentrant) stays.
+    plain = load(nextquill=False, gradient_checkpointing=True)
+    assert plain.gradient_checkpointing_kwargs == {"use_reentrant": True}
 
 
 def test_checks_apply_only_when_nextquill_is_enabled(load):

@@ -11,27 +11,23 @@ import json
 import os
 import sys
 
-os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-os.environ.setdefault("MASTER_PORT", str(29000 + os.getpid() % 1000))
 
-import torch.distributed as dist  # noqa: E402
+def main() -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_PORT", str(29000 + os.getpid() % 1000))
+    import torch.distributed as dist
 
-from nextquill_plugin.cli import parse_overrides  # noqa: E402
+    from nextquill_plugin.cli import parse_overrides
 
-dist.init_process_group("gloo", rank=0, world_size=1)
-mode, rest = sys.argv[1], sys.argv[2:]
-recipes = [a for a in rest if not a.startswith("--") and a.endswith(".yml")]
-overrides = parse_overrides([a for a in rest if a not in recipes])
-sys.argv = sys.argv[:1]  # axolotl parses its own CLI dataclass from sys.argv
-if mode == "validate":
-    import axolotl.utils.distributed
-    from axolotl.cli.config import load_cfg
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    mode, rest = sys.argv[1], sys.argv[2:]
+    recipes = [a for a in rest if not a.startswith("--") and a.endswith(".yml")]
+    overrides = parse_overrides([a for a in rest if a not in recipes])
+    sys.argv = sys.argv[:1]  # axolotl parses its own CLI dataclass from sys.argv
+    if mode == "validate":
+        import axolotl.utils.distributed
+        from axolotl.cli.config import load_cfg
 
-    for recipe in recipes:
-        # `axolotl train` loads one recipe per process; forget the previous recipe's state
-        # (axolotl refuses to set up DeepSpeed twice in one process).
-        axolotl.utils.distributed.distributed_state = None
-        cfg = load_cfg(recipe, **overrides)
         keys = (
             "nextquill",
             "nextquill_token_weighting",
@@ -44,13 +40,23 @@ if mode == "validate":
             "sequence_len",
             "deepspeed",
         )
-        print(
-            "RECIPE "
-            + json.dumps({"recipe": os.path.basename(recipe), **{k: cfg.get(k) for k in keys}})
-        )
-elif mode == "train":
-    from axolotl.cli.train import do_cli
+        for recipe in recipes:
+            # `axolotl train` loads one recipe per process; forget the previous recipe's state
+            # (axolotl refuses to set up DeepSpeed twice in one process).
+            axolotl.utils.distributed.distributed_state = None
+            cfg = load_cfg(recipe, **overrides)
+            print(
+                "RECIPE "
+                + json.dumps({"recipe": os.path.basename(recipe), **{k: cfg.get(k) for k in keys}})
+            )
+    elif mode == "train":
+        from axolotl.cli.train import do_cli
 
-    do_cli(config=recipes[0], **overrides)
-else:
-    raise SystemExit(f"unknown mode {mode}")
+        do_cli(config=recipes[0], **overrides)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+# Guarded: worker processes that datasets starts re-import this file as a module.
+if __name__ == "__main__":
+    main()
