@@ -30,6 +30,7 @@ CPU_OVERRIDES = [
     "--save-strategy=no",
     "--eval-strategy=no",
     "--max-steps=3",
+    "--logging-steps=1",
     "--micro-batch-size=2",
     "--sequence-len=1024",
     "--dataset-processes=1",
