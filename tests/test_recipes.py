@@ -96,7 +96,8 @@ def run(args, cwd, timeout=900):
 
 def test_every_recipe_validates_with_axolotl(workdir, tiny_model_dir):
     # Only the base model is overridden (it must be local); everything else is the recipe's.
-    recipes = sorted(str(p) for p in RECIPES.glob("*_*.yml"))
+    generated = sorted(load_generator().expected_recipes())
+    recipes = [str(p) for p in [*generated, RECIPES / "mixed_example.yml"]]
     result = run(
         [sys.executable, str(HELPER), "validate", *recipes, f"--base_model={tiny_model_dir}"],
         workdir,
@@ -107,7 +108,8 @@ def test_every_recipe_validates_with_axolotl(workdir, tiny_model_dir):
         if line.startswith("RECIPE "):
             cfg = json.loads(line[len("RECIPE ") :])
             seen[cfg["recipe"]] = cfg
-    assert len(seen) == 15
+    assert set(seen) == {Path(r).name for r in recipes}  # the 15 and the mixed example
+    assert seen.pop("mixed_example.yml")["nextquill"] is True
     variants = sorted(load_generator().VARIANTS, key=len, reverse=True)  # context_sft before sft
     for name, cfg in seen.items():
         variant = next(v for v in variants if name.endswith(f"_{v}.yml"))
