@@ -13,6 +13,7 @@ history reviews; the counterfactual prompt replaces the whole history block by a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from axolotl.prompt_tokenizers import PromptTokenizingStrategy
@@ -78,12 +79,44 @@ class AmazonReviewsStrategy(PromptTokenizingStrategy):
         return render
 
     def tokenize_prompt(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        return self._paired(prompt, self._target(prompt)["text"], self.settings)
+
+    def generation_prompts(self, row: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
+        """Prompt token ids for generating the target review: with history and counterfactual.
+
+        Built by the same code and truncation rules as training, with room for
+        ``max_new_tokens`` instead of the reference (which must not shape the prompt).
+        """
+        self._target(row)
+        settings = replace(
+            self.settings,
+            sequence_len=self.settings.sequence_len - max_new_tokens + 1,
+            emit_counterfactual=True,
+        )
+        paired = self._paired(row, "", settings)  # target = EOS only
+        prompt = paired["input_ids"][:-1]
+        counterfactual = paired["cf_input_ids"][:-1] if paired["cf_input_ids"] else prompt
+        return {
+            "prompt_ids": prompt,
+            "counterfactual_prompt_ids": counterfactual,
+            "history_kept": paired["nq_history_kept"],
+            "truncation": paired["nq_truncation"],
+        }
+
+    @staticmethod
+    def _target(prompt: dict[str, Any]) -> dict[str, Any]:
         target = prompt.get("target")
         if not isinstance(target, dict) or not (target.get("text") or "").strip():
             raise ValueError(
                 f"amazon_reviews row of user {prompt.get('user_id')!r} has no target review text; "
                 "rows must come from `nextquill-data build` (fields: user_id, target, history)."
             )
+        return target
+
+    def _paired(
+        self, prompt: dict[str, Any], target_text: str, settings: PromptSettings
+    ) -> dict[str, Any]:
+        target = prompt["target"]
         lab = self.labels
         history = select_history(
             prompt.get("history") or [], target, self.settings.history_k, self.settings.selection
@@ -100,7 +133,7 @@ class AmazonReviewsStrategy(PromptTokenizingStrategy):
             )
 
         return build_paired_example(
-            self.renderer, self.settings, user_message, entries, target["text"], "\n\n".join
+            self.renderer, settings, user_message, entries, target_text, "\n\n".join
         )
 
 

@@ -1,7 +1,14 @@
 """`nextquill` command line: work done ahead of or after `axolotl train`.
 
 nextquill weights RECIPE.yml [--key value ...]   theta_0 effects into the cache, no training
+nextquill evaluate RECIPE.yml [--checkpoint DIR]  generate for a split and score it (Table 1)
+nextquill compare RUN_DIR RUN_DIR ...             Table-1/2-style comparison of evaluations
+nextquill inspect RECIPE.yml [--checkpoint DIR]   per-token causal effects: HTML, terminal, plots
+nextquill setup-wordnet                           WordNet for METEOR from Debian's packages
 nextquill demo                                    the end-to-end demo (same as `make demo`)
+
+Recipe overrides (`--key value`, as `axolotl train` takes them) go after `--` for evaluate and
+inspect, e.g. `nextquill evaluate r.yml --checkpoint out -- --sequence_len 2048`.
 """
 
 from __future__ import annotations
@@ -77,6 +84,172 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
     print(f"nextquill: theta_0 effects are cached in {effects_cache_dir(cfg)}")
 
 
+def add_evaluate_parser(commands) -> None:
+    from .generation import GenerationSettings
+
+    defaults = GenerationSettings()
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="generate a review for every row of a split and score ROUGE-1/L, METEOR, BLEU",
+        description="Without --checkpoint the recipe's base_model is evaluated as it is "
+        "(the paper's untuned row). Writes predictions.jsonl and metrics.json.",
+    )
+    evaluate.add_argument("recipe")
+    evaluate.add_argument("--checkpoint", help="LoRA adapter or full model folder from training")
+    evaluate.add_argument(
+        "--split",
+        default="test",
+        help="file <split>.jsonl next to the recipe's training data (default: test)",
+    )
+    evaluate.add_argument("--data", help="a JSONL file of built rows instead of --split")
+    evaluate.add_argument("--out", help="output folder (default: <checkpoint>/eval-<split>)")
+    evaluate.add_argument("--name", help="the row's name in `nextquill compare`")
+    evaluate.add_argument("--limit", type=int, help="only the first N rows")
+    evaluate.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    evaluate.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    evaluate.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    evaluate.add_argument(
+        "--penalty-scope",
+        choices=("all", "generated"),
+        default=defaults.penalty_scope,
+        help="all: transformers' penalty, prompt tokens included (the authors'); "
+        "generated: only new tokens",
+    )
+    evaluate.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
+    evaluate.add_argument("--temperature", type=float, default=defaults.temperature)
+    evaluate.add_argument("--top-p", type=float, default=defaults.top_p)
+    evaluate.add_argument("--seed", type=int, default=defaults.seed)
+    evaluate.add_argument(
+        "--cos-gamma",
+        type=float,
+        default=defaults.cos_gamma,
+        help="context steering: s_h + gamma * (s_h - s_no_history); 0 = off",
+    )
+    evaluate.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
+    )
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+
+
+def add_compare_parser(commands) -> None:
+    compare = commands.add_parser("compare", help="compare evaluations (Table 1 / Table 2)")
+    compare.add_argument("runs", nargs="+", help="evaluation folders or metrics.json files")
+    compare.add_argument("--baseline", help="run name to report relative improvement against")
+    compare.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    compare.add_argument("--ci", action="store_true", help="show 95%% confidence intervals")
+    compare.add_argument("--csv", help="also write the CSV table to this file")
+
+
+def add_inspect_parser(commands) -> None:
+    inspect = commands.add_parser(
+        "inspect", help="per-token causal effects and weights: HTML page, terminal, plots"
+    )
+    inspect.add_argument("recipe")
+    inspect.add_argument("--checkpoint", help="the model to inspect (default: base_model)")
+    inspect.add_argument("--name", default="model", help="its name in the plots")
+    inspect.add_argument("--against", help="a second checkpoint for the histogram (Fig. 3)")
+    inspect.add_argument("--against-name", default="against")
+    inspect.add_argument("--split", default="test")
+    inspect.add_argument("--data")
+    inspect.add_argument("--samples", type=int, default=8, help="samples in HTML/terminal")
+    inspect.add_argument("--plot-samples", type=int, default=200, help="samples in the plots")
+    inspect.add_argument("--out", default="inspect", help="output folder")
+    inspect.add_argument("--no-terminal", action="store_true")
+
+
+def run_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    from .evaluation import EvaluationRequest, run_evaluation
+    from .generation import GenerationSettings
+
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        penalty_scope=args.penalty_scope,
+        cos_gamma=args.cos_gamma,
+        seed=args.seed,
+    )
+    request = EvaluationRequest(
+        recipe=args.recipe,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        split=args.split,
+        out=args.out,
+        name=args.name,
+        limit=args.limit,
+        dtype=args.dtype,
+        resamples=args.bootstrap,
+        overrides=overrides,
+    )
+    document = run_evaluation(request, settings)
+    metrics = document["metrics"]
+    summary = ", ".join(
+        f"{key} {value['value']:.4f} [{value['ci_low']:.4f}, {value['ci_high']:.4f}]"
+        for key, value in metrics.items()
+    )
+    print(f"nextquill evaluate: {document['name']}: {document['n']} rows; {summary}")
+    print(f"nextquill evaluate: wrote {document['out_dir']}/predictions.jsonl and metrics.json")
+
+
+def run_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    from .evaluation import comparison_table, comparison_warnings, load_run
+
+    if overrides:
+        raise ValueError("compare takes no recipe overrides")
+    runs = [load_run(path) for path in args.runs]
+    for warning in comparison_warnings(runs):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        comparison_table(runs, baseline=args.baseline, fmt=args.format, intervals=args.ci), end=""
+    )
+    if args.csv:
+        with open(args.csv, "w") as handle:
+            handle.write(comparison_table(runs, baseline=args.baseline, fmt="csv", intervals=True))
+
+
+def run_inspect(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    from .inspection import InspectionRequest, run_inspection
+
+    paths = run_inspection(
+        InspectionRequest(
+            recipe=args.recipe,
+            checkpoint=args.checkpoint,
+            against=args.against,
+            names=(args.name, args.against_name),
+            data=args.data,
+            split=args.split,
+            samples=args.samples,
+            plot_samples=args.plot_samples,
+            out=args.out,
+            terminal=not args.no_terminal,
+            overrides=overrides,
+        )
+    )
+    for kind, path in paths.items():
+        print(f"nextquill inspect: {kind}: {path}")
+
+
+def run_setup_wordnet(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    from pathlib import Path
+
+    from .wordnet_data import install_wordnet, require_wordnet
+
+    target = install_wordnet(Path(args.source), Path(args.nltk_dir) if args.nltk_dir else None)
+    require_wordnet()
+    print(f"nextquill setup-wordnet: WordNet 3.0 installed in {target}")
+
+
+COMMANDS = {
+    "evaluate": run_evaluate,
+    "compare": run_compare,
+    "inspect": run_inspect,
+    "setup-wordnet": run_setup_wordnet,
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="nextquill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,9 +260,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     weights.add_argument("recipe")
     commands.add_parser("demo", help="run the end-to-end demo on the tiny local model")
+    add_evaluate_parser(commands)
+    add_compare_parser(commands)
+    add_inspect_parser(commands)
+    wordnet = commands.add_parser(
+        "setup-wordnet", help="copy Debian's WordNet 3.0 (wordnet-base) where NLTK finds it"
+    )
+    wordnet.add_argument("--source", default="/usr/share/wordnet")
+    wordnet.add_argument("--nltk-dir", default=None, help="default: <sys.prefix>/nltk_data")
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides: dict[str, Any] = {}
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, overrides = argv[:cut], parse_overrides(argv[cut + 1 :])
     args, extra = parser.parse_known_args(argv)
+    if args.command != "weights" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "weights":
-        compute_weights(args.recipe, parse_overrides(extra))
+        compute_weights(args.recipe, {**parse_overrides(extra), **overrides})
+    elif args.command in ("evaluate", "compare", "inspect", "setup-wordnet"):
+        try:
+            COMMANDS[args.command](args, overrides)
+        except (FileNotFoundError, ValueError, RuntimeError) as error:
+            raise SystemExit(f"nextquill {args.command}: {error}") from None
     elif args.command == "demo":
         if extra:
             parser.error(f"demo takes no arguments, got {extra}")

@@ -1,0 +1,191 @@
+"""Loading a trained model and generating reviews in batches (left-padded), with optional
+context steering (CoS): next-token scores  s_h + gamma * (s_h - s_none)  where s_h and s_none
+are the log-probabilities with and without the user's history.
+
+CoS reuses transformers' classifier-free guidance processor: with ``guidance_scale = 1 + gamma``
+and the counterfactual prompt as the "negative prompt" it computes exactly
+``s_none + (1 + gamma) * (s_h - s_none)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+PENALTY_SCOPES = ("all", "generated")
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings; the defaults are the authors' evaluation (greedy, penalty 1.2)."""
+
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.2
+    # "all": transformers' penalty, which also counts the prompt's tokens (the authors' setting;
+    # it penalises the user's own words shown in the history); "generated": only new tokens.
+    penalty_scope: str = "all"
+    cos_gamma: float = 0.0  # context steering strength; 0 = plain decoding
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1 (got {self.batch_size})")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if self.penalty_scope not in PENALTY_SCOPES:
+            problems.append(f"penalty_scope must be one of {PENALTY_SCOPES}")
+        if self.cos_gamma < 0:
+            problems.append(f"cos_gamma must be >= 0 (got {self.cos_gamma})")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            problems.append("sampling needs temperature > 0 and 0 < top_p <= 1")
+        if problems:
+            raise ValueError("generation settings: " + "; ".join(problems))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with every sequence ending in the last column."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if seq:
+            ids[i, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
+    return ids, mask
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model_for_generation(base_model: str, checkpoint: str | None, dtype: str = "auto"):
+    """(model, tokenizer, description) for a base model, a LoRA adapter folder (merged into its
+    base for speed) or a full fine-tuned model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = default_device()
+    if dtype == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        torch_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    else:
+        torch_dtype = {
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[dtype]
+    source, adapter = base_model, None
+    if checkpoint:
+        folder = Path(checkpoint)
+        if (folder / "adapter_config.json").is_file():
+            adapter = folder
+            config = json.loads((folder / "adapter_config.json").read_text())
+            source = config.get("base_model_name_or_path") or base_model
+        elif (folder / "config.json").is_file():
+            source = str(folder)
+        else:
+            raise FileNotFoundError(
+                f"checkpoint {folder} holds neither adapter_config.json (a LoRA adapter) nor "
+                "config.json (a full model); pass the folder `axolotl train` saved to "
+                "(output_dir or one of its checkpoint-N folders)."
+            )
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    tokenizer_source = checkpoint if checkpoint and _has_tokenizer(Path(checkpoint)) else source
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    description = f"{source}" + (f" + LoRA adapter {adapter}" if adapter else "")
+    return model, tokenizer, description
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
+
+
+@torch.no_grad()
+def generate_continuations(
+    model,
+    prompts: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    *,
+    pad_token_id: int,
+    eos_token_id: int | None,
+    counterfactual_prompts: Sequence[Sequence[int]] | None = None,
+    show_progress: bool = True,
+) -> list[list[int]]:
+    """New token ids for every prompt (EOS and padding removed), in the prompts' order.
+
+    Prompts are batched by length (longest first) so that left padding stays small. With
+    ``settings.cos_gamma > 0`` the ``counterfactual_prompts`` steer decoding (see module doc).
+    """
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    if settings.cos_gamma > 0 and counterfactual_prompts is None:
+        raise ValueError("context steering (cos_gamma > 0) needs the counterfactual prompts")
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    batches = [
+        order[start : start + settings.batch_size]
+        for start in range(0, len(order), settings.batch_size)
+    ]
+    outputs: list[list[int]] = [[] for _ in prompts]
+    generator_seed = settings.seed
+    for batch in tqdm(batches, desc="generating", disable=not show_progress):
+        input_ids, mask = left_pad([prompts[i] for i in batch], pad_token_id)
+        kwargs: dict = {
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": settings.do_sample,
+            "pad_token_id": pad_token_id,
+            "eos_token_id": eos_token_id,
+        }
+        if settings.do_sample:
+            torch.manual_seed(generator_seed)
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        else:  # greedy: unset the model's own sampling defaults so transformers does not warn
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if settings.repetition_penalty != 1.0 and settings.penalty_scope == "generated":
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [
+                    RepetitionPenaltyLogitsProcessor(
+                        settings.repetition_penalty, prompt_ignore_length=input_ids.shape[1]
+                    )
+                ]
+            )
+        else:
+            kwargs["repetition_penalty"] = settings.repetition_penalty
+        if settings.cos_gamma > 0:
+            cf_ids, cf_mask = left_pad([counterfactual_prompts[i] for i in batch], pad_token_id)
+            kwargs.update(
+                guidance_scale=1.0 + settings.cos_gamma,
+                negative_prompt_ids=cf_ids.to(device),
+                negative_prompt_attention_mask=cf_mask.to(device),
+            )
+        generated = model.generate(
+            input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs
+        )
+        new_tokens = generated[:, input_ids.shape[1] :].tolist()
+        for row, tokens in zip(batch, new_tokens, strict=True):
+            if eos_token_id is not None and eos_token_id in tokens:
+                tokens = tokens[: tokens.index(eos_token_id)]
+            outputs[row] = [t for t in tokens if t != pad_token_id]
+        generator_seed += 1
+    return outputs

@@ -1,0 +1,292 @@
+"""`nextquill inspect`: which target tokens carry the user's preference, under a given model
+(the paper's Figures 3, 4 and 7, for any model and data).
+
+For every target token: p(y_t | x, h, y<t), p(y_t | x, no history, y<t), their difference (the
+causal effect, eq. 4) and the weight it gets (eq. 3). Views: an HTML page (tokens coloured by
+effect, numbers on hover), coloured terminal output, a histogram of the log-probability
+difference for one or two models (Fig. 3) and the most frequent preference-bearing tokens (Fig. 7).
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .causal import causal_effects, preference_weights
+from .weights import compute_token_effects
+
+
+@dataclass
+class TokenView:
+    """One sample's target tokens with their probabilities, effects and weights."""
+
+    prompt_id: str
+    tokens: list[str]
+    p_with: np.ndarray
+    p_without: np.ndarray
+    effects: np.ndarray
+    weights: np.ndarray
+
+
+def paired_rows(strategy, rows: Sequence[dict[str, Any]]) -> dict[str, list]:
+    """Training-identical tokenization of ``rows``, counterfactual prompts included."""
+    strategy.settings = replace(strategy.settings, emit_counterfactual=True)
+    columns: dict[str, list] = {"input_ids": [], "labels": [], "cf_input_ids": [], "cf_labels": []}
+    for row in rows:
+        example = strategy.tokenize_prompt(row)
+        for key in columns:
+            columns[key].append(example[key])
+    return columns
+
+
+def token_views(
+    model,
+    tokenizer,
+    rows: Sequence[dict[str, Any]],
+    columns: dict[str, list],
+    *,
+    delta: float,
+    high_weight: float,
+    low_weight: float,
+    batch_size: int = 4,
+    show_progress: bool = True,
+) -> list[TokenView]:
+    """Per-token effects and weights of every row under ``model`` (rows whose history had to be
+    dropped entirely have no counterfactual and come back with no tokens)."""
+    effects = compute_token_effects(
+        model,
+        columns,
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+    views = []
+    for i, row in enumerate(rows):
+        p_with, p_without = effects.row(i)
+        target_ids = [t for t in columns["labels"][i] if t != -100][: len(p_with)]
+        effect = causal_effects(torch.from_numpy(p_with), torch.from_numpy(p_without))
+        weights = preference_weights(effect, delta, high_weight, low_weight)
+        views.append(
+            TokenView(
+                prompt_id=f"{row.get('user_id')}/{(row.get('target') or {}).get('item_id') or i}",
+                tokens=[tokenizer.decode([t]) for t in target_ids],
+                p_with=p_with,
+                p_without=p_without,
+                effects=effect.numpy(),
+                weights=weights.numpy(),
+            )
+        )
+    return views
+
+
+def _colour(effect: float, scale: float) -> tuple[int, int, int]:
+    """White at 0, red for a positive effect (history helps), blue for negative."""
+    strength = min(1.0, abs(effect) / scale) if scale > 0 else 0.0
+    fade = int(255 * (1 - 0.75 * strength))
+    return (255, fade, fade) if effect > 0 else (fade, fade, 255)
+
+
+def render_html(views: Sequence[TokenView], *, delta: float, title: str) -> str:
+    """A standalone page: one paragraph per sample, tokens coloured by causal effect; hovering a
+    token shows p with/without history, the effect and the weight; preference-bearing tokens
+    (effect > delta) are underlined."""
+    scale = max([float(np.abs(v.effects).max()) for v in views if len(v.effects)] + [delta])
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "p.sample{line-height:1.9;white-space:pre-wrap}span.t{border-radius:3px}"
+        "span.pref{text-decoration:underline;font-weight:bold}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Colour: causal effect p(y|x,h) - p(y|x) (red: the history makes the token more "
+        f"likely; blue: less). Underlined: effect &gt; delta = {delta:g} (weight lambda).</p>",
+    ]
+    for view in views:
+        parts.append(f'<h2>{html.escape(view.prompt_id)}</h2><p class="sample">')
+        if not view.tokens:
+            parts.append("<em>no counterfactual for this row (its history did not fit)</em>")
+        for token, pw, pn, effect, weight in zip(
+            view.tokens, view.p_with, view.p_without, view.effects, view.weights, strict=True
+        ):
+            red, green, blue = _colour(float(effect), scale)
+            css = "t pref" if effect > delta else "t"
+            tip = f"p_with={pw:.4f} p_without={pn:.4f} effect={effect:+.4f} weight={weight:g}"
+            parts.append(
+                f'<span class="{css}" style="background:rgb({red},{green},{blue})" '
+                f'title="{tip}">{html.escape(token)}</span>'
+            )
+        parts.append("</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def render_terminal(views: Sequence[TokenView], *, delta: float) -> str:
+    """The same view with 24-bit ANSI background colours, for a terminal."""
+    scale = max([float(np.abs(v.effects).max()) for v in views if len(v.effects)] + [delta])
+    lines = []
+    for view in views:
+        marked = int((view.effects > delta).sum())
+        lines.append(
+            f"== {view.prompt_id}: {marked}/{len(view.tokens)} tokens with effect > {delta:g}"
+        )
+        text = []
+        for token, effect in zip(view.tokens, view.effects, strict=True):
+            red, green, blue = _colour(float(effect), scale)
+            style = "\x1b[4m" if effect > delta else ""
+            text.append(f"\x1b[48;2;{red};{green};{blue}m\x1b[30m{style}{token}\x1b[0m")
+        lines.append("".join(text))
+    return "\n".join(lines) + "\n"
+
+
+def log_probability_differences(views: Sequence[TokenView]) -> np.ndarray:
+    """log p(y_t | x, h) - log p(y_t | x) over all tokens of all samples (Fig. 3's quantity)."""
+    tiny = np.float32(1e-12)
+    parts = [np.log(v.p_with + tiny) - np.log(v.p_without + tiny) for v in views]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def preference_token_counts(views: Sequence[TokenView], delta: float) -> Counter[str]:
+    """How often each token (stripped text) crosses delta (Fig. 7)."""
+    counts: Counter[str] = Counter()
+    for view in views:
+        for token, effect in zip(view.tokens, view.effects, strict=True):
+            if effect > delta and token.strip():
+                counts[token.strip()] += 1
+    return counts
+
+
+def plot_difference_histogram(
+    differences: dict[str, np.ndarray], path: Path, title: str = ""
+) -> Path:
+    """Overlaid histograms of the log-probability difference, one per model (Fig. 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    values = [v for v in differences.values() if len(v)]
+    low = min((float(v.min()) for v in values), default=-1.0)
+    high = max((float(v.max()) for v in values), default=1.0)
+    bins = np.linspace(low, high, 60) if high > low else 10
+    for name, diff in differences.items():
+        axes.hist(
+            diff, bins=bins, alpha=0.5, density=True, label=f"{name} (mean {diff.mean():+.3f})"
+        )
+    axes.set_xlabel("log p(y_t | x, h, y<t) - log p(y_t | x, y<t)")
+    axes.set_ylabel("density")
+    axes.set_yscale("log")
+    axes.set_title(title or "Effect of the history on target tokens")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_preference_tokens(
+    counts: Counter[str], path: Path, title: str = "", top: int = 20
+) -> Path:
+    """Bar chart of the most frequent preference-bearing tokens (Fig. 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    common = counts.most_common(top)
+    figure, axes = plt.subplots(figsize=(7, max(2.5, 0.3 * len(common) + 1)))
+    if common:
+        labels, values = zip(*reversed(common), strict=True)
+        axes.barh(range(len(values)), values, color="tab:red")
+        axes.set_yticks(range(len(labels)), labels)
+    else:
+        axes.text(0.5, 0.5, "no token crossed delta", ha="center", va="center")
+    axes.set_xlabel("times the token got weight lambda")
+    axes.set_title(title or "Most frequent preference-bearing tokens")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+@dataclass
+class InspectionRequest:
+    recipe: str
+    checkpoint: str | None = None
+    against: str | None = None  # a second checkpoint for the Fig. 3 comparison
+    names: tuple[str, str] = ("model", "against")
+    data: str | None = None
+    split: str = "test"
+    samples: int = 8  # shown in HTML and terminal
+    plot_samples: int = 200  # used for the plots
+    out: str = "inspect"
+    terminal: bool = True
+    overrides: dict[str, Any] | None = None
+
+
+def run_inspection(request: InspectionRequest, show_progress: bool = True) -> dict[str, Path]:
+    """Write tokens.html and the two plots into ``request.out``; return their paths."""
+    from dataset_formats.amazon_reviews import load as load_strategy
+
+    from .evaluation import check_dataset_type, read_recipe, read_rows, split_path
+    from .generation import load_model_for_generation
+
+    recipe = read_recipe(request.recipe, request.overrides)
+    check_dataset_type(recipe)
+    data = Path(request.data) if request.data else split_path(recipe, request.split)
+    rows = read_rows(data, max(request.samples, request.plot_samples))
+    delta = float(recipe.get("nextquill_delta", 0.05))
+    high = float(recipe.get("nextquill_high_weight", 0.9))
+    low = float(recipe.get("nextquill_low_weight", 0.1))
+    out = Path(request.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    differences: dict[str, np.ndarray] = {}
+    primary: list[TokenView] = []
+    for name, checkpoint in (
+        (request.names[0], request.checkpoint),
+        (request.names[1], request.against),
+    ):
+        if name == request.names[1] and request.against is None:
+            continue
+        model, tokenizer, _ = load_model_for_generation(recipe["base_model"], checkpoint)
+        columns = paired_rows(load_strategy(tokenizer, recipe), rows)
+        views = token_views(
+            model,
+            tokenizer,
+            rows,
+            columns,
+            delta=delta,
+            high_weight=high,
+            low_weight=low,
+            show_progress=show_progress,
+        )
+        differences[name] = log_probability_differences(views)
+        if not primary:
+            primary = views
+        del model
+    shown = primary[: request.samples]
+    title = f"NextQuill token effects: {request.names[0]} on {data.name}"
+    paths = {
+        "html": out / "tokens.html",
+        "histogram": out / "logprob_difference.png",
+        "preference_tokens": out / "preference_tokens.png",
+    }
+    paths["html"].write_text(render_html(shown, delta=delta, title=title))
+    if request.terminal:
+        print(render_terminal(shown, delta=delta), end="")
+    plot_difference_histogram(differences, paths["histogram"], f"{data.name}: {len(rows)} samples")
+    plot_preference_tokens(
+        preference_token_counts(primary, delta),
+        paths["preference_tokens"],
+        f"Preference-bearing tokens (effect > {delta:g}) under {request.names[0]}, {data.name}",
+    )
+    return paths
