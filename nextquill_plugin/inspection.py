@@ -110,20 +110,23 @@ def render_html(views: Sequence[TokenView], *, delta: float, title: str) -> str:
         f"likely; blue: less). Underlined: effect &gt; delta = {delta:g} (weight lambda).</p>",
     ]
     for view in views:
-        parts.append(f'<h2>{html.escape(view.prompt_id)}</h2><p class="sample">')
+        spans = []
         if not view.tokens:
-            parts.append("<em>no counterfactual for this row (its history did not fit)</em>")
+            spans.append("<em>no counterfactual for this row (its history did not fit)</em>")
         for token, pw, pn, effect, weight in zip(
             view.tokens, view.p_with, view.p_without, view.effects, view.weights, strict=True
         ):
             red, green, blue = _colour(float(effect), scale)
             css = "t pref" if effect > delta else "t"
             tip = f"p_with={pw:.4f} p_without={pn:.4f} effect={effect:+.4f} weight={weight:g}"
-            parts.append(
+            spans.append(
                 f'<span class="{css}" style="background:rgb({red},{green},{blue})" '
                 f'title="{tip}">{html.escape(token)}</span>'
             )
-        parts.append("</p>")
+        # One line: the paragraph keeps white space (tokens carry their own spaces).
+        parts.append(
+            f'<h2>{html.escape(view.prompt_id)}</h2><p class="sample">{"".join(spans)}</p>'
+        )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
