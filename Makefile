@@ -27,7 +27,18 @@ $(BIN)/.nextquill-installed: pyproject.toml constraints.txt
 	  > $(VENV)/install.log 2>&1 || { tail -n 60 $(VENV)/install.log; exit 1; }
 	touch $@
 
-install: $(BIN)/.nextquill-installed
+# WordNet for METEOR: no PyPI package ships it; Debian's wordnet-base does (see README).
+$(VENV)/nltk_data/corpora/wordnet/lexnames: $(BIN)/.nextquill-installed
+	@test -f /usr/share/wordnet/index.sense || { \
+	  command -v apt-get >/dev/null || { echo "METEOR needs WordNet: run python -c \"import nltk; nltk.download('wordnet')\" or install Debian's wordnet-base wordnet-sense-index"; exit 1; }; \
+	  echo "installing Debian's wordnet-base and wordnet-sense-index (for METEOR)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get install -y -q wordnet-base wordnet-sense-index \
+	    || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q wordnet-base wordnet-sense-index; }; \
+	  } > $(VENV)/apt.log 2>&1 || { tail -n 30 $(VENV)/apt.log; exit 1; }; }
+	$(BIN)/nextquill setup-wordnet --nltk-dir $(VENV)/nltk_data 2>&1 | tail -n 1
+
+install: $(BIN)/.nextquill-installed $(VENV)/nltk_data/corpora/wordnet/lexnames
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m nextquill_plugin.demo
