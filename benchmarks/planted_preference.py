@@ -1,0 +1,359 @@
+"""Planted-preference quality benchmark: does NextQuill find and use what the history predicts?
+
+    python benchmarks/planted_preference.py [--seeds 0 1 2] [--steps 120] [--jobs 2]
+    python benchmarks/planted_preference.py --smoke      # the test suite's few-step version
+
+Synthetic users in the raw Amazon Reviews 2023 schema (dataset_formats/synthetic.py) have
+planted preference tokens: two opinion words, a favourite phrase and a sign-off that recur in
+their history and targets; the rest of each review is boilerplate shared by everyone. Both
+populations go through our builder (the DPL protocol).
+
+Protocol (../shared/research/small-model-lessons.md):
+1. theta_0: a tiny Qwen2 fully fine-tuned (ContextSFT) on a disjoint population, half of the rows
+   without history, so that it knows the counterfactual prompt too.
+2. From theta_0, with the same budget and seed: SFT, ContextSFT, CausalOnly, NormOnly, NextQuill
+   (LoRA), for every seed.
+3. Every model generates the test users' reviews (greedy; repetition penalty 1.2 on all tokens as
+   the authors, and 1.2 on generated tokens only) and is scored with ROUGE-1/L, METEOR, BLEU, and
+   directly on personalization: the share of predictions with the user's own phrase and sign-off,
+   and with another user's phrase.
+4. theta_0's token weights against the planted tokens: precision and recall of the tokens that
+   get lambda (delta = 0.05), over all planted tokens and over the first token of each planted
+   span (later tokens of a phrase are predictable from its first, with or without history).
+Prints markdown tables (mean and spread over seeds; paired per-user differences against
+ContextSFT with standard errors) and writes them to OUT/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nextquill_plugin.local_runs import (  # noqa: E402
+    logged_metrics,
+    run_axolotl,
+    tiny_recipe,
+    write_jsonl,
+)
+
+VARIANTS = {
+    "SFT": {"nextquill": False, "nextquill_include_history": False},
+    "ContextSFT": {"nextquill": False},
+    "CausalOnly": {"nextquill": True, "nextquill_token_weighting": False},
+    "NormOnly": {"nextquill": True, "nextquill_causal_loss": False},
+    "NextQuill": {"nextquill": True},
+}
+PENALTIES = {"penalty 1.2 on all tokens (authors)": "all", "penalty 1.2 on new tokens": "generated"}
+FULL_FINETUNE = {
+    "adapter": None,
+    "lora_r": None,
+    "lora_alpha": None,
+    "lora_dropout": None,
+    "lora_target_linear": None,
+}
+
+
+def say(message: str) -> None:
+    print(f"[planted] {message}", flush=True)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_populations(out: Path, n_users: int) -> dict[str, object]:
+    """Raw files for two disjoint populations, built by our builder; theta_0's rows mixed."""
+    from dataset_formats.builder import BuildOptions, build
+    from dataset_formats.cli import write_jsonl_gz
+    from dataset_formats.synthetic import synthetic_raw_amazon, synthetic_users
+
+    quiet = BuildOptions(show_progress=False)
+    folders = {}
+    for name, seed in (("users", 11), ("theta0_users", 12)):
+        reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed)
+        write_jsonl_gz(out / f"raw_{name}" / "reviews.jsonl.gz", reviews)
+        write_jsonl_gz(out / f"raw_{name}" / "meta.jsonl.gz", meta)
+        report = build(
+            [out / f"raw_{name}" / "reviews.jsonl.gz"],
+            [out / f"raw_{name}" / "meta.jsonl.gz"],
+            out / name,
+            quiet,
+        )
+        folders[name] = out / name
+        say(f"{name}: {report.rows_per_split} rows of {report.users} users (builder)")
+    theta0_train = read_jsonl(folders["theta0_users"] / "train.jsonl")
+    mixed = [row if i % 2 else {**row, "history": []} for i, row in enumerate(theta0_train)]
+    write_jsonl(folders["theta0_users"] / "train_mixed.jsonl", mixed)
+    truth = {u.user_id: u for u in synthetic_users(n_users, 11)}
+    return {"folders": folders, "truth": truth}
+
+
+def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float]:
+    """One `axolotl train` subprocess; returns (output folder, seconds)."""
+    workdir = out / "runs" / name
+    started = time.time()
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the child (offline_env copies)
+    result = run_axolotl("train", recipe, workdir, timeout=3600, name=f"{name}.yml")
+    (workdir / "train.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed; see {workdir / 'train.log'}:\n{result.stderr[-2000:]}")
+    steps = logged_metrics(result.stdout + result.stderr)
+    say(
+        f"trained {name} in {time.time() - started:.0f}s: "
+        f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"
+    )
+    return workdir / "out", time.time() - started
+
+
+def planted_spans(text: str, user) -> list[tuple[int, int]]:
+    """Character spans of the user's planted words, phrase and sign-off in ``text``."""
+    word_a, word_b, phrase = user.taste
+    spans = []
+    for needle in (f" {word_a} ", f" {word_b},", phrase, user.sign_off):
+        start = text.find(needle)
+        if start >= 0:
+            stripped = needle.strip(" ,")
+            start = text.find(stripped, start)
+            spans.append((start, start + len(stripped)))
+    return spans
+
+
+def weight_precision_recall(theta0: Path, rows: list[dict], truth: dict, recipe: dict) -> dict:
+    """theta_0's lambda tokens against the planted tokens (all of them, and first tokens)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dataset_formats.amazon_reviews import load
+    from nextquill_plugin.inspection import paired_rows, token_views
+
+    tokenizer = AutoTokenizer.from_pretrained(theta0)
+    model = AutoModelForCausalLM.from_pretrained(theta0)
+    strategy = load(tokenizer, {**recipe, "nextquill": True})
+    delta = 0.05
+    views = token_views(
+        model,
+        tokenizer,
+        rows,
+        paired_rows(strategy, rows),
+        delta=delta,
+        high_weight=0.9,
+        low_weight=0.1,
+        batch_size=8,
+        show_progress=False,
+    )
+    marked = planted = hits = first_total = first_hits = total = 0
+    for row, view in zip(rows, views, strict=True):
+        text = row["target"]["text"]
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ][: len(view.effects)]
+        spans = planted_spans(text, truth[row["user_id"]])
+        lam = view.effects[: len(offsets)] > delta
+        in_span = np.array([any(s < e2 and e1 < e for s, e in spans) for e1, e2 in offsets])
+        first = np.zeros_like(in_span)
+        for s, e in spans:
+            idx = [i for i, (e1, e2) in enumerate(offsets) if s < e2 and e1 < e]
+            if idx:
+                first[idx[0]] = True
+        total += len(lam)
+        marked += int(lam.sum())
+        planted += int(in_span.sum())
+        hits += int((lam & in_span).sum())
+        first_total += int(first.sum())
+        first_hits += int((lam & first).sum())
+    return {
+        "tokens": total,
+        "lambda_share": marked / max(total, 1),
+        "planted_share": planted / max(total, 1),
+        "precision": hits / max(marked, 1),
+        "recall": hits / max(planted, 1),
+        "first_token_recall": first_hits / max(first_total, 1),
+    }
+
+
+def personalization(predictions: list[dict], truth: dict) -> dict[str, float]:
+    """Share of predictions with the user's own phrase / sign-off, and with another's phrase."""
+    from dataset_formats.synthetic import TASTES
+
+    own = sign = wrong = 0
+    for record in predictions:
+        user = truth[record["user_id"]]
+        text = record["prediction"]
+        own += user.taste[2] in text
+        sign += user.sign_off in text
+        wrong += any(t[2] in text for t in TASTES if t != user.taste)
+    n = max(len(predictions), 1)
+    return {"own_phrase": own / n, "sign_off": sign / n, "other_phrase": wrong / n}
+
+
+def evaluate_run(
+    checkpoint: Path, recipe_path: Path, test: Path, out: Path, scope: str, max_new: int
+):
+    from nextquill_plugin.evaluation import EvaluationRequest, run_evaluation
+    from nextquill_plugin.generation import GenerationSettings
+
+    document = run_evaluation(
+        EvaluationRequest(
+            recipe=str(recipe_path),
+            checkpoint=str(checkpoint),
+            data=str(test),
+            out=str(out),
+            resamples=200,
+        ),
+        GenerationSettings(max_new_tokens=max_new, batch_size=16, penalty_scope=scope),
+        show_progress=False,
+    )
+    return document, read_jsonl(out / "predictions.jsonl")
+
+
+def mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--users", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--theta0-steps", type=int, default=240)
+    parser.add_argument("--jobs", type=int, default=2, help="trainings run side by side")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--out", type=Path, default=Path("benchmark_runs/planted"))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few steps, one seed, two variants (for tests)"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.users, args.steps, args.theta0_steps = [0], 24, 2, 4
+        args.max_new_tokens, args.variants = 8, ["ContextSFT", "NextQuill"]
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    from dataset_formats.synthetic import corpus_texts
+    from nextquill_plugin.tiny_model import build_tiny_model
+
+    data = build_populations(out, args.users)
+    folders, truth = data["folders"], data["truth"]
+    train_rows = read_jsonl(folders["users"] / "train.jsonl")
+    theta0_rows = read_jsonl(folders["theta0_users"] / "train.jsonl")
+    base = build_tiny_model(
+        out / "base_model",
+        corpus_texts(train_rows[:400] + theta0_rows[:400]),
+        vocab_size=1000,
+        hidden_size=96,
+        num_layers=2,
+    )
+    common = {"sequence_len": 1024, "nextquill_history_k": 4, "micro_batch_size": 8}
+    theta0, _ = train(
+        "theta0",
+        tiny_recipe(
+            base,
+            folders["theta0_users"] / "train_mixed.jsonl",
+            out / "runs" / "theta0",
+            nextquill=False,
+            max_steps=args.theta0_steps,
+            learning_rate=0.003,
+            **FULL_FINETUNE,
+            **common,
+        ),
+        out,
+        threads=2,
+    )
+    weights = weight_precision_recall(theta0, train_rows[:200], truth, common)
+    say(f"theta_0 weights vs planted tokens: {weights}")
+
+    jobs = []
+    for seed in args.seeds:
+        for variant in args.variants:
+            keys = VARIANTS[variant]
+            name = f"{variant}-seed{seed}"
+            recipe = tiny_recipe(
+                theta0,
+                folders["users"] / "train.jsonl",
+                out / "runs" / name,
+                max_steps=args.steps,
+                learning_rate=0.002,
+                seed=seed,
+                **common,
+                **keys,
+            )
+            jobs.append((name, variant, seed, recipe))
+    threads = max(1, 2 // args.jobs)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        trained = list(pool.map(lambda job: train(job[0], job[3], out, threads), jobs))
+
+    results: dict[str, dict[str, dict[int, dict]]] = {p: {} for p in PENALTIES}
+    per_user: dict[str, dict[str, dict[int, np.ndarray]]] = {p: {} for p in PENALTIES}
+    for (name, variant, seed, _), (checkpoint, _) in zip(jobs, trained, strict=True):
+        for label, scope in PENALTIES.items():
+            document, predictions = evaluate_run(
+                checkpoint,
+                out / "runs" / name / f"{name}.yml",
+                folders["users"] / "test.jsonl",
+                out / "eval" / scope / name,
+                scope,
+                args.max_new_tokens,
+            )
+            row = {m: v["value"] for m, v in document["metrics"].items()}
+            row.update(personalization(predictions, truth))
+            results[label].setdefault(variant, {})[seed] = row
+            per_user[label].setdefault(variant, {})[seed] = np.array(
+                [p["rouge1"] for p in predictions]
+            )
+    report = render_report(results, per_user, weights, args, time.time() - started)
+    (out / "report.md").write_text(report)
+    print(report)
+
+
+def render_report(results, per_user, weights, args, seconds: float) -> str:
+    columns = ["rouge1", "rougeL", "meteor", "bleu", "own_phrase", "sign_off", "other_phrase"]
+    labels = ["ROUGE-1", "ROUGE-L", "METEOR", "BLEU", "own phrase", "sign-off", "other's phrase"]
+    lines = [
+        f"# Planted-preference benchmark: {len(args.seeds)} seed(s) {args.seeds}, "
+        f"{args.steps} steps per model, {args.users} users per population, "
+        f"{seconds / 60:.1f} min",
+        "",
+        "theta_0's lambda tokens (effect > 0.05) against the planted tokens, 200 training rows: "
+        f"{weights['lambda_share']:.1%} of target tokens get lambda "
+        f"({weights['planted_share']:.1%} are planted); precision {weights['precision']:.3f}, "
+        f"recall {weights['recall']:.3f}, first-token recall {weights['first_token_recall']:.3f}.",
+    ]
+    for label in results:
+        lines += ["", f"## {label} (mean ± sd over seeds)", ""]
+        lines += ["| Method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+        for variant, by_seed in results[label].items():
+            cells = [mean_spread([by_seed[s][c] for s in sorted(by_seed)]) for c in columns]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        base = per_user[label].get("ContextSFT", {})
+        lines += ["", "ROUGE-1 paired per-user difference against ContextSFT (mean ± SE):", ""]
+        for variant, by_seed in per_user[label].items():
+            if variant == "ContextSFT":
+                continue
+            diffs = [
+                f"seed {s}: {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
+                for s in sorted(by_seed)
+                if s in base
+                for d in [by_seed[s] - base[s]]
+                if len(d) > 1
+            ]
+            lines.append(f"- {variant}: " + "; ".join(diffs))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
