@@ -40,6 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nextquill_plugin.local_runs import (  # noqa: E402
+    build_benchmark_model,
+    half_without_history,
     logged_metrics,
     run_axolotl,
     tiny_recipe,
@@ -92,7 +94,7 @@ def build_populations(out: Path, n_users: int) -> dict[str, object]:
         folders[name] = out / name
         say(f"{name}: {report.rows_per_split} rows of {report.users} users (builder)")
     theta0_train = read_jsonl(folders["theta0_users"] / "train.jsonl")
-    mixed = [row if i % 2 else {**row, "history": []} for i, row in enumerate(theta0_train)]
+    mixed = half_without_history(theta0_train)
     write_jsonl(folders["theta0_users"] / "train_mixed.jsonl", mixed)
     truth = {u.user_id: u for u in synthetic_users(n_users, 11)}
     return {"folders": folders, "truth": truth}
@@ -227,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--users", type=int, default=120)
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--theta0-steps", type=int, default=240)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--theta0-steps", type=int, default=160)
     parser.add_argument("--jobs", type=int, default=2, help="trainings run side by side")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--out", type=Path, default=Path("benchmark_runs/planted"))
@@ -244,21 +246,12 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    from dataset_formats.synthetic import corpus_texts
-    from nextquill_plugin.tiny_model import build_tiny_model
-
     data = build_populations(out, args.users)
     folders, truth = data["folders"], data["truth"]
     train_rows = read_jsonl(folders["users"] / "train.jsonl")
     theta0_rows = read_jsonl(folders["theta0_users"] / "train.jsonl")
-    base = build_tiny_model(
-        out / "base_model",
-        corpus_texts(train_rows[:400] + theta0_rows[:400]),
-        vocab_size=1000,
-        hidden_size=96,
-        num_layers=2,
-    )
-    common = {"sequence_len": 1024, "nextquill_history_k": 4, "micro_batch_size": 8}
+    base = build_benchmark_model(out / "base_model", train_rows, theta0_rows)
+    common = {"sequence_len": 1024, "nextquill_history_k": 3, "micro_batch_size": 4}
     theta0, _ = train(
         "theta0",
         tiny_recipe(

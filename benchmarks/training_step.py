@@ -36,20 +36,12 @@ IGNORE = -100
 
 def build(vocab: int, history: int, counterfactual: int, target: int, hidden: int, layers: int):
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 4,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=history + target + 16,
-        tie_word_embeddings=True,
-    )
-    model = Qwen2ForCausalLM(config).train()
+    from nextquill_plugin.tiny_model import random_qwen2
+
+    model = random_qwen2(
+        vocab, hidden, layers, intermediate_multiple=4, max_positions=history + target + 16
+    ).train()
     generator = torch.Generator().manual_seed(1)
     target_ids = torch.randint(0, vocab, (target,), generator=generator)
     prompt = torch.randint(0, vocab, (history,), generator=generator)

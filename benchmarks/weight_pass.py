@@ -80,24 +80,17 @@ def main(argv: list[str] | None = None) -> None:
         args.rows, args.history, args.counterfactual, args.target = 6, 64, 16, 16
         args.vocab, args.hidden, args.layers, args.repeats = 1000, 32, 1, 1
 
-    import torch
     from datasets import Dataset
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from nextquill_plugin.tiny_model import random_qwen2
     from nextquill_plugin.weights import cached_token_effects, compute_token_effects
 
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            intermediate_size=args.hidden * 4,
-            num_hidden_layers=args.layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=args.history + args.target + 16,
-            tie_word_embeddings=True,
-        )
+    model = random_qwen2(
+        args.vocab,
+        args.hidden,
+        args.layers,
+        intermediate_multiple=4,
+        max_positions=args.history + args.target + 16,
     ).eval()
     rows = make_rows(args.rows, args.history, args.counterfactual, args.target, args.vocab)
     tokens = sum(

@@ -8,6 +8,9 @@
    (../shared/research/small-model-lessons.md: a from-scratch theta_0 needs both).
 4. From theta_0, trains ContextSFT and NextQuill on the demo users with the same budget.
 5. Prints what happened: the share of preference-bearing tokens theta_0 found, the loss parts.
+6. Evaluates theta_0, ContextSFT and NextQuill on the test users (`nextquill evaluate`), prints
+   the comparison table (`nextquill compare`) and writes the token views and plots
+   (`nextquill inspect`) to OUT/inspect.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-from .local_runs import logged_metrics, run_axolotl, tiny_recipe, write_jsonl
+from .local_runs import (
+    build_benchmark_model,
+    half_without_history,
+    logged_metrics,
+    run_axolotl,
+    tiny_recipe,
+    write_jsonl,
+)
 
 OUT = Path(os.environ.get("NEXTQUILL_DEMO_DIR", "demo_runs")).resolve()
 STEPS = int(os.environ.get("NEXTQUILL_DEMO_STEPS", "80"))
@@ -71,28 +81,18 @@ def build_data() -> tuple[Path, list[dict]]:
     build([raw / "reviews.jsonl.gz"], [raw / "meta.jsonl.gz"], OUT / "theta0_data", quiet)
     theta0_train = read_jsonl(OUT / "theta0_data" / "train.jsonl")
     # Every other theta_0 row without history: exactly the counterfactual prompt.
-    mixed = [row if i % 2 else {**row, "history": []} for i, row in enumerate(theta0_train)]
+    mixed = half_without_history(theta0_train)
     write_jsonl(data / "theta0_train.jsonl", mixed)
     say(f"theta_0 data: {len(mixed)} rows of 120 other users, half of them without history")
     return data, theta0_train
 
 
 def main() -> None:
-    from dataset_formats.synthetic import corpus_texts
-
-    from .tiny_model import build_tiny_model
 
     OUT.mkdir(parents=True, exist_ok=True)
     say(f"working in {OUT}")
     data, theta0_train = build_data()
-    demo_train = read_jsonl(data / "train.jsonl")
-    base = build_tiny_model(
-        OUT / "base_model",
-        corpus_texts(theta0_train[:400] + demo_train[:400]),
-        vocab_size=1000,
-        hidden_size=96,
-        num_layers=2,
-    )
+    base = build_benchmark_model(OUT / "base_model", theta0_train, read_jsonl(data / "train.jsonl"))
     say(f"tiny Qwen2 built in {base}")
 
     common = {"sequence_len": 1024, "nextquill_history_k": 4, "micro_batch_size": 4}
@@ -150,6 +150,54 @@ def main() -> None:
         f"preference tokens={last['nextquill/preference_token_fraction']:.1%}"
     )
     say(f"ContextSFT last loss {context_sft[-1]['loss']:.3f}; models and adapters in {OUT}/*/out")
+    evaluate_and_inspect(data)
+
+
+def evaluate_and_inspect(data: Path) -> None:
+    """Step 6: `nextquill evaluate`, `compare` and `inspect` on the demo's test users."""
+    from .evaluation import EvaluationRequest, comparison_table, load_run, run_evaluation
+    from .generation import GenerationSettings
+    from .inspection import InspectionRequest, run_inspection
+
+    settings = GenerationSettings(max_new_tokens=96, batch_size=16)
+    runs = {
+        "theta_0 (untuned)": ("context_sft", None),
+        "ContextSFT": ("context_sft", OUT / "context_sft" / "out"),
+        "NextQuill": ("nextquill", OUT / "nextquill" / "out"),
+    }
+    for name, (recipe, checkpoint) in runs.items():
+        document = run_evaluation(
+            EvaluationRequest(
+                recipe=str(OUT / recipe / f"{recipe}.yml"),
+                checkpoint=str(checkpoint) if checkpoint else None,
+                data=str(data / "test.jsonl"),
+                out=str(OUT / "eval" / recipe if checkpoint else OUT / "eval" / "theta0"),
+                name=name,
+            ),
+            settings,
+            show_progress=False,
+        )
+        say(f"evaluated {name} on {document['n']} test users ({document['out_dir']})")
+    table = comparison_table(
+        [load_run(OUT / "eval" / folder) for folder in ("theta0", "context_sft", "nextquill")],
+        baseline="ContextSFT",
+    )
+    print(table)
+    paths = run_inspection(
+        InspectionRequest(
+            recipe=str(OUT / "nextquill" / "nextquill.yml"),
+            checkpoint=str(OUT / "nextquill" / "out"),
+            against=str(OUT / "context_sft" / "out"),
+            names=("NextQuill", "ContextSFT"),
+            data=str(data / "test.jsonl"),
+            samples=3,
+            plot_samples=200,
+            out=str(OUT / "inspect"),
+            terminal=False,
+        ),
+        show_progress=False,
+    )
+    say("inspect: " + ", ".join(str(path) for path in paths.values()))
 
 
 if __name__ == "__main__":

@@ -113,3 +113,22 @@ def logged_metrics(output: str) -> list[dict[str, float]]:
         pairs = re.findall(r"'([^']+)': '([^']*)'", match.group(0))
         steps.append({k: float(v) for k, v in pairs if re.fullmatch(r"[-+0-9.eE]+|nan|inf", v)})
     return steps
+
+
+def build_benchmark_model(out_dir: Path, *row_sets: list[dict]) -> Path:
+    """The demo's and the benchmark's tiny Qwen2 (2 layers, hidden 96, 1000-token vocabulary),
+    its tokenizer trained on the texts of up to 400 rows of each set."""
+    from dataset_formats.synthetic import corpus_texts
+
+    from .tiny_model import build_tiny_model
+
+    rows = [row for row_set in row_sets for row in row_set[:400]]
+    return build_tiny_model(
+        out_dir, corpus_texts(rows), vocab_size=1000, hidden_size=96, num_layers=2
+    )
+
+
+def half_without_history(rows: list[dict]) -> list[dict]:
+    """Every other row with its history removed, i.e. exactly the counterfactual prompt: a
+    from-scratch theta_0 must learn both prompts (../shared/research/small-model-lessons.md)."""
+    return [row if i % 2 else {**row, "history": []} for i, row in enumerate(rows)]

@@ -49,27 +49,48 @@ def build_tiny_model(
     seed: int = 0,
 ) -> Path:
     """Save a random-init Qwen2ForCausalLM and its tokenizer to ``out_dir``; return the path."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(texts, vocab_size)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
+    model = random_qwen2(
+        len(tokenizer),
+        hidden_size,
+        num_layers,
+        seed=seed,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def random_qwen2(
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    *,
+    intermediate_multiple: int = 2,
+    max_positions: int = 4096,
+    seed: int = 0,
+    **config,
+):
+    """A random-init Qwen2ForCausalLM (4 attention heads, 2 KV heads, tied embeddings)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * intermediate_multiple,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=True,
+            **config,
+        )
+    )

@@ -1,0 +1,67 @@
+"""Smoke runs of the benchmark scripts: they run and report (their numbers are not checked here;
+speed is measured by running the scripts, see benchmarks/README.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nextquill_plugin.local_runs import offline_env
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str, timeout: int = 900) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=offline_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def table_rows(output: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in output.splitlines()
+        if line.startswith("|") and not set(line) <= set("|-: ")  # not the separator row
+    ]
+
+
+def test_training_step_benchmark_reports_every_variant():
+    rows = table_rows(run_script("training_step.py", "--smoke"))
+    variants = [row[2] for row in rows[1:]]
+    assert variants == ["stock", "target_only", "nextquill", "naive"]
+    for row in rows[1:]:
+        assert float(row[3]) > 0  # step seconds
+        assert float(row[5]) == pytest.approx(float(row[3]) / float(rows[1][3]), rel=0.05, abs=0.01)
+
+
+def test_weight_pass_benchmark_reports_throughput_and_a_warm_cache_without_forwards():
+    output = run_script("weight_pass.py", "--smoke")
+    rows = dict((row[0], row[1]) for row in table_rows(output))
+    assert float(rows["weight pass / plain forward throughput"]) > 0
+    assert rows["warm cache: seconds, forward passes"].endswith(", 0")
+    assert not rows["cold cache: seconds, forward passes"].endswith(", 0")
+
+
+def test_builder_benchmark_reports_both_sizes(tmp_path):
+    rows = table_rows(
+        run_script("builder_throughput.py", "--sizes", "3000", "6000", "--workdir", str(tmp_path))
+    )
+    assert len(rows) == 3  # header + one row per size
+    reviews = [int(row[0].replace(",", "")) for row in rows[1:]]
+    assert 0 < reviews[0] < reviews[1]
+    assert rows[1][6] == "1.00" and rows[1][7] == "1.00"  # the first size is the reference
+
+
+def test_planted_preference_benchmark_smoke(tmp_path):
+    output = run_script("planted_preference.py", "--smoke", "--out", str(tmp_path), timeout=1200)
+    assert "theta_0's lambda tokens" in output
+    methods = [row[0] for row in table_rows(output) if row[0] in ("ContextSFT", "NextQuill")]
+    assert methods == ["ContextSFT", "NextQuill"] * 2  # both penalty settings
+    assert (tmp_path / "report.md").read_text() in output
