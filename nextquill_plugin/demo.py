@@ -159,45 +159,61 @@ def evaluate_and_inspect(data: Path) -> None:
     from .generation import GenerationSettings
     from .inspection import InspectionRequest, run_inspection
 
-    settings = GenerationSettings(max_new_tokens=96, batch_size=16)
+    # name: (recipe, checkpoint or None for the untuned theta_0, CoS gamma, output folder)
     runs = {
-        "theta_0 (untuned)": ("context_sft", None),
-        "ContextSFT": ("context_sft", OUT / "context_sft" / "out"),
-        "NextQuill": ("nextquill", OUT / "nextquill" / "out"),
+        "theta_0 (untuned)": ("context_sft", None, 0.0, "theta0"),
+        "theta_0 + CoS 1": ("nextquill", None, 1.0, "theta0_cos"),
+        "ContextSFT": ("context_sft", OUT / "context_sft" / "out", 0.0, "context_sft"),
+        "NextQuill": ("nextquill", OUT / "nextquill" / "out", 0.0, "nextquill"),
+        "NextQuill + CoS 1": ("nextquill", OUT / "nextquill" / "out", 1.0, "nextquill_cos"),
     }
-    for name, (recipe, checkpoint) in runs.items():
+    for name, (recipe, checkpoint, gamma, folder) in runs.items():
         document = run_evaluation(
             EvaluationRequest(
                 recipe=str(OUT / recipe / f"{recipe}.yml"),
                 checkpoint=str(checkpoint) if checkpoint else None,
                 data=str(data / "test.jsonl"),
-                out=str(OUT / "eval" / recipe if checkpoint else OUT / "eval" / "theta0"),
+                out=str(OUT / "eval" / folder),
                 name=name,
             ),
-            settings,
+            GenerationSettings(max_new_tokens=96, batch_size=16, cos_gamma=gamma),
             show_progress=False,
         )
         say(f"evaluated {name} on {document['n']} test users ({document['out_dir']})")
     table = comparison_table(
-        [load_run(OUT / "eval" / folder) for folder in ("theta0", "context_sft", "nextquill")],
-        baseline="ContextSFT",
+        [load_run(OUT / "eval" / run[3]) for run in runs.values()], baseline="ContextSFT"
     )
     print(table)
-    paths = run_inspection(
+    # Fig. 7: the tokens theta_0 marks (the weights training used); Fig. 3: the trained models.
+    common = {"data": str(data / "test.jsonl"), "plot_samples": 200, "terminal": False}
+    theta0_views = run_inspection(
+        InspectionRequest(
+            recipe=str(OUT / "nextquill" / "nextquill.yml"),
+            checkpoint=str(OUT / "theta0" / "out"),
+            names=("theta_0", ""),
+            samples=3,
+            out=str(OUT / "inspect" / "theta0"),
+            **common,
+        ),
+        show_progress=False,
+    )
+    trained_views = run_inspection(
         InspectionRequest(
             recipe=str(OUT / "nextquill" / "nextquill.yml"),
             checkpoint=str(OUT / "nextquill" / "out"),
             against=str(OUT / "context_sft" / "out"),
             names=("NextQuill", "ContextSFT"),
-            data=str(data / "test.jsonl"),
             samples=3,
-            plot_samples=200,
-            out=str(OUT / "inspect"),
-            terminal=False,
+            out=str(OUT / "inspect" / "trained"),
+            **common,
         ),
         show_progress=False,
     )
-    say("inspect: " + ", ".join(str(path) for path in paths.values()))
+    say(
+        f"inspect: tokens theta_0 marks: {theta0_views['html']}, "
+        f"{theta0_views['preference_tokens']}; NextQuill vs ContextSFT: "
+        f"{trained_views['histogram']}"
+    )
 
 
 if __name__ == "__main__":

@@ -290,6 +290,6 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
     plot_preference_tokens(
         preference_token_counts(primary, delta),
         paths["preference_tokens"],
-        f"Preference-bearing tokens (effect > {delta:g}) under {request.names[0]}, {data.name}",
+        f"Tokens with effect > {delta:g} under {request.names[0]} ({data.name})",
     )
     return paths
