@@ -3,17 +3,22 @@
     python benchmarks/training_step.py [--history 2048 4096] [--vocab 32000 151936]
     python benchmarks/training_step.py --smoke        # tiny shapes (the test suite runs this)
 
-Same random Qwen2 (4 layers, hidden 256), same sample: a history prompt of H tokens, a
-counterfactual prompt of 300, a target of 256. One forward+backward per repeat (after one warm-up)
-of each of:
+Same random Qwen2 (4 layers, hidden 256; or ``--model qwen2.5-0.5b``: that model's layer
+shapes, 24 layers of hidden 896), same sample: a history prompt of H tokens, a
+counterfactual prompt of 300, a target of 256. Forward+backward steps of:
 - stock: ContextSFT as stock Axolotl trains it: ``model(input_ids, labels=...)``, which is what
   AxolotlTrainer's compute_loss calls for SFT (logits for every position, then cross-entropy);
-- target-only: ContextSFT with our LM head on target positions only (``forward.target_logits``);
+- target_only: ContextSFT with our LM head on target positions only (``forward.target_logits``);
 - nextquill: ``objective.compute_batch_loss`` (both passes, Ln + alpha * Lp, theta_0 weights);
 - naive: NextQuill as the authors' code computes it: full logits for every position of both
-  passes, both sequences padded to the same length, full-vocabulary log-softmax of each.
-Each variant runs in its own process, so its peak resident memory (above the model and batch)
-is its own. Prints median step time and peak memory, and ratios to the baselines.
+  passes, both sequences padded to the same length, full-vocabulary log-softmax of each;
+- target_only_cf: target_only on the counterfactual prompt alone. NextQuill does the work of
+  target_only plus about this (a second transformer pass and LM-head product over the same
+  targets), so (target_only + target_only_cf) / target_only is, measured rather than assumed,
+  about the least NextQuill / target_only can be at this shape.
+Times: one process runs the variants in turn, round after round (this machine is noisy; a drift
+hits every variant alike), and reports each one's median. Peak memory: each variant in its own
+process (one step after a warm-up), so the peak above the model and batch is its own.
 """
 
 from __future__ import annotations
@@ -30,17 +35,43 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = ("stock", "target_only", "nextquill", "naive")
+VARIANTS = ("stock", "target_only", "nextquill", "naive", "target_only_cf")
 IGNORE = -100
 
 
-def build(vocab: int, history: int, counterfactual: int, target: int, hidden: int, layers: int):
+# Layer shapes of a real model (random weights): Qwen2.5-0.5B's width, heads and MLP.
+MODEL_SHAPES = {
+    "qwen2.5-0.5b": {
+        "hidden": 896,
+        "layers": 24,
+        "attention_heads": 14,
+        "kv_heads": 2,
+        "intermediate_size": 4864,
+    },
+}
+
+
+def build(
+    vocab: int,
+    history: int,
+    counterfactual: int,
+    target: int,
+    hidden: int,
+    layers: int,
+    **shape,
+):
+    """A random Qwen2 (4 heads, MLP 4x hidden unless ``shape`` says otherwise) and one sample."""
     import torch
 
     from nextquill_plugin.tiny_model import random_qwen2
 
     model = random_qwen2(
-        vocab, hidden, layers, intermediate_multiple=4, max_positions=history + target + 16
+        vocab,
+        hidden,
+        layers,
+        intermediate_multiple=4,
+        max_positions=history + target + 16,
+        **shape,
     ).train()
     generator = torch.Generator().manual_seed(1)
     target_ids = torch.randint(0, vocab, (target,), generator=generator)
@@ -76,6 +107,13 @@ def step(variant: str, model, batch) -> None:
     from nextquill_plugin.forward import resolve_lm_head, target_logits
     from nextquill_plugin.objective import NextQuillSettings, compute_batch_loss
 
+    if variant == "target_only_cf":
+        variant = "target_only"
+        batch = {
+            "input_ids": batch["cf_input_ids"],
+            "attention_mask": batch["cf_attention_mask"],
+            "labels": batch["cf_labels"],
+        }
     if variant == "stock":
         loss = model(
             input_ids=batch["input_ids"],
@@ -113,28 +151,45 @@ def step(variant: str, model, batch) -> None:
     loss.backward()
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """Runs in a child: time and peak RSS of ``args.variant``."""
+def child_setup(args: argparse.Namespace):
+    """Thread count, model and sample of a child process, from its arguments."""
     import torch
 
     torch.set_num_threads(args.threads)
+    shape = layer_shape(args)
+    history, vocab = args.history[0], args.vocab[0]
     model, batch = build(
-        args.vocab[0], args.history[0], args.counterfactual, args.target, args.hidden, args.layers
+        vocab, history, args.counterfactual, args.target, args.hidden, args.layers, **shape
     )
+    if args.gradient_checkpointing:  # as the recipes train: non-reentrant (see README)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, batch
+
+
+def measure_memory(args: argparse.Namespace) -> dict:
+    """Runs in a child: peak RSS of one step of ``args.variant`` above the model and batch."""
+    model, batch = child_setup(args)
     step(args.variant, model, batch)  # warm-up: lazy initialisation is not the step's cost
     model.zero_grad(set_to_none=True)
     gc.collect()
     baseline_kib = reset_peak_rss()
-    times = []
-    for _ in range(args.repeats):
-        model.zero_grad(set_to_none=True)
-        started = time.perf_counter()
-        step(args.variant, model, batch)
-        times.append(time.perf_counter() - started)
-    return {
-        "seconds": statistics.median(times),
-        "peak_mib": (status_kib("VmHWM") - baseline_kib) / 1024,
-    }
+    step(args.variant, model, batch)
+    return {"peak_mib": (status_kib("VmHWM") - baseline_kib) / 1024}
+
+
+def measure_times(args: argparse.Namespace) -> dict:
+    """Runs in a child: median step time of each of ``args.variants``, interleaved by round."""
+    model, batch = child_setup(args)
+    times: dict[str, list[float]] = {variant: [] for variant in args.variants}
+    for round_index in range(args.repeats + 1):  # round 0 is the warm-up
+        for variant in args.variants:
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            started = time.perf_counter()
+            step(variant, model, batch)
+            if round_index:
+                times[variant].append(time.perf_counter() - started)
+    return {variant: statistics.median(seconds) for variant, seconds in times.items()}
 
 
 def status_kib(field: str) -> int:
@@ -160,6 +215,30 @@ def naive_bytes(history: int, target: int, vocab: int) -> int:
     return 8 * (history + target) * vocab * 4
 
 
+def layer_shape(args: argparse.Namespace) -> dict:
+    """Heads and MLP width of ``--model`` (hidden size and depth are args.hidden/args.layers)."""
+    if not args.model:
+        return {}
+    shape = dict(MODEL_SHAPES[args.model])
+    del shape["hidden"], shape["layers"]
+    return shape
+
+
+def run_child(args: argparse.Namespace, history: int, vocab: int, *extra: str) -> dict:
+    """Run this script in a child process at one shape; return what it reports."""
+    command = [sys.executable, __file__, *extra, "--history", str(history), "--vocab", str(vocab)]
+    for key in ("counterfactual", "target", "hidden", "layers", "repeats", "threads"):
+        command += [f"--{key}", str(getattr(args, key))]
+    if args.model:
+        command += ["--model", args.model]
+    if args.gradient_checkpointing:
+        command.append("--gradient-checkpointing")
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{extra} at {history}/{vocab} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.split("RESULT ")[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,57 +251,93 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODEL_SHAPES),
+        help="a real model's layer shapes (random weights) instead of --hidden/--layers",
+    )
+    parser.add_argument(
+        "--variants",
+        dest="run_variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="which to run (target_only, the baseline, always runs)",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="checkpoint every layer, as the recipes train (non-reentrant)",
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="times only (peak memory runs each variant again)"
+    )
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--variant", help=argparse.SUPPRESS)  # set in the child processes
+    # Set in the child processes: one variant's memory, or the interleaved times of several.
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--time-variants", dest="variants", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.variant:
-        print("RESULT " + json.dumps(measure(args)))
+        print("RESULT " + json.dumps(measure_memory(args)))
+        return
+    if args.variants:
+        print("RESULT " + json.dumps(measure_times(args)))
         return
     if args.smoke:
         args.history, args.vocab, args.counterfactual, args.target = [64], [1000], 16, 16
         args.hidden, args.layers, args.repeats = 32, 1, 1
+    if args.model:
+        args.hidden = MODEL_SHAPES[args.model]["hidden"]
+        args.layers = MODEL_SHAPES[args.model]["layers"]
     memory_budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.6
     lines = [
-        f"{args.layers}-layer Qwen2, hidden {args.hidden}; counterfactual prompt "
+        f"{args.layers}-layer Qwen2, hidden {args.hidden}"
+        f"{', gradient checkpointing' if args.gradient_checkpointing else ''}; counterfactual prompt "
         f"{args.counterfactual}, target {args.target} tokens; {args.threads} threads; median of "
-        f"{args.repeats} forward+backward steps after a warm-up",
+        f"{args.repeats} interleaved forward+backward steps after a warm-up round",
         "",
         "| history | vocab | variant | step s | peak MiB | time / stock | mem / stock | "
         "time / target-only | mem / target-only |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
+    references = []
     for history in args.history:
         for vocab in args.vocab:
-            results = {}
-            for variant in VARIANTS:
-                if variant == "naive" and naive_bytes(history, args.target, vocab) > memory_budget:
-                    results[variant] = None  # would not fit: reported, not run
-                    continue
-                command = [sys.executable, __file__, "--variant", variant]
-                for key in ("counterfactual", "target", "hidden", "layers", "repeats", "threads"):
-                    command += [f"--{key}", str(getattr(args, key))]
-                command += ["--history", str(history), "--vocab", str(vocab)]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode != 0:
-                    sys.exit(f"{variant} at {history}/{vocab} failed:\n{done.stderr[-3000:]}")
-                results[variant] = json.loads(done.stdout.split("RESULT ")[-1])
-            stock, target_only = results["stock"], results["target_only"]
-            for variant, result in results.items():
-                if result is None:
+            fits = naive_bytes(history, args.target, vocab) <= memory_budget
+            chosen = [v for v in VARIANTS if v in args.run_variants or v == "target_only"]
+            variants = [v for v in chosen if v != "naive" or fits]  # too big: reported, not run
+
+            seconds = run_child(args, history, vocab, "--time-variants", *variants)
+            peak = {v: float("nan") for v in variants}
+            if not args.no_memory:
+                peak = {
+                    v: run_child(args, history, vocab, "--variant", v)["peak_mib"] for v in variants
+                }
+            reference = seconds.get("stock", float("nan")), peak.get("stock", float("nan"))
+            for variant in chosen:
+                if variant not in variants:
                     lines.append(
                         f"| {history} | {vocab} | {variant} | not run: needs about "
                         f"{naive_bytes(history, args.target, vocab) / 2**30:.0f} GiB | | | | | |"
                     )
                     continue
                 lines.append(
-                    f"| {history} | {vocab} | {variant} | {result['seconds']:.3f} | "
-                    f"{result['peak_mib']:.0f} | {result['seconds'] / stock['seconds']:.2f} | "
-                    f"{result['peak_mib'] / max(stock['peak_mib'], 1):.2f} | "
-                    f"{result['seconds'] / target_only['seconds']:.2f} | "
-                    f"{result['peak_mib'] / max(target_only['peak_mib'], 1):.2f} |"
+                    f"| {history} | {vocab} | {variant} | {seconds[variant]:.3f} | "
+                    f"{peak[variant]:.0f} | {seconds[variant] / reference[0]:.2f} | "
+                    f"{peak[variant] / max(reference[1], 1):.2f} | "
+                    f"{seconds[variant] / seconds['target_only']:.2f} | "
+                    f"{peak[variant] / max(peak['target_only'], 1):.2f} |"
+                )
+            if "nextquill" in seconds and "target_only_cf" in seconds:
+                two_steps = 1 + seconds["target_only_cf"] / seconds["target_only"]
+                references.append(
+                    f"- {history}/{vocab}: nextquill / target_only "
+                    f"{seconds['nextquill'] / seconds['target_only']:.2f}; "
+                    f"(target_only + target_only_cf) / target_only {two_steps:.2f}"
                 )
             print(f"measured history {history}, vocab {vocab}", file=sys.stderr, flush=True)
-    print("\n".join(lines))
+    heading = "Time against two separate target-only steps (one per prompt):"
+    print("\n".join([*lines, "", heading, *references] if references else lines))
 
 
 if __name__ == "__main__":

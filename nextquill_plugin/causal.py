@@ -86,7 +86,7 @@ def nextquill_loss(
     token_ids: torch.Tensor,
     weights: torch.Tensor,
     *,
-    logits_without_history: torch.Tensor | None = None,
+    preference_logits: torch.Tensor | None = None,
     causal_token_mask: torch.Tensor | None = None,
     alpha: float = 0.05,
     weight_causal_loss: bool = True,
@@ -98,8 +98,10 @@ def nextquill_loss(
         logits_with_history: ``[N, V]`` logits f(x, h, y<t) at the target positions.
         token_ids: ``[N]`` target tokens y_t.
         weights: ``[N]`` token weights omega_t (no gradient flows into them).
-        logits_without_history: ``[M, V]`` logits f(x, 0, y<t) for the tokens selected by
-            ``causal_token_mask`` (all N when the mask is None). None disables Lp (NormOnly).
+        preference_logits: ``[M, V]`` f(x, h, y<t) - f(x, 0, y<t), eq. 6's argument, for the
+            tokens selected by ``causal_token_mask`` (all N when the mask is None); see
+            ``preference_logits`` in ``forward.py`` for computing it with one LM-head product.
+            None disables Lp (NormOnly).
         causal_token_mask: ``[N]`` bool, tokens of samples that have a counterfactual prompt;
             rows mixed in from ordinary SFT data have none and only contribute to Ln.
         alpha: weight of the causal preference loss.
@@ -113,18 +115,15 @@ def nextquill_loss(
         normalizer = max(int(token_ids.numel()), 1)
     normal = weighted_cross_entropy_sum(logits_with_history, token_ids, weights) / normalizer
 
-    if logits_without_history is None or alpha == 0:
+    if preference_logits is None or alpha == 0:
         causal = normal.new_zeros(())
     else:
-        if causal_token_mask is None:
-            with_logits, causal_ids, causal_weights = logits_with_history, token_ids, weights
-        else:
-            with_logits = logits_with_history[causal_token_mask]
+        causal_ids, causal_weights = token_ids, weights
+        if causal_token_mask is not None and not bool(causal_token_mask.all()):
             causal_ids, causal_weights = token_ids[causal_token_mask], weights[causal_token_mask]
         if not weight_causal_loss:
             causal_weights = torch.ones_like(causal_weights)
         # eq. 6: the preference-driven component of the prediction is fitted to y_t directly.
-        preference_logits = with_logits.float() - logits_without_history.float()
         causal = weighted_cross_entropy_sum(preference_logits, causal_ids, causal_weights)
         causal = causal / normalizer
     return NextQuillLoss(total=normal + alpha * causal, normal=normal, causal=causal)

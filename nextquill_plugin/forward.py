@@ -37,15 +37,14 @@ def resolve_lm_head(model: nn.Module) -> nn.Module:
     return head
 
 
-def target_logits(
+def target_hidden_states(
     model: nn.Module,
-    lm_head: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     labels: torch.Tensor,
     **model_kwargs: Any,
 ) -> tuple[torch.Tensor, TargetPositions, Any]:
-    """Run ``model`` and return ``([N, V] logits at target positions, positions, raw outputs)``."""
+    """Run ``model``; return ``([N, H] final hidden states at target positions, positions, outputs)``."""
     outputs = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -60,6 +59,41 @@ def target_logits(
         raise RuntimeError(f"{type(model).__name__}.forward did not return hidden_states")
     targets = target_positions(labels)
     # hidden_states[-1] is the final (normed) hidden state in transformers >= 5.
-    selected = hidden_states[-1][targets.rows, targets.positions]
-    logits = lm_head(selected.to(lm_head.weight.dtype))
-    return logits, targets, outputs
+    return hidden_states[-1][targets.rows, targets.positions], targets, outputs
+
+
+def target_logits(
+    model: nn.Module,
+    lm_head: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    **model_kwargs: Any,
+) -> tuple[torch.Tensor, TargetPositions, Any]:
+    """Run ``model`` and return ``([N, V] logits at target positions, positions, raw outputs)``."""
+    hidden, targets, outputs = target_hidden_states(
+        model, input_ids, attention_mask, labels, **model_kwargs
+    )
+    return apply_lm_head(lm_head, hidden), targets, outputs
+
+
+def apply_lm_head(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``[N, H]`` hidden states -> ``[N, V]`` logits, in the head's dtype."""
+    return lm_head(hidden.to(lm_head.weight.dtype))
+
+
+def preference_logits(
+    lm_head: nn.Module, hidden_with_history: torch.Tensor, hidden_without_history: torch.Tensor
+) -> torch.Tensor:
+    """f(x, h, y<t) - f(x, 0, y<t) (eq. 6's argument) as one LM-head product.
+
+    The head is affine (W z + b), so the difference of two logit rows is W (z_h - z_0): one
+    ``[M, H] x [H, V]`` product and no ``[M, V]`` subtraction, and one ``[M, V]`` tensor less
+    alive, instead of two products and a difference. The head is still called as a module, so
+    that PEFT adapters and DeepSpeed hooks on it take part; its bias, counted once by the call
+    and cancelled in the difference, is subtracted. With LoRA dropout on the head the noise is
+    drawn once for the difference instead of once per pass (same expectation).
+    """
+    logits = apply_lm_head(lm_head, hidden_with_history - hidden_without_history)
+    bias = getattr(lm_head, "bias", None)
+    return logits - bias if isinstance(bias, torch.Tensor) else logits

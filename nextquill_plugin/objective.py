@@ -20,7 +20,7 @@ from .causal import (
     targets_per_row,
     token_log_probs,
 )
-from .forward import resolve_lm_head, target_logits
+from .forward import apply_lm_head, preference_logits, resolve_lm_head, target_hidden_states
 
 COUNTERFACTUAL_IDS = "cf_input_ids"
 COUNTERFACTUAL_LABELS = "cf_labels"
@@ -70,19 +70,14 @@ def flatten_row_weights(padded: torch.Tensor, counts: torch.Tensor) -> torch.Ten
     return padded[valid]
 
 
-def counterfactual_logits(
-    model: nn.Module,
-    lm_head: nn.Module,
-    batch: dict[str, Any],
-    expected_ids: torch.Tensor,
-    with_grad: bool,
+def counterfactual_hidden_states(
+    model: nn.Module, batch: dict[str, Any], expected_ids: torch.Tensor, with_grad: bool
 ) -> torch.Tensor:
-    """Logits of the counterfactual prompts at their target positions (rows that have one)."""
+    """Final hidden states of the counterfactual prompts at their target positions."""
     has_cf = batch[HAS_COUNTERFACTUAL]
     with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
-        logits, targets, _ = target_logits(
+        hidden, targets, _ = target_hidden_states(
             model,
-            lm_head,
             batch[COUNTERFACTUAL_IDS][has_cf],
             batch[COUNTERFACTUAL_MASK][has_cf],
             batch[COUNTERFACTUAL_LABELS][has_cf],
@@ -92,7 +87,7 @@ def counterfactual_logits(
             "NextQuill: the counterfactual prompt's target tokens differ from the with-history "
             "target tokens; a dataset type must give both prompts the same target."
         )
-    return logits
+    return hidden
 
 
 def compute_batch_loss(
@@ -112,14 +107,16 @@ def compute_batch_loss(
     batch.pop("num_items_in_batch", None)
     labels = batch.pop("labels")
     lm_head = resolve_lm_head(model)
-    logits_with, targets, outputs = target_logits(
-        model, lm_head, batch.pop("input_ids"), batch.pop("attention_mask", None), labels, **batch
+    hidden_with, targets, outputs = target_hidden_states(
+        model, batch.pop("input_ids"), batch.pop("attention_mask", None), labels, **batch
     )
+    logits_with = apply_lm_head(lm_head, hidden_with)
     token_ids = targets.token_ids
     has_cf = extras[HAS_COUNTERFACTUAL]
     if has_cf is None:
         has_cf = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
     causal_token_mask = has_cf.to(token_ids.device)[targets.rows]
+    all_paired = bool(causal_token_mask.all())
 
     weights = torch.ones_like(token_ids, dtype=torch.float32)
     if settings.token_weighting and extras[TOKEN_WEIGHTS] is not None:
@@ -133,32 +130,34 @@ def compute_batch_loss(
             )
 
     current_weights = settings.token_weighting and settings.weight_source == "current"
-    logits_without = None
+    difference_logits = None
     if (settings.causal_loss or current_weights) and bool(has_cf.any()):
-        logits_without = counterfactual_logits(
-            model,
-            lm_head,
-            {**extras, HAS_COUNTERFACTUAL: has_cf},
-            token_ids[causal_token_mask],
-            with_grad=settings.causal_loss,
+        paired_ids = token_ids if all_paired else token_ids[causal_token_mask]
+        hidden_without = counterfactual_hidden_states(
+            model, {**extras, HAS_COUNTERFACTUAL: has_cf}, paired_ids, settings.causal_loss
         )
-    if current_weights and logits_without is not None:
-        with torch.no_grad():  # the authors' variant: weights from the model being trained
-            paired_ids = token_ids[causal_token_mask]
-            effects = causal_effects(
-                token_log_probs(logits_with[causal_token_mask], paired_ids).exp(),
-                token_log_probs(logits_without, paired_ids).exp(),
-            )
-            weights[causal_token_mask] = preference_weights(
-                effects, settings.delta, settings.high_weight, settings.low_weight
-            )
+        paired_hidden = hidden_with if all_paired else hidden_with[causal_token_mask]
+        with torch.set_grad_enabled(settings.causal_loss and torch.is_grad_enabled()):
+            difference_logits = preference_logits(lm_head, paired_hidden, hidden_without)
+        if current_weights:
+            with torch.no_grad():  # the authors' variant: weights from the model being trained
+                paired_logits = logits_with if all_paired else logits_with[causal_token_mask]
+                log_p_with = token_log_probs(paired_logits, paired_ids)
+                # f(x, 0) = f(x, h) - (f(x, h) - f(x, 0)): no third LM-head product needed.
+                log_p_without = token_log_probs(
+                    paired_logits.float() - difference_logits, paired_ids
+                )
+                effects = causal_effects(log_p_with.exp(), log_p_without.exp())
+                weights[causal_token_mask] = preference_weights(
+                    effects, settings.delta, settings.high_weight, settings.low_weight
+                )
 
     n_tokens = int(token_ids.numel())
     loss = nextquill_loss(
         logits_with,
         token_ids,
         weights,
-        logits_without_history=logits_without if settings.causal_loss else None,
+        preference_logits=difference_logits if settings.causal_loss else None,
         causal_token_mask=causal_token_mask,
         alpha=settings.alpha if settings.causal_loss else 0.0,
         weight_causal_loss=settings.weight_causal_loss,

@@ -74,9 +74,15 @@ def random_qwen2(
     intermediate_multiple: int = 2,
     max_positions: int = 4096,
     seed: int = 0,
+    attention_heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int | None = None,
     **config,
 ):
-    """A random-init Qwen2ForCausalLM (4 attention heads, 2 KV heads, tied embeddings)."""
+    """A random-init Qwen2ForCausalLM (by default 4 attention heads, 2 KV heads; tied embeddings).
+
+    ``intermediate_size`` overrides ``hidden_size * intermediate_multiple``.
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -85,10 +91,10 @@ def random_qwen2(
         Qwen2Config(
             vocab_size=vocab_size,
             hidden_size=hidden_size,
-            intermediate_size=hidden_size * intermediate_multiple,
+            intermediate_size=intermediate_size or hidden_size * intermediate_multiple,
             num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            num_attention_heads=attention_heads,
+            num_key_value_heads=kv_heads,
             max_position_embeddings=max_positions,
             tie_word_embeddings=True,
             **config,

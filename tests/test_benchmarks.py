@@ -31,12 +31,16 @@ def table_rows(output: str) -> list[list[str]]:
 
 
 def test_training_step_benchmark_reports_every_variant():
-    rows = table_rows(run_script("training_step.py", "--smoke"))
+    output = run_script("training_step.py", "--smoke")
+    rows = table_rows(output)
     variants = [row[2] for row in rows[1:]]
-    assert variants == ["stock", "target_only", "nextquill", "naive"]
+    assert variants == ["stock", "target_only", "nextquill", "naive", "target_only_cf"]
     for row in rows[1:]:
         assert float(row[3]) > 0 and float(row[5]) > 0  # step seconds, time / stock
     assert rows[1][5] == "1.00" and rows[2][7] == "1.00"  # each baseline against itself
+    nextquill_ratio = float(rows[3][7])
+    reference = output.split("Time against two separate target-only steps")[1]
+    assert f"nextquill / target_only {nextquill_ratio:.2f}" in reference
 
 
 def test_weight_pass_benchmark_reports_throughput_and_a_warm_cache_without_forwards():

@@ -49,7 +49,7 @@ def test_losses_by_hand_on_two_tokens():
     # difference logits: [log3, 0] -> p(0)=3/4 ; [0, -log3] -> p(1) = (1/3)/(1+1/3) = 1/4
     lp = (0.9 * -math.log(0.75) + 0.1 * -math.log(0.25)) / 2
     out = nextquill_loss(
-        logits_with, targets, weights, logits_without_history=logits_without, alpha=0.5
+        logits_with, targets, weights, preference_logits=logits_with - logits_without, alpha=0.5
     )
     assert out.normal.item() == pytest.approx(ln, abs=1e-6)
     assert out.causal.item() == pytest.approx(lp, abs=1e-6)
@@ -58,16 +58,14 @@ def test_losses_by_hand_on_two_tokens():
         logits_with,
         targets,
         weights,
-        logits_without_history=logits_without,
+        preference_logits=logits_with - logits_without,
         alpha=0.5,
         weight_causal_loss=False,
     )
     assert unweighted.causal.item() == pytest.approx(
         (-math.log(0.75) - math.log(0.25)) / 2, abs=1e-6
     )
-    no_causal = nextquill_loss(
-        logits_with, targets, weights, logits_without_history=None, alpha=0.5
-    )
+    no_causal = nextquill_loss(logits_with, targets, weights, preference_logits=None, alpha=0.5)
     assert no_causal.total.item() == pytest.approx(ln, abs=1e-6)
     assert nextquill_loss(
         logits_with, targets, weights, normalizer=4
@@ -120,7 +118,7 @@ def test_vectorised_loss_equals_slow_reference():
         logits_with[tw.rows, tw.positions],
         tw.token_ids,
         flat_w,
-        logits_without_history=logits_cf[tc.rows, tc.positions],
+        preference_logits=logits_with[tw.rows, tw.positions] - logits_cf[tc.rows, tc.positions],
         alpha=0.05,
         normalizer=7,
     )
@@ -130,16 +128,16 @@ def test_vectorised_loss_equals_slow_reference():
     assert out.total.item() == pytest.approx(total, abs=1e-5)
 
 
-def test_gradients_flow_through_both_passes_but_not_weights():
+def test_gradients_flow_into_both_logit_inputs_but_not_weights():
     logits_with = torch.randn(4, 6, requires_grad=True)
-    logits_without = torch.randn(4, 6, requires_grad=True)
+    difference = torch.randn(4, 6, requires_grad=True)
     weights = torch.rand(4, requires_grad=True)
     out = nextquill_loss(
-        logits_with, torch.tensor([0, 1, 2, 3]), weights, logits_without_history=logits_without
+        logits_with, torch.tensor([0, 1, 2, 3]), weights, preference_logits=difference
     )
     out.total.backward()
     assert logits_with.grad is not None and logits_with.grad.abs().sum() > 0
-    assert logits_without.grad is not None and logits_without.grad.abs().sum() > 0
+    assert difference.grad is not None and difference.grad.abs().sum() > 0
     assert weights.grad is None
 
 
@@ -152,7 +150,7 @@ def test_causal_token_mask_restricts_lp_to_paired_rows():
         logits_with,
         ids,
         w,
-        logits_without_history=logits_without,
+        preference_logits=logits_with[mask] - logits_without,
         causal_token_mask=mask,
         normalizer=3,
     )
