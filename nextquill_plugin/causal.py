@@ -119,7 +119,7 @@ def nextquill_loss(
         causal = normal.new_zeros(())
     else:
         causal_ids, causal_weights = token_ids, weights
-        if causal_token_mask is not None and not bool(causal_token_mask.all()):
+        if causal_token_mask is not None:  # [N] ids and weights only: a cheap copy
             causal_ids, causal_weights = token_ids[causal_token_mask], weights[causal_token_mask]
         if not weight_causal_loss:
             causal_weights = torch.ones_like(causal_weights)
