@@ -13,6 +13,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,10 @@ def weighted_cross_entropy_sum(
     return (per_token * weights.detach().to(per_token.dtype)).sum()
 
 
+# (inputs [N, ...], token ids [N], weights [N]) -> sum_t w_t * CE(logits_t, y_t)
+CrossEntropySum = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class NextQuillLoss:
     """The total loss and its parts, each already divided by the normaliser."""
@@ -91,6 +96,8 @@ def nextquill_loss(
     alpha: float = 0.05,
     weight_causal_loss: bool = True,
     normalizer: float | torch.Tensor | None = None,
+    normal_cross_entropy: CrossEntropySum = weighted_cross_entropy_sum,
+    causal_cross_entropy: CrossEntropySum = weighted_cross_entropy_sum,
 ) -> NextQuillLoss:
     """NextQuill's objective L = Ln + alpha * Lp (eq. 5-7) on target tokens only.
 
@@ -100,7 +107,8 @@ def nextquill_loss(
         weights: ``[N]`` token weights omega_t (no gradient flows into them).
         preference_logits: ``[M, V]`` f(x, h, y<t) - f(x, 0, y<t), eq. 6's argument, for the
             tokens selected by ``causal_token_mask`` (all N when the mask is None); see
-            ``preference_logits`` in ``forward.py`` for computing it with one LM-head product.
+            ``apply_lm_head_without_bias`` in ``forward.py`` for computing it with one LM-head
+            product.
             None disables Lp (NormOnly).
         causal_token_mask: ``[N]`` bool, tokens of samples that have a counterfactual prompt;
             rows mixed in from ordinary SFT data have none and only contribute to Ln.
@@ -110,10 +118,15 @@ def nextquill_loss(
             target tokens in the whole gradient-accumulation window (``num_items_in_batch``),
             so the result does not depend on how a batch is split into micro-batches.
             Defaults to N.
+        normal_cross_entropy, causal_cross_entropy: ``(inputs, ids, weights) -> sum_t w_t CE``
+            for Ln and Lp. By default the inputs are logits; ``compute_batch_loss`` passes
+            final hidden states instead (z_h, and z_h - z_0 for Lp) with functions that apply
+            the LM head chunk by chunk (``forward.head_cross_entropy_sum``), so that no
+            ``[N, V]`` logits are held.
     """
     if normalizer is None:
         normalizer = max(int(token_ids.numel()), 1)
-    normal = weighted_cross_entropy_sum(logits_with_history, token_ids, weights) / normalizer
+    normal = normal_cross_entropy(logits_with_history, token_ids, weights) / normalizer
 
     if preference_logits is None or alpha == 0:
         causal = normal.new_zeros(())
@@ -124,6 +137,6 @@ def nextquill_loss(
         if not weight_causal_loss:
             causal_weights = torch.ones_like(causal_weights)
         # eq. 6: the preference-driven component of the prediction is fitted to y_t directly.
-        causal = weighted_cross_entropy_sum(preference_logits, causal_ids, causal_weights)
+        causal = causal_cross_entropy(preference_logits, causal_ids, causal_weights)
         causal = causal / normalizer
     return NextQuillLoss(total=normal + alpha * causal, normal=normal, causal=causal)

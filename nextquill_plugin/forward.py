@@ -13,8 +13,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from .causal import TargetPositions, target_positions
+from .causal import TargetPositions, target_positions, token_log_probs, weighted_cross_entropy_sum
+
+# The chunked head losses build at most this many logits at a time (64 MiB of float32), so the
+# rows per chunk shrink as the vocabulary grows: ~110 rows at 151k, ~520 at 32k.
+HEAD_CHUNK_VALUES = 2**24
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -82,18 +87,77 @@ def apply_lm_head(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return lm_head(hidden.to(lm_head.weight.dtype))
 
 
-def preference_logits(
-    lm_head: nn.Module, hidden_with_history: torch.Tensor, hidden_without_history: torch.Tensor
-) -> torch.Tensor:
-    """f(x, h, y<t) - f(x, 0, y<t) (eq. 6's argument) as one LM-head product.
+def apply_lm_head_without_bias(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """W z: the head called as a module (PEFT adapters and DeepSpeed hooks take part), minus its bias.
 
-    The head is affine (W z + b), so the difference of two logit rows is W (z_h - z_0): one
-    ``[M, H] x [H, V]`` product and no ``[M, V]`` subtraction, and one ``[M, V]`` tensor less
-    alive, instead of two products and a difference. The head is still called as a module, so
-    that PEFT adapters and DeepSpeed hooks on it take part; its bias, counted once by the call
-    and cancelled in the difference, is subtracted. With LoRA dropout on the head the noise is
-    drawn once for the difference instead of once per pass (same expectation).
+    Lp's logits f(x, h, y<t) - f(x, 0, y<t) (eq. 6's argument) are this applied to
+    z_h - z_0: the head is affine (W z + b), so the difference of two logit rows is
+    W (z_h - z_0), one ``[M, H] x [H, V]`` product instead of two and a difference. The bias,
+    counted once by the call and cancelled in the difference, is taken off. With LoRA dropout on
+    the head the noise is drawn once for the difference instead of once per pass (same
+    expectation).
     """
-    logits = apply_lm_head(lm_head, hidden_with_history - hidden_without_history)
+    logits = apply_lm_head(lm_head, hidden)
     bias = getattr(lm_head, "bias", None)
     return logits - bias if isinstance(bias, torch.Tensor) else logits
+
+
+def head_chunk_rows(lm_head: nn.Module) -> int:
+    """Rows per chunk of the chunked head losses for this head's vocabulary."""
+    # out_features survives ZeRO-3 partitioning (the weight's own shape does not) and PEFT.
+    vocab = getattr(lm_head, "out_features", None) or lm_head.weight.shape[0]
+    return max(1, HEAD_CHUNK_VALUES // max(int(vocab), 1))
+
+
+def head_cross_entropy_sum(
+    lm_head: nn.Module,
+    hidden: torch.Tensor,
+    token_ids: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    without_bias: bool = False,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """sum_t w_t * CE(lm_head(z_t), y_t) over ``[N, H]`` hidden states, never holding ``[N, V]``.
+
+    The head and the cross-entropy run on chunks of rows. With autograd on, each chunk is
+    checkpointed: only its hidden rows are kept and its logits are rebuilt in the backward pass.
+    The cost is one more head product per step; the gain is that the logits and log-softmax
+    alive at once are one chunk's, not all N rows' (twice over in NextQuill: Ln and Lp), which at
+    a 151k vocabulary is most of a checkpointed step's peak memory. ``without_bias`` drops the
+    head's bias (for Lp's W (z_h - z_0), see ``apply_lm_head_without_bias``).
+    """
+    project = apply_lm_head_without_bias if without_bias else apply_lm_head
+
+    def chunk_loss(rows: torch.Tensor, ids: torch.Tensor, row_weights: torch.Tensor):
+        return weighted_cross_entropy_sum(project(lm_head, rows), ids, row_weights)
+
+    if hidden.shape[0] == 0:
+        return chunk_loss(hidden, token_ids, weights)  # an empty sum still joins the graph
+    rows = chunk_rows or head_chunk_rows(lm_head)
+    total = None
+    for start in range(0, hidden.shape[0], rows):
+        chunk = (
+            hidden[start : start + rows],
+            token_ids[start : start + rows],
+            weights[start : start + rows],
+        )
+        if torch.is_grad_enabled():
+            part = checkpoint(chunk_loss, *chunk, use_reentrant=False)
+        else:
+            part = chunk_loss(*chunk)
+        total = part if total is None else total + part
+    return total
+
+
+@torch.no_grad()
+def head_token_log_probs(
+    lm_head: nn.Module, hidden: torch.Tensor, token_ids: torch.Tensor, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """log p(y_t | z_t) under the head, ``[N]``, chunk by chunk (no gradient)."""
+    rows = chunk_rows or head_chunk_rows(lm_head)
+    parts = [
+        token_log_probs(apply_lm_head(lm_head, hidden[i : i + rows]), token_ids[i : i + rows])
+        for i in range(0, hidden.shape[0], rows)
+    ]
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)

@@ -7,6 +7,7 @@ thin glue and the whole step can be tested and reused without Axolotl.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -18,9 +19,13 @@ from .causal import (
     nextquill_loss,
     preference_weights,
     targets_per_row,
-    token_log_probs,
 )
-from .forward import apply_lm_head, preference_logits, resolve_lm_head, target_hidden_states
+from .forward import (
+    head_cross_entropy_sum,
+    head_token_log_probs,
+    resolve_lm_head,
+    target_hidden_states,
+)
 
 COUNTERFACTUAL_IDS = "cf_input_ids"
 COUNTERFACTUAL_LABELS = "cf_labels"
@@ -110,7 +115,6 @@ def compute_batch_loss(
     hidden_with, targets, outputs = target_hidden_states(
         model, batch.pop("input_ids"), batch.pop("attention_mask", None), labels, **batch
     )
-    logits_with = apply_lm_head(lm_head, hidden_with)
     token_ids = targets.token_ids
     has_cf = extras[HAS_COUNTERFACTUAL]
     if has_cf is None:
@@ -130,37 +134,34 @@ def compute_batch_loss(
             )
 
     current_weights = settings.token_weighting and settings.weight_source == "current"
-    difference_logits = None
+    hidden_difference = None  # z_h - z_0; Lp's logits are W (z_h - z_0)
     if (settings.causal_loss or current_weights) and bool(has_cf.any()):
         paired_ids = token_ids if all_paired else token_ids[causal_token_mask]
         hidden_without = counterfactual_hidden_states(
             model, {**extras, HAS_COUNTERFACTUAL: has_cf}, paired_ids, settings.causal_loss
         )
         paired_hidden = hidden_with if all_paired else hidden_with[causal_token_mask]
-        with torch.set_grad_enabled(settings.causal_loss and torch.is_grad_enabled()):
-            difference_logits = preference_logits(lm_head, paired_hidden, hidden_without)
-        if current_weights:
-            with torch.no_grad():  # the authors' variant: weights from the model being trained
-                paired_logits = logits_with if all_paired else logits_with[causal_token_mask]
-                log_p_with = token_log_probs(paired_logits, paired_ids)
-                # f(x, 0) = f(x, h) - (f(x, h) - f(x, 0)): no third LM-head product needed.
-                log_p_without = token_log_probs(
-                    paired_logits.float() - difference_logits, paired_ids
-                )
-                effects = causal_effects(log_p_with.exp(), log_p_without.exp())
-                weights[causal_token_mask] = preference_weights(
-                    effects, settings.delta, settings.high_weight, settings.low_weight
-                )
+        hidden_difference = paired_hidden - hidden_without
+        if current_weights:  # the authors' variant: weights from the model being trained
+            log_p_with = head_token_log_probs(lm_head, paired_hidden, paired_ids)
+            log_p_without = head_token_log_probs(lm_head, hidden_without, paired_ids)
+            effects = causal_effects(log_p_with.exp(), log_p_without.exp())
+            weights[causal_token_mask] = preference_weights(
+                effects, settings.delta, settings.high_weight, settings.low_weight
+            )
 
     n_tokens = int(token_ids.numel())
+    # Ln and Lp apply the LM head to final hidden states in chunks: no [N, V] logits held.
     loss = nextquill_loss(
-        logits_with,
+        hidden_with,
         token_ids,
         weights,
-        preference_logits=difference_logits if settings.causal_loss else None,
+        preference_logits=hidden_difference if settings.causal_loss else None,
         causal_token_mask=causal_token_mask,
         alpha=settings.alpha if settings.causal_loss else 0.0,
         weight_causal_loss=settings.weight_causal_loss,
         normalizer=num_items_in_batch if num_items_in_batch else max(n_tokens, 1),
+        normal_cross_entropy=partial(head_cross_entropy_sum, lm_head),
+        causal_cross_entropy=partial(head_cross_entropy_sum, lm_head, without_bias=True),
     )
     return BatchLoss(loss, weights, causal_token_mask, n_tokens, outputs)

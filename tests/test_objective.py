@@ -117,9 +117,23 @@ def fast_and_slow(model, collated, features, weights, settings, normalizer):
     ],
     ids=["paper", "unweighted_lp", "current_weights"],
 )
+@pytest.mark.parametrize("head_chunk_rows", [None, 3], ids=["one_chunk", "chunks_of_3"])
 def test_loss_and_gradients_equal_slow_reference(
-    tiny_model, tiny_tokenizer, paired_features, settings
+    tiny_model, tiny_tokenizer, paired_features, settings, head_chunk_rows, monkeypatch
 ):
+    import nextquill_plugin.forward as forward
+
+    chunk_sizes = []
+    if head_chunk_rows:  # the LM head and CE in checkpointed chunks of 3 target rows
+        vocab = tiny_model.get_output_embeddings().out_features
+        monkeypatch.setattr(forward, "HEAD_CHUNK_VALUES", head_chunk_rows * vocab)
+        checkpoint = forward.checkpoint
+
+        def counting_checkpoint(function, rows, *args, **kwargs):
+            chunk_sizes.append(rows.shape[0])
+            return checkpoint(function, rows, *args, **kwargs)
+
+        monkeypatch.setattr(forward, "checkpoint", counting_checkpoint)
     features = paired_features[:2]
     weights = random_weights(features)
     normalizer = n_targets(features)
@@ -130,6 +144,8 @@ def test_loss_and_gradients_equal_slow_reference(
     assert fast.loss.total.item() == pytest.approx(slow.item(), abs=1e-5)
     assert fast.loss.causal.item() > 0  # the counterfactual pass is part of the loss
     assert_same_gradients(fast_grads, slow_grads)
+    if head_chunk_rows:
+        assert max(chunk_sizes) == head_chunk_rows and len(chunk_sizes) > 4
 
 
 def test_counterfactual_pass_carries_gradient(tiny_model, tiny_tokenizer, paired_features):
@@ -254,14 +270,14 @@ def test_preference_logits_equal_the_difference_of_two_head_calls():
     from peft import LoraConfig, get_peft_model
     from torch import nn
 
-    from nextquill_plugin.forward import preference_logits, resolve_lm_head
+    from nextquill_plugin.forward import apply_lm_head_without_bias, resolve_lm_head
 
     torch.manual_seed(0)
     with_history, without_history = torch.randn(3, 5), torch.randn(3, 5)
     head = nn.Linear(5, 7, bias=True)
     nn.init.normal_(head.bias, std=1.0)
     expected = head(with_history) - head(without_history)
-    got = preference_logits(head, with_history, without_history)
+    got = apply_lm_head_without_bias(head, with_history - without_history)
     assert torch.allclose(got, expected, atol=1e-6)
     assert not torch.allclose(head(with_history - without_history), expected, atol=1e-3)
 
@@ -277,5 +293,46 @@ def test_preference_logits_equal_the_difference_of_two_head_calls():
     peft_model = get_peft_model(TinyLM(), config)
     lora_head = resolve_lm_head(peft_model)
     expected = lora_head(with_history) - lora_head(without_history)
-    got = preference_logits(lora_head, with_history, without_history)
+    got = apply_lm_head_without_bias(lora_head, with_history - without_history)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("without_bias", [False, True])
+def test_chunked_head_loss_equals_full_logits(without_bias):
+    """Chunks of 2 rows (5 rows: the last chunk is short), checkpointed, against one [N, V] CE."""
+    from torch import nn
+
+    from nextquill_plugin.causal import token_log_probs, weighted_cross_entropy_sum
+    from nextquill_plugin.forward import head_cross_entropy_sum, head_token_log_probs
+
+    torch.manual_seed(0)
+    head = nn.Linear(4, 9, bias=True)
+    nn.init.normal_(head.bias, std=1.0)
+    hidden = torch.randn(5, 4, requires_grad=True)
+    ids, weights = torch.randint(0, 9, (5,)), torch.rand(5)
+
+    def full_logits():
+        return hidden @ head.weight.T + (0 if without_bias else head.bias)
+
+    expected = weighted_cross_entropy_sum(full_logits(), ids, weights)
+    expected_grads = torch.autograd.grad(
+        expected, [hidden, head.weight, head.bias], allow_unused=True
+    )
+    got = head_cross_entropy_sum(
+        head, hidden, ids, weights, without_bias=without_bias, chunk_rows=2
+    )
+    got_grads = torch.autograd.grad(got, [hidden, head.weight, head.bias], allow_unused=True)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        if e is None:  # without_bias: the bias takes no part
+            assert g is None or g.abs().max() < 1e-7
+        else:
+            assert torch.allclose(g, e, atol=1e-6)
+    with torch.no_grad():
+        no_grad = head_cross_entropy_sum(
+            head, hidden, ids, weights, without_bias=without_bias, chunk_rows=2
+        )
+        assert no_grad.item() == pytest.approx(expected.item(), rel=1e-6)
+        if not without_bias:
+            log_probs = head_token_log_probs(head, hidden, ids, chunk_rows=2)
+            assert torch.allclose(log_probs, token_log_probs(full_logits(), ids), atol=1e-6)
