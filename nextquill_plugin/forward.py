@@ -120,11 +120,11 @@ def head_cross_entropy_sum(
 ) -> torch.Tensor:
     """sum_t w_t * CE(lm_head(z_t), y_t) over ``[N, H]`` hidden states, never holding ``[N, V]``.
 
-    The head and the cross-entropy run on chunks of rows. With autograd on, each chunk is
-    checkpointed: only its hidden rows are kept and its logits are rebuilt in the backward pass.
-    The cost is one more head product per step; the gain is that the logits and log-softmax
-    alive at once are one chunk's, not all N rows' (twice over in NextQuill: Ln and Lp), which at
-    a 151k vocabulary is most of a checkpointed step's peak memory. ``without_bias`` drops the
+    The head and the cross-entropy run on chunks of rows. With autograd on and more than one
+    chunk, each chunk is checkpointed: only its hidden rows are kept and its logits are rebuilt
+    in the backward pass. The cost is one more head product; the gain is that the logits and
+    log-softmax alive at once are one chunk's, not all N rows' (twice over in NextQuill: Ln and
+    Lp), which at a 151k vocabulary is most of a checkpointed step's peak memory. ``without_bias`` drops the
     head's bias (for Lp's W (z_h - z_0), see ``apply_lm_head_without_bias``).
     """
     project = apply_lm_head_without_bias if without_bias else apply_lm_head
@@ -135,6 +135,8 @@ def head_cross_entropy_sum(
     if hidden.shape[0] == 0:
         return chunk_loss(hidden, token_ids, weights)  # an empty sum still joins the graph
     rows = chunk_rows or head_chunk_rows(lm_head)
+    # Logits that fit in one chunk are small: recomputing them would cost time and save little.
+    recompute = torch.is_grad_enabled() and hidden.shape[0] > rows
     total = None
     for start in range(0, hidden.shape[0], rows):
         chunk = (
@@ -142,7 +144,7 @@ def head_cross_entropy_sum(
             token_ids[start : start + rows],
             weights[start : start + rows],
         )
-        if torch.is_grad_enabled():
+        if recompute:
             part = checkpoint(chunk_loss, *chunk, use_reentrant=False)
         else:
             part = chunk_loss(*chunk)
