@@ -67,21 +67,6 @@ def target_hidden_states(
     return hidden_states[-1][targets.rows, targets.positions], targets, outputs
 
 
-def target_logits(
-    model: nn.Module,
-    lm_head: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    labels: torch.Tensor,
-    **model_kwargs: Any,
-) -> tuple[torch.Tensor, TargetPositions, Any]:
-    """Run ``model`` and return ``([N, V] logits at target positions, positions, raw outputs)``."""
-    hidden, targets, outputs = target_hidden_states(
-        model, input_ids, attention_mask, labels, **model_kwargs
-    )
-    return apply_lm_head(lm_head, hidden), targets, outputs
-
-
 def apply_lm_head(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """``[N, H]`` hidden states -> ``[N, V]`` logits, in the head's dtype."""
     return lm_head(hidden.to(lm_head.weight.dtype))

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .causal import causal_effects, preference_weights, token_log_probs
+from .causal import causal_effects, preference_weights
 from .collator import pad_sequences
-from .forward import resolve_lm_head, target_logits, unwrap_model
+from .forward import head_token_log_probs, resolve_lm_head, target_hidden_states, unwrap_model
 from .objective import COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS
 
 CACHE_FORMAT_VERSION = "1"
@@ -170,10 +170,10 @@ def compute_token_effects(
                 mask = pad_sequences([[1] * len(s) for s in ids], 0).to(device)
                 labels = pad_sequences([rows[labels_key][i] for i in batch], -100).to(device)
                 with autocast():
-                    logits, targets, _ = target_logits(model, lm_head, input_ids, mask, labels)
-                probs.append(
-                    (token_log_probs(logits, targets.token_ids).exp().cpu().numpy(), targets)
-                )
+                    hidden, targets, _ = target_hidden_states(model, input_ids, mask, labels)
+                    # in chunks: no [N, V] logits for the whole batch
+                    log_probs = head_token_log_probs(lm_head, hidden, targets.token_ids)
+                probs.append((log_probs.exp().cpu().numpy(), targets))
             (pw, tw), (pc, tc) = probs
             if not torch.equal(tw.token_ids, tc.token_ids):
                 raise ValueError("NextQuill: with/without-history target tokens differ in a row.")
