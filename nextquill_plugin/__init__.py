@@ -89,6 +89,9 @@ class NextQuillPlugin(BasePlugin):
         """Before the first optimizer step: attach theta_0 token weights to the datasets."""
         if not nextquill_enabled(cfg):
             return
+        from .forward import resolve_lm_head
+
+        resolve_lm_head(trainer.model)  # fails now, not at the first step, for unsupported heads
         for split in ("train_dataset", "eval_dataset"):
             dataset = getattr(trainer, split, None)
             if dataset is None or not hasattr(dataset, "column_names"):

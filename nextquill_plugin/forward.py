@@ -29,11 +29,47 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+# Config fields under which transformers models change the logits after ``lm_head(hidden)``
+# (Gemma 2/3 soft-capping, Cohere's logit_scale, Granite's and MiniCPM3's logits_scaling,
+# Falcon-H1's lm_head_multiplier), with the value at which they do nothing.
+LOGIT_TRANSFORMS: dict[str, float | None] = {
+    "final_logit_softcapping": None,
+    "logit_scale": 1.0,
+    "logits_scaling": 1.0,
+    "lm_head_multiplier": 1.0,
+}
+
+
+def check_plain_lm_head(config: Any) -> None:
+    """Raise when the model's logits are not ``lm_head(last hidden state)``.
+
+    Our target-only passes apply the LM head themselves, so a model that scales or soft-caps
+    its logits would train on logits it never produces; say so instead of training silently.
+    """
+    configs = [config]
+    if hasattr(config, "get_text_config"):
+        configs.append(config.get_text_config())
+    for cfg in configs:
+        for field, neutral in LOGIT_TRANSFORMS.items():
+            value = getattr(cfg, field, None)
+            if value is not None and value != neutral and not isinstance(value, bool):
+                raise NotImplementedError(
+                    f"NextQuill: this model's config sets {field}={value!r}, so its logits are "
+                    "not lm_head(last hidden state). NextQuill applies the LM head itself at "
+                    "target positions and does not support such models yet (see the README's "
+                    "known limitations)."
+                )
+
+
 def resolve_lm_head(model: nn.Module) -> nn.Module:
-    """The output projection of a (possibly PEFT- or DeepSpeed-wrapped) causal LM."""
+    """The output projection of a (possibly PEFT- or DeepSpeed-wrapped) causal LM.
+
+    Raises NotImplementedError for models that transform their logits after the head."""
     base = unwrap_model(model)
     if hasattr(base, "get_base_model"):  # PeftModel
         base = base.get_base_model()
+    if getattr(base, "config", None) is not None:
+        check_plain_lm_head(base.config)
     if hasattr(base, "language_model") and hasattr(base.language_model, "lm_head"):
         return base.language_model.lm_head
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None

@@ -297,6 +297,39 @@ def test_preference_logits_equal_the_difference_of_two_head_calls():
     assert torch.allclose(got, expected, atol=1e-6)
 
 
+def test_models_that_transform_their_logits_are_refused():
+    """Soft-capped or scaled logits are not lm_head(hidden): fail clearly, do not train on them."""
+    from transformers import (
+        CohereConfig,
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        Gemma3Config,
+        GraniteConfig,
+        Qwen2Config,
+    )
+
+    from nextquill_plugin.forward import check_plain_lm_head, resolve_lm_head
+
+    small = dict(
+        vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+    )  # fmt: skip
+    gemma2 = Gemma2ForCausalLM(Gemma2Config(**small, final_logit_softcapping=30.0))
+    with pytest.raises(NotImplementedError, match="final_logit_softcapping=30.0"):
+        resolve_lm_head(gemma2)
+    with pytest.raises(NotImplementedError, match="logit_scale"):
+        check_plain_lm_head(CohereConfig(logit_scale=0.0625))
+    with pytest.raises(NotImplementedError, match="logits_scaling=8.0"):
+        check_plain_lm_head(GraniteConfig(logits_scaling=8.0))
+    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
+        check_plain_lm_head(Gemma3Config(text_config={"final_logit_softcapping": 30.0}))
+
+    # The same families with the transform switched off, and a plain Qwen2, are accepted.
+    resolve_lm_head(Gemma2ForCausalLM(Gemma2Config(**small, final_logit_softcapping=None)))
+    check_plain_lm_head(GraniteConfig(logits_scaling=1.0))
+    check_plain_lm_head(Qwen2Config())
+
+
 @pytest.mark.parametrize("without_bias", [False, True])
 def test_chunked_head_loss_equals_full_logits(without_bias):
     """Chunks of 2 rows (5 rows: the last chunk is short), checkpointed, against one [N, V] CE."""
