@@ -67,3 +67,14 @@ def test_planted_preference_benchmark_smoke(tmp_path):
     methods = [row[0] for row in table_rows(output) if row[0] in ("ContextSFT", "NextQuill")]
     assert methods == ["ContextSFT", "NextQuill"] * 2  # both penalty settings
     assert (tmp_path / "report.md").read_text() in output
+
+
+def test_step_profile_finds_the_same_operators_as_two_target_only_steps():
+    """NextQuill's matrix products are those of a target-only step on each prompt, no more."""
+    output = run_script("step_profile.py", "--smoke", "--top", "100")
+    rows = {row[0]: row for row in table_rows(output)}
+    assert float(rows["all (self time)"][1]) > 0
+    nextquill_calls, separate_calls = rows["aten::mm"][5].split(" / ")
+    first, second = separate_calls.split(" + ")
+    assert int(nextquill_calls) == int(first) + int(second) > 0
+    assert "nextquill / (target_only + target_only_cf)" in output
