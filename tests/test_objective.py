@@ -214,6 +214,30 @@ def test_lm_head_sees_only_target_positions(tiny_model, tiny_tokenizer, paired_f
     assert max(rows_seen) < batch["input_ids"].numel()
 
 
+def test_history_pass_backward_runs_before_the_counterfactual_pass_backward(
+    tiny_model, tiny_tokenizer, paired_features
+):
+    """The long pass's backward first frees its activations while gradients grow (as in SFT);
+    in the other order every gradient exists before it starts (a higher peak)."""
+    batch = collate(tiny_tokenizer, paired_features[:2])
+    finished = []  # sequence width of each pass, in the order its backward reaches the embedding
+
+    def on_embedding(_module, _inputs, output):
+        output.register_hook(lambda _grad: finished.append(output.shape[1]))
+
+    handle = tiny_model.model.embed_tokens.register_forward_hook(on_embedding)
+    try:
+        compute_batch_loss(tiny_model, batch, NextQuillSettings()).loss.total.backward()
+    finally:
+        handle.remove()
+    history_width, counterfactual_width = (
+        batch["input_ids"].shape[1],
+        batch["cf_input_ids"].shape[1],
+    )
+    assert history_width > counterfactual_width
+    assert finished == [history_width, counterfactual_width]
+
+
 def test_norm_only_runs_no_counterfactual_pass(tiny_model, tiny_tokenizer, paired_features):
     batch = collate(tiny_tokenizer, paired_features[:2])
     calls = []
