@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from training_step import build, step  # noqa: E402
+from training_step import (  # noqa: E402
+    SMOKE_HISTORY,
+    SMOKE_VOCAB,
+    add_step_arguments,
+    apply_smoke,
+    build,
+    step,
+)
 
 VARIANTS = ("nextquill", "target_only", "target_only_cf")
 
@@ -90,18 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--history", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--counterfactual", type=int, default=300)
-    parser.add_argument("--target", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    add_step_arguments(parser)
     parser.add_argument("--top", type=int, default=15, help="operators listed")
-    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
+    apply_smoke(args)
     if args.smoke:
-        args.history, args.vocab, args.counterfactual, args.target = 64, 1000, 16, 16
-        args.hidden, args.layers, args.repeats = 32, 1, 1
+        args.history, args.vocab = SMOKE_HISTORY, SMOKE_VOCAB
 
     import torch
 

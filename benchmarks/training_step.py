@@ -245,18 +245,35 @@ def run_child(args: argparse.Namespace, history: int, vocab: int, *extra: str) -
     return json.loads(done.stdout.split("RESULT ")[-1])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--history", type=int, nargs="+", default=[2048, 4096])
-    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 151936])
+SMOKE_HISTORY, SMOKE_VOCAB = 64, 1000
+SMOKE_SHAPE = {"counterfactual": 16, "target": 16, "hidden": 32, "layers": 1, "repeats": 1}
+
+
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sample and model options shared by the step benchmarks; ``--smoke`` sets tiny values."""
     parser.add_argument("--counterfactual", type=int, default=300)
     parser.add_argument("--target", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes (the tests run this)")
+
+
+def apply_smoke(args: argparse.Namespace) -> None:
+    """With ``--smoke``: the tiny sample and model of SMOKE_SHAPE."""
+    if args.smoke:
+        for key, value in SMOKE_SHAPE.items():
+            setattr(args, key, value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--history", type=int, nargs="+", default=[2048, 4096])
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 151936])
+    add_step_arguments(parser)
     parser.add_argument(
         "--model",
         choices=sorted(MODEL_SHAPES),
@@ -278,7 +295,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-memory", action="store_true", help="times only (peak memory runs each variant again)"
     )
-    parser.add_argument("--smoke", action="store_true")
     # Set in the child processes: one variant's memory, or the interleaved times of several.
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--time-variants", dest="variants", nargs="+", help=argparse.SUPPRESS)
@@ -289,9 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.variants:
         print("RESULT " + json.dumps(measure_times(args)))
         return
+    apply_smoke(args)
     if args.smoke:
-        args.history, args.vocab, args.counterfactual, args.target = [64], [1000], 16, 16
-        args.hidden, args.layers, args.repeats = 32, 1, 1
+        args.history, args.vocab = [SMOKE_HISTORY], [SMOKE_VOCAB]
     if args.model:
         args.hidden = MODEL_SHAPES[args.model]["hidden"]
         args.layers = MODEL_SHAPES[args.model]["layers"]
