@@ -38,15 +38,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from nextquill_plugin.local_runs import (  # noqa: E402
     build_benchmark_model,
     half_without_history,
     logged_metrics,
     run_axolotl,
     tiny_recipe,
+    use_offline_mode,
     write_jsonl,
 )
+
+use_offline_mode()  # before any torch/transformers/axolotl import
 
 VARIANTS = {
     "SFT": {"nextquill": False, "nextquill_include_history": False},

@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nextquill_plugin.local_runs import use_offline_mode  # noqa: E402
+
+use_offline_mode()  # before any torch/transformers/axolotl import below
 
 VARIANTS = ("stock", "target_only", "nextquill", "naive", "target_only_cf")
 IGNORE = -100

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nextquill_plugin.local_runs import use_offline_mode  # noqa: E402
+
+use_offline_mode()  # before any torch/transformers/axolotl import below
 
 IGNORE = -100
 

@@ -79,7 +79,7 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
         )
     dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
     setup_model_and_trainer(cfg, dataset_meta)  # the plugin computes or loads the effects here
-    from . import effects_cache_dir
+    from .plugin import effects_cache_dir
 
     print(f"nextquill: theta_0 effects are cached in {effects_cache_dir(cfg)}")
 
@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "demo":
         if extra:
             parser.error(f"demo takes no arguments, got {extra}")
+        from .local_runs import use_offline_mode
+
+        use_offline_mode()  # the demo is local: tiny model, shipped data
         from .demo import main as demo_main
 
         demo_main()

@@ -68,17 +68,30 @@ def tiny_recipe(model_dir: Path, train_file: Path, workdir: Path, **overrides) -
     return {key: value for key, value in recipe.items() if value is not None}
 
 
+# Nothing local asks the network for anything: no Hub downloads (bitsandbytes, imported by
+# Axolotl, otherwise asks the Hub for CPU kernels), no experiment tracking, no telemetry.
+OFFLINE_VARIABLES = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def use_offline_mode() -> None:
+    """Set ``OFFLINE_VARIABLES`` in this process (and its children).
+
+    Call before importing transformers, huggingface_hub or Axolotl: they read these at import.
+    """
+    os.environ.update(OFFLINE_VARIABLES)
+
+
 def offline_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        WANDB_MODE="disabled",
-        AXOLOTL_DO_NOT_TRACK="1",
-        DO_NOT_TRACK="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
+    """This process's environment with ``OFFLINE_VARIABLES`` set, for a child process."""
+    env = {**os.environ, **OFFLINE_VARIABLES}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 

@@ -78,3 +78,20 @@ def test_step_profile_finds_the_same_operators_as_two_target_only_steps():
     first, second = separate_calls.split(" + ")
     assert int(nextquill_calls) == int(first) + int(second) > 0
     assert "nextquill / (target_only + target_only_cf)" in output
+
+
+def test_benchmarks_go_offline_before_anything_reads_the_offline_setting():
+    """Run as documented (``python benchmarks/<name>.py``, no offline variables set), each
+    script sets offline mode before huggingface_hub reads it at import (bitsandbytes, imported
+    by Axolotl, would otherwise ask the Hub for kernels)."""
+    env = {key: value for key, value in offline_env().items() if not key.endswith("OFFLINE")}
+    for name in ("training_step.py", "step_profile.py", "weight_pass.py", "planted_preference.py"):
+        probe = (
+            f"import runpy; runpy.run_path({str(BENCHMARKS / name)!r}, run_name='imported')\n"
+            "import huggingface_hub.constants as hub; print(hub.HF_HUB_OFFLINE)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, env=env
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip() == "True", name

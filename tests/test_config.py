@@ -92,3 +92,26 @@ def test_plugin_is_inert_without_nextquill(load):
     enabled = load()
     assert plugin.get_trainer_cls(enabled).__name__ == "NextQuillTrainer"
     assert plugin.get_training_args(enabled)["nextquill_weight_source"] == "initial"
+
+
+def test_math_and_tools_import_without_axolotl_and_the_plugin_loads_by_its_recipe_name():
+    """The math is reusable without Axolotl, and the CLI can go offline before Axolotl's
+    import (bitsandbytes asks the Hub for kernels at import); Axolotl still finds the plugin
+    under ``nextquill_plugin.NextQuillPlugin`` and through the package's entry point."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import nextquill_plugin, nextquill_plugin.causal, nextquill_plugin.objective\n"
+        "import nextquill_plugin.forward, nextquill_plugin.cli, nextquill_plugin.local_runs\n"
+        "print(sorted(m for m in ('axolotl', 'bitsandbytes', 'huggingface_hub') if m in sys.modules))\n"
+        "from axolotl.integrations.base import BasePlugin, load_plugin\n"
+        "from importlib.metadata import entry_points\n"
+        "(entry,) = [e for e in entry_points(group='axolotl.plugins') if e.name == 'nextquill']\n"
+        "plugin = load_plugin('nextquill_plugin.NextQuillPlugin')\n"
+        "print(isinstance(plugin, BasePlugin), entry.load() is type(plugin))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[:2] == ["[]", "True True"]

@@ -1,0 +1,187 @@
+"""The Axolotl plugin: wires NextQuill's trainer, collator and theta_0 weights into a run.
+
+The pure math lives in :mod:`nextquill_plugin.causal` and :mod:`nextquill_plugin.objective`;
+this module is the only one the plugin's import path (``nextquill_plugin.NextQuillPlugin``)
+loads, through the package's lazy ``__getattr__``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from axolotl.integrations.base import BasePlugin
+from axolotl.utils.logging import get_logger
+
+from .args import NextQuillArgs as NextQuillArgs
+
+LOG = get_logger("axolotl.integrations.nextquill")
+
+
+def nextquill_enabled(cfg: Any) -> bool:
+    """True when the recipe asks for the NextQuill objective (``nextquill: true``)."""
+    return bool(getattr(cfg, "nextquill", False))
+
+
+def effects_cache_dir(cfg: Any) -> Path:
+    """Where theta_0 effects are cached: next to the prepared dataset unless configured."""
+    if cfg.nextquill_weight_cache_dir:
+        return Path(cfg.nextquill_weight_cache_dir)
+    from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
+
+    return Path(cfg.dataset_prepared_path or DEFAULT_DATASET_PREPARED_PATH) / "nextquill"
+
+
+class NextQuillPlugin(BasePlugin):
+    """Adds NextQuill's trainer, collator and theta_0 token weights to an Axolotl SFT run.
+
+    Inert unless the recipe sets ``nextquill: true``: axolotl >= 0.21 loads entry-point
+    plugins for every config, and a recipe may list the plugin only for its prompt keys.
+    """
+
+    def register(self, cfg: dict):
+        """Import the recipe's dataset_formats types now, so a broken install fails clearly
+        (Axolotl would report an import error inside them as an unknown dataset type)."""
+        check_dataset_types(cfg)
+
+    def get_input_args(self) -> str:
+        return "nextquill_plugin.args.NextQuillArgs"
+
+    def get_training_args_mixin(self) -> str:
+        return "nextquill_plugin.args.NextQuillTrainingArgsMixin"
+
+    def get_training_args(self, cfg):
+        if not nextquill_enabled(cfg):
+            return None
+        return {
+            "nextquill_alpha": cfg.nextquill_alpha,
+            "nextquill_delta": cfg.nextquill_delta,
+            "nextquill_high_weight": cfg.nextquill_high_weight,
+            "nextquill_low_weight": cfg.nextquill_low_weight,
+            "nextquill_token_weighting": cfg.nextquill_token_weighting,
+            "nextquill_causal_loss": cfg.nextquill_causal_loss,
+            "nextquill_weight_source": _source(cfg),
+            "nextquill_weight_causal_loss": cfg.nextquill_weight_causal_loss,
+        }
+
+    def get_trainer_cls(self, cfg):
+        if not nextquill_enabled(cfg):
+            return None
+        from .trainer import NextQuillTrainer
+
+        return NextQuillTrainer
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
+        if not nextquill_enabled(cfg):
+            return None
+        from .collator import NextQuillDataCollator
+
+        return NextQuillDataCollator, {}
+
+    def post_trainer_create(self, cfg, trainer):
+        """Before the first optimizer step: attach theta_0 token weights to the datasets."""
+        if not nextquill_enabled(cfg):
+            return
+        from .forward import resolve_lm_head
+
+        resolve_lm_head(trainer.model)  # fails now, not at the first step, for unsupported heads
+        for split in ("train_dataset", "eval_dataset"):
+            dataset = getattr(trainer, split, None)
+            if dataset is None or not hasattr(dataset, "column_names"):
+                continue
+            describe_rows(dataset, split)
+            if cfg.nextquill_token_weighting and _source(cfg) == "initial":
+                setattr(trainer, split, attach_initial_weights(cfg, trainer, dataset))
+
+
+def check_dataset_types(cfg: dict) -> None:
+    """Raise a clear error when a ``type: dataset_formats.X`` of the recipe cannot be imported."""
+    import importlib
+
+    for key in ("datasets", "test_datasets"):
+        for dataset in cfg.get(key) or []:
+            kind = dataset.get("type") if isinstance(dataset, dict) else None
+            if not isinstance(kind, str) or not kind.startswith("dataset_formats."):
+                continue
+            try:
+                module = importlib.import_module(kind)
+            except ImportError as error:
+                raise ImportError(
+                    f"NextQuill: dataset type `{kind}` cannot be imported ({error}). Known types: "
+                    "dataset_formats.amazon_reviews, dataset_formats.paired; is the package "
+                    "installed in this environment (pip install nextquill-axolotl)?"
+                ) from error
+            if not hasattr(module, "load"):
+                raise ImportError(f"NextQuill: `{kind}` is not a dataset type (it has no load()).")
+
+
+def _source(cfg) -> str:
+    return str(cfg.nextquill_weight_source or "initial")
+
+
+def describe_rows(dataset, split: str) -> None:
+    """Log how many rows are NextQuill rows and how many prompts had to be shortened."""
+    from .objective import COUNTERFACTUAL_IDS
+
+    columns = dataset.column_names
+    if COUNTERFACTUAL_IDS not in columns:
+        LOG.warning("NextQuill: %s has no counterfactual prompts: it trains as plain SFT.", split)
+        return
+    paired = sum(1 for ids in dataset[COUNTERFACTUAL_IDS] if ids)
+    LOG.info(
+        "NextQuill: %s has %d paired rows and %d ordinary rows.",
+        split,
+        paired,
+        len(dataset) - paired,
+    )
+    if "nq_truncation" in columns:
+        from dataset_formats.prompting import describe_truncation
+
+        counts = Counter(flag for flag in dataset["nq_truncation"] if flag)
+        if counts:
+            LOG.info(
+                "NextQuill: %s prompts shortened to fit sequence_len: %s",
+                split,
+                describe_truncation(counts),
+            )
+
+
+def attach_initial_weights(cfg, trainer, dataset):
+    """Compute (or load) theta_0 effects and add the ``nq_token_weights`` column."""
+    from .objective import COUNTERFACTUAL_IDS, TOKEN_WEIGHTS
+    from .weights import cached_token_effects
+
+    if COUNTERFACTUAL_IDS not in dataset.column_names:
+        return dataset
+    if TOKEN_WEIGHTS in dataset.column_names:
+        dataset = dataset.remove_columns(TOKEN_WEIGHTS)
+    tokenizer = trainer.processing_class
+    effects, path, computed = cached_token_effects(
+        trainer.model,
+        dataset,
+        effects_cache_dir(cfg),
+        model_name=str(cfg.base_model),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        batch_size=cfg.nextquill_weight_batch_size,
+        autocast=trainer.autocast_smart_context_manager,
+    )
+    LOG.info(
+        "NextQuill: %s theta_0 effects for %d rows (%s).",
+        "computed" if computed else "used cached",
+        len(effects),
+        path,
+    )
+    weights = effects.row_weights(
+        cfg.nextquill_delta, cfg.nextquill_high_weight, cfg.nextquill_low_weight
+    )
+    n_tokens, n_high = len(effects.p_with), effects.preference_token_count(cfg.nextquill_delta)
+    LOG.info(
+        "NextQuill: %d of %d target tokens (%.1f%%) are preference-bearing (effect > delta=%s).",
+        n_high,
+        n_tokens,
+        100.0 * n_high / max(n_tokens, 1),
+        cfg.nextquill_delta,
+    )
+    # Rows without a counterfactual prompt have no effects: None means weight 1 in the collator.
+    return dataset.add_column(TOKEN_WEIGHTS, [w if w else None for w in weights])
