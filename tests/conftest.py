@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import os
+from nextquill_plugin.local_runs import use_offline_mode
 
-# No test may reach a hub: set before transformers/datasets/axolotl are imported.
-for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ[_key] = _value
+# No test may reach a hub: set before transformers/datasets/axolotl are imported (importing
+# local_runs imports neither).
+use_offline_mode()
 
 import pytest  # noqa: E402
 
