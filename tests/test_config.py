@@ -71,9 +71,10 @@ def test_gradient_checkpointing_defaults_to_non_reentrant(load):
     assert load(gradient_checkpointing=True).gradient_checkpointing_kwargs == {
         "use_reentrant": False
     }
-    # Without NextQuill, Axolotl's own default (reentrant) stays.
+    # Without NextQuill, Axolotl's own default stays (reentrant in 0.19, non-reentrant in 0.21).
     plain = load(nextquill=False, gradient_checkpointing=True)
-    assert plain.gradient_checkpointing_kwargs == {"use_reentrant": True}
+    stock = load(nextquill=None, plugins=None, gradient_checkpointing=True)
+    assert plain.gradient_checkpointing_kwargs == stock.gradient_checkpointing_kwargs
 
 
 def test_checks_apply_only_when_nextquill_is_enabled(load):
