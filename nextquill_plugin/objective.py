@@ -134,13 +134,13 @@ def compute_batch_loss(
 
     current_weights = settings.token_weighting and settings.weight_source == "current"
     needs_counterfactual = (settings.causal_loss or current_weights) and bool(has_cf.any())
-    paired_ids = token_ids if all_paired else token_ids[causal_token_mask]
     # The counterfactual pass runs first so that its backward runs last: autograd runs the
     # most recently created nodes first, and with the history pass's backward first its
     # checkpointed activations are freed as parameter gradients grow, as in plain SFT; in the
     # other order all gradients exist before the long pass's backward starts (measured at
     # Qwen2.5-0.5B's shapes with checkpointing: peak 1.02x of ContextSFT's instead of 1.15x).
     if needs_counterfactual:
+        paired_ids = token_ids if all_paired else token_ids[causal_token_mask]
         hidden_without = counterfactual_hidden_states(
             model, {**extras, HAS_COUNTERFACTUAL: has_cf}, paired_ids, settings.causal_loss
         )

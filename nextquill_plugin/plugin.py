@@ -1,8 +1,8 @@
 """The Axolotl plugin: wires NextQuill's trainer, collator and theta_0 weights into a run.
 
-The pure math lives in :mod:`nextquill_plugin.causal` and :mod:`nextquill_plugin.objective`;
-this module is the only one the plugin's import path (``nextquill_plugin.NextQuillPlugin``)
-loads, through the package's lazy ``__getattr__``.
+The pure math lives in :mod:`nextquill_plugin.causal` and :mod:`nextquill_plugin.objective`.
+Recipes name the plugin ``nextquill_plugin.NextQuillPlugin``; the package's lazy ``__getattr__``
+imports this module (and with it Axolotl) only then.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
-
-from .args import NextQuillArgs as NextQuillArgs
 
 LOG = get_logger("axolotl.integrations.nextquill")
 
