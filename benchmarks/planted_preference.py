@@ -27,7 +27,6 @@ ContextSFT with standard errors) and writes them to OUT/report.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -38,14 +37,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nextquill_plugin.local_runs import (  # noqa: E402
+from dataset_formats.jsonl import read_jsonl, write_jsonl  # noqa: E402
+from nextquill_plugin.testing.local_runs import (  # noqa: E402
     build_benchmark_model,
     half_without_history,
     logged_metrics,
     run_axolotl,
     tiny_recipe,
     use_offline_mode,
-    write_jsonl,
 )
 
 use_offline_mode()  # before any torch/transformers/axolotl import
@@ -71,22 +70,17 @@ def say(message: str) -> None:
     print(f"[planted] {message}", flush=True)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def build_populations(out: Path, n_users: int) -> dict[str, object]:
     """Raw files for two disjoint populations, built by our builder; theta_0's rows mixed."""
     from dataset_formats.builder import BuildOptions, build
-    from dataset_formats.cli import write_jsonl_gz
     from dataset_formats.synthetic import synthetic_raw_amazon, synthetic_users
 
     quiet = BuildOptions(show_progress=False)
     folders = {}
     for name, seed in (("users", 11), ("theta0_users", 12)):
         reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed)
-        write_jsonl_gz(out / f"raw_{name}" / "reviews.jsonl.gz", reviews)
-        write_jsonl_gz(out / f"raw_{name}" / "meta.jsonl.gz", meta)
+        write_jsonl(out / f"raw_{name}" / "reviews.jsonl.gz", reviews, sort_keys=True)
+        write_jsonl(out / f"raw_{name}" / "meta.jsonl.gz", meta, sort_keys=True)
         report = build(
             [out / f"raw_{name}" / "reviews.jsonl.gz"],
             [out / f"raw_{name}" / "meta.jsonl.gz"],
@@ -137,7 +131,7 @@ def weight_precision_recall(theta0: Path, rows: list[dict], truth: dict, recipe:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataset_formats.amazon_reviews import load
-    from nextquill_plugin.inspection import paired_rows, token_views
+    from nextquill_plugin.evaluation.inspection import paired_rows, token_views
 
     tokenizer = AutoTokenizer.from_pretrained(theta0)
     model = AutoModelForCausalLM.from_pretrained(theta0)
@@ -202,8 +196,8 @@ def personalization(predictions: list[dict], truth: dict) -> dict[str, float]:
 def evaluate_run(
     checkpoint: Path, recipe_path: Path, test: Path, out: Path, scope: str, max_new: int
 ):
-    from nextquill_plugin.evaluation import EvaluationRequest, run_evaluation
-    from nextquill_plugin.generation import GenerationSettings
+    from nextquill_plugin.evaluation.evaluate import EvaluationRequest, run_evaluation
+    from nextquill_plugin.evaluation.generation import GenerationSettings
 
     document = run_evaluation(
         EvaluationRequest(

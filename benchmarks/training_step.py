@@ -36,12 +36,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nextquill_plugin.local_runs import use_offline_mode  # noqa: E402
+from dataset_formats.contract import (  # noqa: E402
+    COUNTERFACTUAL_IDS,
+    COUNTERFACTUAL_LABELS,
+    COUNTERFACTUAL_MASK,
+    HAS_COUNTERFACTUAL,
+    TOKEN_WEIGHTS,
+)
+from dataset_formats.contract import (
+    IGNORE_INDEX as IGNORE,
+)
+from nextquill_plugin.testing.local_runs import use_offline_mode  # noqa: E402
 
 use_offline_mode()  # before any torch/transformers/axolotl import below
 
 VARIANTS = ("stock", "target_only", "nextquill", "naive", "target_only_cf")
-IGNORE = -100
 # ContextSFT settings of compute_batch_loss: no token weights, no Lp (alpha = 0).
 CONTEXT_SFT = {"token_weighting": False, "causal_loss": False}
 
@@ -70,7 +79,7 @@ def build(
     """A random Qwen2 (4 heads, MLP 4x hidden unless ``shape`` says otherwise) and one sample."""
     import torch
 
-    from nextquill_plugin.tiny_model import random_qwen2
+    from nextquill_plugin.testing.tiny_model import random_qwen2
 
     model = random_qwen2(
         vocab,
@@ -97,11 +106,11 @@ def build(
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
         "labels": labels,
-        "cf_input_ids": cf_ids,
-        "cf_attention_mask": torch.ones_like(cf_ids),
-        "cf_labels": cf_labels,
-        "has_counterfactual": torch.tensor([True]),
-        "nq_token_weights": weights,
+        COUNTERFACTUAL_IDS: cf_ids,
+        COUNTERFACTUAL_MASK: torch.ones_like(cf_ids),
+        COUNTERFACTUAL_LABELS: cf_labels,
+        HAS_COUNTERFACTUAL: torch.tensor([True]),
+        TOKEN_WEIGHTS: weights,
     }
     return model, batch
 
@@ -116,9 +125,9 @@ def step(variant: str, model, batch) -> None:
     if variant == "target_only_cf":
         variant = "target_only"
         batch = {
-            "input_ids": batch["cf_input_ids"],
-            "attention_mask": batch["cf_attention_mask"],
-            "labels": batch["cf_labels"],
+            "input_ids": batch[COUNTERFACTUAL_IDS],
+            "attention_mask": batch[COUNTERFACTUAL_MASK],
+            "labels": batch[COUNTERFACTUAL_LABELS],
         }
     if variant == "stock":
         loss = model(
@@ -135,16 +144,16 @@ def step(variant: str, model, batch) -> None:
         loss = compute_batch_loss(model, batch, NextQuillSettings()).loss.total
     else:  # naive
         width = batch["input_ids"].shape[1]
-        cf = batch["cf_input_ids"]
+        cf = batch[COUNTERFACTUAL_IDS]
         pad = width - cf.shape[1]
         cf_ids = F.pad(cf, (0, pad), value=0)
         cf_mask = F.pad(torch.ones_like(cf), (0, pad), value=0)
         logits_with = model(input_ids=batch["input_ids"]).logits[0, :-1]
         logits_without = model(input_ids=cf_ids, attention_mask=cf_mask).logits[0, :-1]
         labels = batch["labels"][0, 1:]
-        cf_labels = F.pad(batch["cf_labels"], (0, pad), value=IGNORE)[0, 1:]
+        cf_labels = F.pad(batch[COUNTERFACTUAL_LABELS], (0, pad), value=IGNORE)[0, 1:]
         keep, cf_keep = labels != IGNORE, cf_labels != IGNORE
-        weights = batch["nq_token_weights"][0]
+        weights = batch[TOKEN_WEIGHTS][0]
         normal = -(F.log_softmax(logits_with, -1)[keep].gather(1, labels[keep, None])[:, 0])
         # the authors align the two passes by target position after full-length softmaxes
         diff = logits_with[keep] - logits_without[cf_keep]

@@ -22,18 +22,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nextquill_plugin.local_runs import use_offline_mode  # noqa: E402
+from dataset_formats.contract import (  # noqa: E402
+    COUNTERFACTUAL_IDS,
+    COUNTERFACTUAL_LABELS,
+)
+from dataset_formats.contract import (
+    IGNORE_INDEX as IGNORE,
+)
+from nextquill_plugin.testing.local_runs import use_offline_mode  # noqa: E402
 
 use_offline_mode()  # before any torch/transformers/axolotl import below
 
-IGNORE = -100
 
 
 def make_rows(n: int, history: int, counterfactual: int, target: int, vocab: int) -> dict:
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    rows: dict[str, list] = {"input_ids": [], "labels": [], "cf_input_ids": [], "cf_labels": []}
+    rows: dict[str, list] = {"input_ids": [], "labels": [], COUNTERFACTUAL_IDS: [], COUNTERFACTUAL_LABELS: []}
     for i in range(n):
         length = history - (i * 37) % (history // 4)  # varied lengths, as real rows have
         tgt = torch.randint(0, vocab, (target,), generator=generator).tolist()
@@ -41,26 +47,23 @@ def make_rows(n: int, history: int, counterfactual: int, target: int, vocab: int
         cf = torch.randint(0, vocab, (counterfactual,), generator=generator).tolist()
         rows["input_ids"].append(prompt + tgt)
         rows["labels"].append([IGNORE] * length + tgt)
-        rows["cf_input_ids"].append(cf + tgt)
-        rows["cf_labels"].append([IGNORE] * counterfactual + tgt)
+        rows[COUNTERFACTUAL_IDS].append(cf + tgt)
+        rows[COUNTERFACTUAL_LABELS].append([IGNORE] * counterfactual + tgt)
     return rows
 
 
 def plain_forward(model, rows: dict, batch_size: int) -> None:
     import torch
 
-    from nextquill_plugin.collator import pad_sequences
-    from nextquill_plugin.weights import _batches
+    from nextquill_plugin.batching import length_buckets, padded_batch
 
     lengths = [
-        len(a) + len(b) for a, b in zip(rows["input_ids"], rows["cf_input_ids"], strict=True)
+        len(a) + len(b) for a, b in zip(rows["input_ids"], rows[COUNTERFACTUAL_IDS], strict=True)
     ]
     with torch.no_grad():
-        for batch in _batches(lengths, batch_size):
-            for key in ("input_ids", "cf_input_ids"):
-                ids = [rows[key][i] for i in batch]
-                input_ids = pad_sequences(ids, 0)
-                mask = pad_sequences([[1] * len(s) for s in ids], 0)
+        for batch in length_buckets(lengths, batch_size):
+            for key in ("input_ids", COUNTERFACTUAL_IDS):
+                input_ids, mask = padded_batch([rows[key][i] for i in batch], 0)
                 model(input_ids=input_ids, attention_mask=mask).logits.float().softmax(-1)
 
 
@@ -85,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from datasets import Dataset
 
-    from nextquill_plugin.tiny_model import random_qwen2
-    from nextquill_plugin.weights import cached_token_effects, compute_token_effects
+    from nextquill_plugin.testing.tiny_model import random_qwen2
+    from nextquill_plugin.token_effects import cached_token_effects, compute_token_effects
 
     model = random_qwen2(
         args.vocab,
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     ).eval()
     rows = make_rows(args.rows, args.history, args.counterfactual, args.target, args.vocab)
     tokens = sum(
-        len(a) + len(b) for a, b in zip(rows["input_ids"], rows["cf_input_ids"], strict=True)
+        len(a) + len(b) for a, b in zip(rows["input_ids"], rows[COUNTERFACTUAL_IDS], strict=True)
     )
     warm_up = {k: v[:2] for k, v in rows.items()}
     plain_forward(model, warm_up, args.batch_size)

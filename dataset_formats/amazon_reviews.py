@@ -18,16 +18,11 @@ from typing import Any
 
 from axolotl.prompt_tokenizers import PromptTokenizingStrategy
 
-from .prompting import PromptRenderer, PromptSettings, build_paired_example
+from .contract import COUNTERFACTUAL_IDS, HISTORY_KEPT, TRUNCATION
+from .prompting import PromptRenderer, build_paired_example, shorten
+from .settings import HistorySelection, PromptSettings
 
 REVIEW_FIELDS = ("item_title", "item_description", "rating", "title", "text")
-
-
-def _cut(text: str, limit: int | None) -> str:
-    text = text or ""
-    if limit is None or len(text) <= limit:
-        return text
-    return text[:limit].rstrip() + "..." if limit > 0 else ""
 
 
 def _rating(value: Any) -> str:
@@ -37,10 +32,12 @@ def _rating(value: Any) -> str:
         return str(value or "")
 
 
-def select_history(history: Sequence[dict], target: dict, k: int, selection: str) -> list[dict]:
+def select_history(
+    history: Sequence[dict], target: dict, k: int, selection: HistorySelection
+) -> list[dict]:
     """The K history reviews to show, most important first (newest first, or best BM25)."""
     newest_first = sorted(history, key=lambda r: r.get("timestamp") or 0, reverse=True)
-    if selection != "bm25" or len(newest_first) <= k:
+    if selection != HistorySelection.bm25 or len(newest_first) <= k:
         return newest_first[:k]
     from rank_bm25 import BM25Okapi
 
@@ -69,7 +66,7 @@ class AmazonReviewsStrategy(PromptTokenizingStrategy):
                 [
                     lab["review"].format(i=index),
                     f"{lab['review_item_title']}: {review.get('item_title') or ''}",
-                    f"{lab['review_item_description']}: {_cut(review.get('item_description'), limit)}",
+                    f"{lab['review_item_description']}: {shorten(review.get('item_description'), limit)}",
                     f"{lab['review_rating']}: {_rating(review.get('rating'))}",
                     f"{lab['review_title']}: {review.get('title') or ''}",
                     f"{lab['review_text']}: {review.get('text') or ''}",
@@ -95,12 +92,12 @@ class AmazonReviewsStrategy(PromptTokenizingStrategy):
         )
         paired = self._paired(row, "", settings)  # target = EOS only
         prompt = paired["input_ids"][:-1]
-        counterfactual = paired["cf_input_ids"][:-1] if paired["cf_input_ids"] else prompt
+        counterfactual = paired[COUNTERFACTUAL_IDS][:-1] if paired[COUNTERFACTUAL_IDS] else prompt
         return {
             "prompt_ids": prompt,
             "counterfactual_prompt_ids": counterfactual,
-            "history_kept": paired["nq_history_kept"],
-            "truncation": paired["nq_truncation"],
+            "history_kept": paired[HISTORY_KEPT],
+            "truncation": paired[TRUNCATION],
         }
 
     @staticmethod
@@ -126,7 +123,7 @@ class AmazonReviewsStrategy(PromptTokenizingStrategy):
         def user_message(block: str, limit: int | None) -> str:
             return (
                 f"{lab['item_title']}: {target.get('item_title') or ''}\n"
-                f"{lab['item_description']}: {_cut(target.get('item_description'), limit)}\n"
+                f"{lab['item_description']}: {shorten(target.get('item_description'), limit)}\n"
                 f"{lab['history']}:\n{block}\n\n"
                 f"{lab['output_rating']}: {_rating(target.get('rating'))}\n"
                 f"{lab['output_title']}: {target.get('title') or ''}"

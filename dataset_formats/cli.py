@@ -14,10 +14,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from .builder import BuildError, BuildOptions, build
-
-DEMO_DATA = Path(__file__).parent / "demo_data"
-DEMO_REVIEWS = DEMO_DATA / "Books_demo.jsonl.gz"
-DEMO_META = DEMO_DATA / "meta_Books_demo.jsonl.gz"
+from .dpl import convert_dpl
+from .jsonl import write_jsonl
 
 
 def _add_build_options(parser: argparse.ArgumentParser) -> None:
@@ -36,59 +34,6 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
         "--strict", action="store_true", help="turn every skipped line into an error"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-
-
-def write_jsonl_gz(path: Path, records: list[dict]) -> None:
-    import gzip
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mtime=0: the same records give the same bytes.
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
-        for record in records:
-            handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
-
-
-def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> int:
-    """DPL release rows (user_id, profile, data) + item meta (asin, title, description) -> our rows."""
-    from .builder import iter_json_lines, join_description
-
-    items = {}
-    for _, raw in iter_json_lines(meta_path):
-        obj = json.loads(raw)
-        items[obj["asin"]] = obj
-
-    def review(r: dict) -> dict:
-        meta = items.get(r["asin"], {})
-        return {
-            "item_id": r["asin"],
-            "item_title": meta.get("title") or "",
-            "item_description": join_description(meta.get("description")) or "",
-            "rating": r.get("rating"),
-            "title": r.get("title") or "",
-            "text": r.get("text") or "",
-            "timestamp": r.get("timestamp"),
-        }
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
-    n = 0
-    with open(tmp, "w") as handle:
-        for line_no, raw in iter_json_lines(rows_path):
-            try:
-                row = json.loads(raw)
-                out = {
-                    "user_id": row["user_id"],
-                    "target": review(row["data"]),
-                    "history": sorted(
-                        (review(r) for r in row["profile"]), key=lambda r: r["timestamp"] or 0
-                    ),
-                }
-            except (KeyError, TypeError, json.JSONDecodeError) as error:
-                raise BuildError(f"{rows_path.name}:{line_no}: not a DPL row ({error})") from error
-            handle.write(json.dumps(out) + "\n")
-            n += 1
-    tmp.replace(out_path)
-    return n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             from .synthetic import synthetic_raw_amazon
 
             reviews, meta = synthetic_raw_amazon(args.users, args.reviews_per_user, seed=args.seed)
-            write_jsonl_gz(args.out / "reviews.jsonl.gz", reviews)
-            write_jsonl_gz(args.out / "meta.jsonl.gz", meta)
+            write_jsonl(args.out / "reviews.jsonl.gz", reviews, sort_keys=True)
+            write_jsonl(args.out / "meta.jsonl.gz", meta, sort_keys=True)
             print(f"wrote {len(reviews)} reviews and {len(meta)} items to {args.out}")
     except (BuildError, FileNotFoundError) as error:
         print(f"nextquill-data: error: {error}", file=sys.stderr)

@@ -17,7 +17,8 @@ from typing import Any
 
 from axolotl.prompt_tokenizers import PromptTokenizingStrategy
 
-from .prompting import PromptRenderer, PromptSettings, build_paired_example
+from .prompting import PromptRenderer, build_paired_example, shorten
+from .settings import PromptSettings
 
 QUERY_FIELDS = ("query", "prompt", "instruction")
 HISTORY_FIELDS = ("history", "profile")
@@ -76,10 +77,7 @@ class PairedStrategy(PromptTokenizingStrategy):
 
         def entry(index: int, text: str):
             # Long entries are shortened with the same limits as item descriptions.
-            return lambda limit: (
-                f"{lab['history_entry'].format(i=index)}: "
-                + (text if limit is None or len(text) <= limit else text[:limit].rstrip() + "...")
-            )
+            return lambda limit: f"{lab['history_entry'].format(i=index)}: {shorten(text, limit)}"
 
         def user_message(block: str, _limit: int | None) -> str:
             return f"{lab['query']}: {query}\n{lab['history']}:\n{block}"

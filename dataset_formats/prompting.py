@@ -2,35 +2,24 @@
 
 Both prompts of a sample end with the same target tokens (review text + EOS), tokenized once,
 so the trainer can align the two forward passes token by token. Only the history block differs.
-The layout follows the authors' prompt (../shared/research/reference-and-data.md).
+The layout follows the authors' prompt: a system message, the item, the history block (or the
+placeholder), the output rating and title, then the assistant's turn.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from nextquill_plugin.args import DEFAULT_SYSTEM_PROMPT
-
-IGNORE_INDEX = -100
-
-DEFAULT_FIELD_LABELS: dict[str, str] = {
-    "item_title": "[Item Title]",
-    "item_description": "[Item Description]",
-    "history": "[User's Past Reviews]",
-    "review": "[Review {i}]",
-    "review_item_title": "- [Item Title]",
-    "review_item_description": "- [Item Description]",
-    "review_rating": "- [Review Rating]",
-    "review_title": "- [Review Title]",
-    "review_text": "- [Review Text]",
-    "output_rating": "[Output Review Rating]",
-    "output_title": "[Output Review Title]",
-    "query": "[Query]",
-    "history_entry": "[Entry {i}]",
-}
+from .contract import (
+    COUNTERFACTUAL_IDS,
+    COUNTERFACTUAL_LABELS,
+    HISTORY_KEPT,
+    IGNORE_INDEX,
+    TRUNCATION,
+)
+from .settings import PromptSettings
 
 # Bit flags recorded per row in ``nq_truncation`` (see ``describe_truncation``).
 DROPPED_OLD_HISTORY = 1
@@ -47,44 +36,12 @@ _FLAG_NAMES = {
 DESCRIPTION_LIMITS = (1000, 500, 250, 100, 40, 0)
 
 
-@dataclass
-class PromptSettings:
-    """What the recipe's ``nextquill_*`` prompt keys say."""
-
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    placeholder: str = "None"
-    history_k: int = 8
-    selection: str = "recent"
-    include_history: bool = True
-    emit_counterfactual: bool = True
-    labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FIELD_LABELS))
-    sequence_len: int = 2048
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping[str, Any]) -> PromptSettings:
-        def get(key: str, default: Any) -> Any:
-            value = cfg.get(key) if hasattr(cfg, "get") else None
-            return default if value is None else value
-
-        labels = dict(DEFAULT_FIELD_LABELS)
-        unknown = set(get("nextquill_field_labels", {})) - set(labels)
-        if unknown:
-            raise ValueError(
-                f"nextquill_field_labels has unknown keys {sorted(unknown)}; known: {sorted(labels)}"
-            )
-        labels.update(get("nextquill_field_labels", {}))
-        selection = get("nextquill_history_selection", "recent")
-        return cls(
-            system_prompt=get("nextquill_system_prompt", DEFAULT_SYSTEM_PROMPT),
-            placeholder=get("nextquill_history_placeholder", "None"),
-            history_k=int(get("nextquill_history_k", 8)),
-            selection=str(selection),
-            include_history=bool(get("nextquill_include_history", True)),
-            # Counterfactual prompts are only needed by the NextQuill trainer.
-            emit_counterfactual=bool(get("nextquill", False)),
-            labels=labels,
-            sequence_len=int(get("sequence_len", 2048)),
-        )
+def shorten(text: str | None, limit: int | None) -> str:
+    """``text`` cut to ``limit`` characters with "..." (None: no limit; 0: nothing)."""
+    text = text or ""
+    if limit is None or len(text) <= limit:
+        return text
+    return text[:limit].rstrip() + "..." if limit > 0 else ""
 
 
 def describe_truncation(counts: Mapping[int, int]) -> str:
@@ -187,12 +144,12 @@ def build_paired_example(
         "input_ids": prompt + target,
         "attention_mask": [1] * (len(prompt) + len(target)),
         "labels": [IGNORE_INDEX] * len(prompt) + target,
-        "nq_history_kept": len(entries),
-        "nq_truncation": flags,
+        HISTORY_KEPT: len(entries),
+        TRUNCATION: flags,
     }
     if settings.emit_counterfactual:
         # A row whose history had to go entirely has no causal contrast: no counterfactual.
         has_pair = bool(entries)
-        row["cf_input_ids"] = cf_prompt + target if has_pair else []
-        row["cf_labels"] = [IGNORE_INDEX] * len(cf_prompt) + target if has_pair else []
+        row[COUNTERFACTUAL_IDS] = cf_prompt + target if has_pair else []
+        row[COUNTERFACTUAL_LABELS] = [IGNORE_INDEX] * len(cf_prompt) + target if has_pair else []
     return row

@@ -7,7 +7,7 @@ Enable in a recipe with::
     nextquill: true
 
 The plugin class is imported lazily (PEP 562), so that the math
-(:mod:`nextquill_plugin.causal`, :mod:`nextquill_plugin.objective`) and the command-line
+(:mod:`nextquill_plugin.equations`, :mod:`nextquill_plugin.objective`) and the command-line
 tools can be imported without Axolotl: importing Axolotl imports bitsandbytes, which asks the
 Hugging Face Hub for kernels unless offline mode is set before that import.
 """

@@ -1,79 +1,95 @@
-"""Recipe keys of the NextQuill plugin (merged into Axolotl's config schema) and their checks."""
+"""Recipe keys of the NextQuill plugin (merged into Axolotl's config schema) and their checks.
+
+Nothing is declared here twice: the objective's keys are derived from
+``settings.NextQuillSettings`` and the prompt keys are the dataset types' own
+(``dataset_formats.settings.PromptArgs``); ``NextQuillArgs`` composes them with the keys of the
+plugin itself.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
+from dataclasses import Field, fields, make_dataclass
+from dataclasses import field as dataclass_field
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ValidationError, create_model, model_validator
+from pydantic import Field as PydanticField
 
+from dataset_formats.settings import PromptArgs, describe_validation_error
 
-class WeightSource(StrEnum):
-    """Which model's causal effects decide the token weights."""
+from .settings import SETTING_PREFIX, NextQuillSettings, WeightSource
 
-    initial = "initial"  # the paper (eq. 4): theta_0, computed once before training
-    current = "current"  # the authors' code: the model being trained, detached, every step
-
-
-class HistorySelection(StrEnum):
-    """How the dataset types choose the K history reviews shown in the prompt."""
-
-    recent = "recent"  # the K most recent, newest first (the paper)
-    bm25 = "bm25"  # the K most relevant to the target item by BM25 (as DPL does)
+_SETTING_TYPES = get_type_hints(NextQuillSettings)
 
 
-DEFAULT_SYSTEM_PROMPT = (
-    "Given the title and description of an item, along with the user's past reviews and the "
-    "output review rating and review title, generate a personalized item review for the user."
+def recipe_key(setting: Field) -> str:
+    """The recipe key of a ``NextQuillSettings`` field."""
+    return SETTING_PREFIX + setting.name
+
+
+def _schema_field(setting: Field) -> Any:
+    """The pydantic field of a setting. Numbers are strict and finite: the text "0.05" is
+    refused rather than parsed, and so are nan and inf (a nan weight trains to a nan loss)."""
+    number = _SETTING_TYPES[setting.name] is float
+    return PydanticField(
+        default=setting.default,
+        description=f"{setting.metadata['symbol']}: {setting.metadata['description']}",
+        strict=number or None,
+        allow_inf_nan=False if number else None,
+    )
+
+
+# pydantic schema of the objective's keys: nextquill_alpha, nextquill_delta, ...
+ObjectiveArgs: type[BaseModel] = create_model(
+    "ObjectiveArgs",
+    __doc__="Recipe keys of the objective, derived from ``NextQuillSettings``.",
+    **{recipe_key(f): (_SETTING_TYPES[f.name], _schema_field(f)) for f in fields(NextQuillSettings)},
 )
 
+# The settings the trainer needs, carried on its TrainingArguments (Axolotl mixes this in).
+NextQuillTrainingArgsMixin = make_dataclass(
+    "NextQuillTrainingArgsMixin",
+    [
+        (recipe_key(f), _SETTING_TYPES[f.name], dataclass_field(default=f.default))
+        for f in fields(NextQuillSettings)
+    ],
+)
+NextQuillTrainingArgsMixin.__module__ = __name__
+NextQuillTrainingArgsMixin.__doc__ = "NextQuillSettings as nextquill_* training arguments."
 
-class NextQuillArgs(BaseModel):
+
+def settings_from(source: Any) -> NextQuillSettings:
+    """``NextQuillSettings`` from anything with ``nextquill_*`` attributes or keys: a validated
+    Axolotl config, training arguments, or a raw recipe dict (validated here)."""
+    if isinstance(source, dict):
+        source = objective_args(source)
+    values = {f.name: getattr(source, recipe_key(f)) for f in fields(NextQuillSettings)}
+    values["weight_source"] = WeightSource(values["weight_source"])
+    return NextQuillSettings(**values)
+
+
+def objective_args(data: dict[str, Any]) -> BaseModel:
+    """The objective's keys of a raw recipe, type-checked, with defaults filled in."""
+    given = {key: data[key] for key in ObjectiveArgs.model_fields if data.get(key) is not None}
+    try:
+        return ObjectiveArgs.model_validate(given)
+    except ValidationError as error:
+        raise ValueError(describe_validation_error(error)) from None
+
+
+class NextQuillArgs(ObjectiveArgs, PromptArgs):
     """Top-level recipe keys. Axolotl drops undeclared keys, so every setting lives here."""
 
-    nextquill: bool = Field(
+    nextquill: bool = PydanticField(
         default=False,
         description="Train with the NextQuill objective. False: the plugin changes nothing.",
     )
-    nextquill_alpha: float = Field(default=0.05, description="alpha (eq. 7): weight of Lp.")
-    nextquill_delta: float = Field(default=0.05, description="delta (eq. 3): effect threshold.")
-    nextquill_high_weight: float = Field(default=0.9, description="lambda (eq. 3).")
-    nextquill_low_weight: float = Field(default=0.1, description="epsilon (eq. 3).")
-    nextquill_token_weighting: bool = Field(
-        default=True, description="False: all omega_t = 1 (the CausalOnly ablation)."
-    )
-    nextquill_causal_loss: bool = Field(
-        default=True,
-        description="False: alpha = 0 and no counterfactual pass in training (NormOnly).",
-    )
-    nextquill_weight_source: WeightSource = Field(
-        default=WeightSource.initial,
-        description="initial: weights from theta_0 (paper); current: from the trained model.",
-    )
-    nextquill_weight_causal_loss: bool = Field(
-        default=True, description="True: Lp weighted by omega (eq. 6); False: authors' code."
-    )
-    nextquill_weight_batch_size: int = Field(
+    nextquill_weight_batch_size: int = PydanticField(
         default=4, ge=1, description="Micro-batch size of the theta_0 weight pass."
     )
-    nextquill_weight_cache_dir: str | None = Field(
+    nextquill_weight_cache_dir: str | None = PydanticField(
         default=None,
         description="Where theta_0 effects are cached; default <dataset_prepared_path>/nextquill.",
-    )
-    # Prompt building (read by dataset_formats.amazon_reviews and dataset_formats.paired).
-    nextquill_include_history: bool = Field(
-        default=True, description="False: prompts without history (the SFT baseline)."
-    )
-    nextquill_history_k: int = Field(default=8, ge=0, description="History reviews per prompt.")
-    nextquill_history_selection: HistorySelection = Field(default=HistorySelection.recent)
-    nextquill_history_placeholder: str = Field(
-        default="None", description="Replaces the history block in the counterfactual prompt."
-    )
-    nextquill_system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT)
-    nextquill_field_labels: dict[str, str] | None = Field(
-        default=None,
-        description="Override field labels of the prompt, e.g. {item_title: '[Book Title]'}.",
     )
 
     @model_validator(mode="before")
@@ -92,30 +108,39 @@ class NextQuillArgs(BaseModel):
         return data
 
 
+def _bounds_problem(setting: Field, value: float) -> str | None:
+    """The message for a value outside the bounds declared in the setting's metadata."""
+    key, bounds = recipe_key(setting), setting.metadata
+    low, high = bounds.get("ge"), bounds.get("le", bounds.get("lt"))
+    inside = (low is None or value >= low) and (
+        ("le" not in bounds or value <= high) and ("lt" not in bounds or value < high)
+    )
+    if inside:
+        return None
+    if high is None:
+        return f"{key} must be >= {low} (got {value}); the paper uses {setting.default}."
+    closing = "]" if "le" in bounds else ")"
+    return f"{key} must lie in [{low}, {high}{closing} (got {value})."
+
+
 def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
     """Every reason the NextQuill settings in ``data`` (a raw recipe dict) cannot work."""
-
-    def get(key: str, default: Any) -> Any:
-        value = data.get(key)
-        return default if value is None else value
-
-    problems = []
-    alpha = get("nextquill_alpha", 0.05)
-    high = get("nextquill_high_weight", 0.9)
-    low = get("nextquill_low_weight", 0.1)
-    if alpha < 0:
-        problems.append(f"nextquill_alpha must be >= 0 (got {alpha}); the paper uses 0.05.")
-    for key, value in (("nextquill_high_weight", high), ("nextquill_low_weight", low)):
-        if not 0 <= value <= 1:
-            problems.append(f"{key} must lie in [0, 1] (got {value}).")
-    if low > high:
+    try:
+        args = objective_args(data)
+    except ValueError as error:
+        return [str(error)]
+    settings = settings_from(args)
+    problems = [
+        problem
+        for f in fields(NextQuillSettings)
+        if _SETTING_TYPES[f.name] is float
+        and (problem := _bounds_problem(f, getattr(settings, f.name)))
+    ]
+    if settings.low_weight > settings.high_weight:
         problems.append(
-            f"nextquill_low_weight (epsilon={low}) must not exceed nextquill_high_weight "
-            f"(lambda={high}); swap them."
+            f"nextquill_low_weight (epsilon={settings.low_weight}) must not exceed "
+            f"nextquill_high_weight (lambda={settings.high_weight}); swap them."
         )
-    delta = get("nextquill_delta", 0.05)
-    if not -1 <= delta < 1:
-        problems.append(f"nextquill_delta is a probability difference: use [-1, 1) (got {delta}).")
     if data.get("sample_packing"):
         problems.append(
             "sample_packing cannot be combined with NextQuill (the counterfactual sequence has no "
@@ -133,10 +158,7 @@ def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
             "nextquill_include_history: false builds prompts without history, so there is no "
             "causal effect to learn; use it only with nextquill: false (the SFT baseline)."
         )
-    source = str(get("nextquill_weight_source", "initial"))
-    source = source.split(".")[-1]  # accept the enum as well as its value
-    weighting = get("nextquill_token_weighting", True)
-    if source == "initial" and weighting:
+    if settings.weight_source == WeightSource.initial and settings.token_weighting:
         for key in ("rl", "pretraining_dataset"):
             if data.get(key):
                 problems.append(
@@ -147,15 +169,3 @@ def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-@dataclass
-class NextQuillTrainingArgsMixin:
-    """The settings the trainer needs, carried on its TrainingArguments."""
-
-    nextquill_alpha: float = 0.05
-    nextquill_delta: float = 0.05
-    nextquill_high_weight: float = 0.9
-    nextquill_low_weight: float = 0.1
-    nextquill_token_weighting: bool = True
-    nextquill_causal_loss: bool = True
-    nextquill_weight_source: str = "initial"
-    nextquill_weight_causal_loss: bool = True

@@ -85,7 +85,7 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
 
 
 def add_evaluate_parser(commands) -> None:
-    from .generation import GenerationSettings
+    from .evaluation.generation import GenerationSettings
 
     defaults = GenerationSettings()
     evaluate = commands.add_parser(
@@ -158,8 +158,8 @@ def add_inspect_parser(commands) -> None:
 
 
 def run_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from .evaluation import EvaluationRequest, run_evaluation
-    from .generation import GenerationSettings
+    from .evaluation.evaluate import EvaluationRequest, run_evaluation
+    from .evaluation.generation import GenerationSettings
 
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
@@ -195,7 +195,7 @@ def run_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
 
 
 def run_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from .evaluation import comparison_table, comparison_warnings, load_run
+    from .evaluation.compare import comparison_table, comparison_warnings, load_run
 
     if overrides:
         raise ValueError("compare takes no recipe overrides")
@@ -211,7 +211,7 @@ def run_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
 
 
 def run_inspect(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from .inspection import InspectionRequest, run_inspection
+    from .evaluation.inspection import InspectionRequest, run_inspection
 
     paths = run_inspection(
         InspectionRequest(
@@ -235,7 +235,7 @@ def run_inspect(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
 def run_setup_wordnet(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     from pathlib import Path
 
-    from .wordnet_data import install_wordnet, require_wordnet
+    from .evaluation.wordnet_data import install_wordnet, require_wordnet
 
     target = install_wordnet(Path(args.source), Path(args.nltk_dir) if args.nltk_dir else None)
     require_wordnet()
@@ -287,10 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "demo":
         if extra:
             parser.error(f"demo takes no arguments, got {extra}")
-        from .local_runs import use_offline_mode
+        from .testing.local_runs import use_offline_mode
 
         use_offline_mode()  # the demo is local: tiny model, shipped data
-        from .demo import main as demo_main
+        from .testing.demo import main as demo_main
 
         demo_main()
 

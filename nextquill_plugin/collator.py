@@ -2,50 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
 
-from .causal import IGNORE_INDEX, targets_per_row
-from .objective import (
+from dataset_formats.contract import (
     COUNTERFACTUAL_IDS,
     COUNTERFACTUAL_LABELS,
     COUNTERFACTUAL_MASK,
     HAS_COUNTERFACTUAL,
-    INFO_COLUMNS,
+    IGNORE_INDEX,
+    ROW_COLUMNS,
     TOKEN_WEIGHTS,
 )
 
-# Columns the dataset types emit (or the weight pass adds) besides the usual input_ids/labels.
-NEXTQUILL_COLUMNS = (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS, TOKEN_WEIGHTS)
-
-
-def pad_sequences(
-    sequences: list[list[int | float]],
-    value: int | float,
-    *,
-    side: str = "right",
-    multiple_of: int | None = None,
-    min_length: int = 1,
-    dtype: torch.dtype = torch.long,
-) -> torch.Tensor:
-    """Pad ragged lists to one ``[batch, length]`` tensor (length rounded up to ``multiple_of``)."""
-    length = max([min_length, *(len(s) for s in sequences)])
-    if multiple_of:
-        length = math.ceil(length / multiple_of) * multiple_of
-    out = torch.full((len(sequences), length), value, dtype=dtype)
-    for i, seq in enumerate(sequences):
-        if not len(seq):
-            continue
-        row = torch.as_tensor(seq, dtype=dtype)
-        if side == "right":
-            out[i, : len(seq)] = row
-        else:
-            out[i, length - len(seq) :] = row
-    return out
+from .batching import pad_sequences
+from .equations import targets_per_row
 
 
 @dataclass
@@ -60,9 +34,7 @@ class NextQuillDataCollator(DataCollatorForSeq2Seq):
 
     def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None):
         features = [dict(f) for f in features]  # the dataset's rows must not be mutated
-        extras = [
-            {k: f.pop(k, None) for k in (*NEXTQUILL_COLUMNS, *INFO_COLUMNS)} for f in features
-        ]
+        extras = [{k: f.pop(k, None) for k in ROW_COLUMNS} for f in features]
         batch = super().__call__(features, return_tensors=return_tensors)
         if all(e[COUNTERFACTUAL_IDS] is None for e in extras) and all(
             e[TOKEN_WEIGHTS] is None for e in extras

@@ -13,7 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .causal import (
+from dataset_formats.contract import (
+    BATCH_COLUMNS,
+    COUNTERFACTUAL_IDS,
+    COUNTERFACTUAL_LABELS,
+    COUNTERFACTUAL_MASK,
+    HAS_COUNTERFACTUAL,
+    TOKEN_WEIGHTS,
+)
+
+from .equations import (
     NextQuillLoss,
     causal_effects,
     nextquill_loss,
@@ -21,42 +30,13 @@ from .causal import (
     target_positions,
     targets_per_row,
 )
-from .forward import (
+from .lm_head import (
     head_cross_entropy_sum,
     head_token_log_probs,
     resolve_lm_head,
     target_hidden_states,
 )
-
-COUNTERFACTUAL_IDS = "cf_input_ids"
-COUNTERFACTUAL_LABELS = "cf_labels"
-COUNTERFACTUAL_MASK = "cf_attention_mask"
-HAS_COUNTERFACTUAL = "has_counterfactual"
-TOKEN_WEIGHTS = "nq_token_weights"
-# Book-keeping columns of the dataset types; never passed to the model.
-INFO_COLUMNS = ("nq_history_kept", "nq_truncation")
-BATCH_KEYS = (
-    COUNTERFACTUAL_IDS,
-    COUNTERFACTUAL_LABELS,
-    COUNTERFACTUAL_MASK,
-    HAS_COUNTERFACTUAL,
-    TOKEN_WEIGHTS,
-    *INFO_COLUMNS,
-)
-
-
-@dataclass(frozen=True)
-class NextQuillSettings:
-    """The knobs of the objective (see the README's config table for the recipe keys)."""
-
-    alpha: float = 0.05
-    delta: float = 0.05
-    high_weight: float = 0.9
-    low_weight: float = 0.1
-    token_weighting: bool = True
-    causal_loss: bool = True
-    weight_source: str = "initial"
-    weight_causal_loss: bool = True
+from .settings import NextQuillSettings, WeightSource
 
 
 @dataclass
@@ -109,7 +89,7 @@ def compute_batch_loss(
     window is split into micro-batches. None divides by this micro-batch's target tokens.
     """
     batch = dict(batch)
-    extras = {key: batch.pop(key, None) for key in BATCH_KEYS}
+    extras = {key: batch.pop(key, None) for key in BATCH_COLUMNS}
     batch.pop("num_items_in_batch", None)
     labels = batch.pop("labels")
     lm_head = resolve_lm_head(model)
@@ -132,7 +112,7 @@ def compute_batch_loss(
                 "the weight cache belongs to other data. Delete it or set nextquill_weight_cache_dir."
             )
 
-    current_weights = settings.token_weighting and settings.weight_source == "current"
+    current_weights = settings.token_weighting and settings.weight_source == WeightSource.current
     needs_counterfactual = (settings.causal_loss or current_weights) and bool(has_cf.any())
     # The counterfactual pass runs first so that its backward runs last: autograd runs the
     # most recently created nodes first, and with the history pass's backward first its

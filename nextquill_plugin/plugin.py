@@ -1,6 +1,7 @@
 """The Axolotl plugin: wires NextQuill's trainer, collator and theta_0 weights into a run.
 
-The pure math lives in :mod:`nextquill_plugin.causal` and :mod:`nextquill_plugin.objective`.
+The pure math lives in :mod:`nextquill_plugin.equations` and :mod:`nextquill_plugin.objective`,
+the column contract with the dataset types in :mod:`dataset_formats.contract`.
 Recipes name the plugin ``nextquill_plugin.NextQuillPlugin``; the package's lazy ``__getattr__``
 imports this module (and with it Axolotl) only then.
 """
@@ -50,18 +51,15 @@ class NextQuillPlugin(BasePlugin):
         return "nextquill_plugin.args.NextQuillTrainingArgsMixin"
 
     def get_training_args(self, cfg):
+        """The objective's settings as ``nextquill_*`` training arguments (the mixin's fields)."""
         if not nextquill_enabled(cfg):
             return None
-        return {
-            "nextquill_alpha": cfg.nextquill_alpha,
-            "nextquill_delta": cfg.nextquill_delta,
-            "nextquill_high_weight": cfg.nextquill_high_weight,
-            "nextquill_low_weight": cfg.nextquill_low_weight,
-            "nextquill_token_weighting": cfg.nextquill_token_weighting,
-            "nextquill_causal_loss": cfg.nextquill_causal_loss,
-            "nextquill_weight_source": _source(cfg),
-            "nextquill_weight_causal_loss": cfg.nextquill_weight_causal_loss,
-        }
+        from dataclasses import asdict
+
+        from .args import SETTING_PREFIX, settings_from
+
+        settings = asdict(settings_from(cfg))
+        return {SETTING_PREFIX + name: value for name, value in settings.items()}
 
     def get_trainer_cls(self, cfg):
         if not nextquill_enabled(cfg):
@@ -81,15 +79,18 @@ class NextQuillPlugin(BasePlugin):
         """Before the first optimizer step: attach theta_0 token weights to the datasets."""
         if not nextquill_enabled(cfg):
             return
-        from .forward import resolve_lm_head
+        from .args import settings_from
+        from .lm_head import resolve_lm_head
+        from .settings import WeightSource
 
+        settings = settings_from(cfg)
         resolve_lm_head(trainer.model)  # fails now, not at the first step, for unsupported heads
         for split in ("train_dataset", "eval_dataset"):
             dataset = getattr(trainer, split, None)
             if dataset is None or not hasattr(dataset, "column_names"):
                 continue
             describe_rows(dataset, split)
-            if cfg.nextquill_token_weighting and _source(cfg) == "initial":
+            if settings.token_weighting and settings.weight_source == WeightSource.initial:
                 setattr(trainer, split, attach_initial_weights(cfg, trainer, dataset))
 
 
@@ -114,13 +115,10 @@ def check_dataset_types(cfg: dict) -> None:
                 raise ImportError(f"NextQuill: `{kind}` is not a dataset type (it has no load()).")
 
 
-def _source(cfg) -> str:
-    return str(cfg.nextquill_weight_source or "initial")
-
-
 def describe_rows(dataset, split: str) -> None:
     """Log how many rows are NextQuill rows and how many prompts had to be shortened."""
-    from .objective import COUNTERFACTUAL_IDS
+    from dataset_formats.contract import COUNTERFACTUAL_IDS, TRUNCATION
+    from dataset_formats.prompting import describe_truncation
 
     columns = dataset.column_names
     if COUNTERFACTUAL_IDS not in columns:
@@ -133,10 +131,8 @@ def describe_rows(dataset, split: str) -> None:
         paired,
         len(dataset) - paired,
     )
-    if "nq_truncation" in columns:
-        from dataset_formats.prompting import describe_truncation
-
-        counts = Counter(flag for flag in dataset["nq_truncation"] if flag)
+    if TRUNCATION in columns:
+        counts = Counter(flag for flag in dataset[TRUNCATION] if flag)
         if counts:
             LOG.info(
                 "NextQuill: %s prompts shortened to fit sequence_len: %s",
@@ -147,8 +143,9 @@ def describe_rows(dataset, split: str) -> None:
 
 def attach_initial_weights(cfg, trainer, dataset):
     """Compute (or load) theta_0 effects and add the ``nq_token_weights`` column."""
-    from .objective import COUNTERFACTUAL_IDS, TOKEN_WEIGHTS
-    from .weights import cached_token_effects
+    from dataset_formats.contract import COUNTERFACTUAL_IDS, TOKEN_WEIGHTS
+
+    from .token_effects import cached_token_effects
 
     if COUNTERFACTUAL_IDS not in dataset.column_names:
         return dataset

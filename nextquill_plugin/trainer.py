@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from axolotl.core.trainers.base import AxolotlTrainer
 from typing_extensions import override
 
-from .objective import (
-    COUNTERFACTUAL_IDS,
-    COUNTERFACTUAL_LABELS,
-    TOKEN_WEIGHTS,
-    BatchLoss,
-    NextQuillSettings,
-    compute_batch_loss,
-)
+from dataset_formats.contract import COUNTERFACTUAL_IDS, ROW_COLUMNS
+
+from .args import settings_from
+from .objective import BatchLoss, compute_batch_loss
 
 
 class NextQuillTrainer(AxolotlTrainer):
@@ -30,15 +24,13 @@ class NextQuillTrainer(AxolotlTrainer):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True
         # The training arguments carry each setting as nextquill_<name> (args.py's mixin).
-        self.nextquill_settings = NextQuillSettings(
-            **{f.name: getattr(self.args, f"nextquill_{f.name}") for f in fields(NextQuillSettings)}
-        )
+        self.nextquill_settings = settings_from(self.args)
 
     def _set_signature_columns_if_needed(self):
         # Keep our columns when remove_unused_columns is on (the KD trainer's pattern).
         super()._set_signature_columns_if_needed()
         if self._signature_columns is not None:
-            for column in (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS, TOKEN_WEIGHTS):
+            for column in ROW_COLUMNS:
                 if column not in self._signature_columns:
                     self._signature_columns.append(column)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nextquill_plugin.local_runs import use_offline_mode
+from nextquill_plugin.testing.local_runs import use_offline_mode
 
 # No test may reach a hub: set before transformers/datasets/axolotl are imported (importing
 # local_runs imports neither).
@@ -22,7 +22,7 @@ def synthetic_splits():
 def tiny_model_dir(tmp_path_factory, synthetic_splits):
     """A random-init 2-layer Qwen2 with a locally trained tokenizer, built once."""
     from dataset_formats.synthetic import corpus_texts
-    from nextquill_plugin.tiny_model import build_tiny_model
+    from nextquill_plugin.testing.tiny_model import build_tiny_model
 
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny_model"),

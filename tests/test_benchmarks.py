@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nextquill_plugin.local_runs import offline_env
+from nextquill_plugin.testing.local_runs import offline_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -218,7 +218,7 @@ def test_description_joining():
 
 def test_shipped_demo_data_builds_and_feeds_the_dataset_type(tmp_path, tiny_tokenizer):
     from dataset_formats.amazon_reviews import load
-    from dataset_formats.cli import DEMO_META, DEMO_REVIEWS
+    from dataset_formats.demo_data import DEMO_META, DEMO_REVIEWS
 
     report = build(
         [DEMO_REVIEWS], [DEMO_META], tmp_path / "demo", BuildOptions(show_progress=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nextquill_plugin.causal import (
+from nextquill_plugin.equations import (
     IGNORE_INDEX,
     causal_effects,
     nextquill_loss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from nextquill_plugin.local_runs import tiny_recipe
+from nextquill_plugin.testing.local_runs import tiny_recipe
 
 
 @pytest.fixture()
@@ -104,8 +104,8 @@ def test_math_and_tools_import_without_axolotl_and_the_plugin_loads_by_its_recip
 
     probe = (
         "import sys\n"
-        "import nextquill_plugin, nextquill_plugin.causal, nextquill_plugin.objective\n"
-        "import nextquill_plugin.forward, nextquill_plugin.cli, nextquill_plugin.local_runs\n"
+        "import nextquill_plugin, nextquill_plugin.equations, nextquill_plugin.objective\n"
+        "import nextquill_plugin.lm_head, nextquill_plugin.cli, nextquill_plugin.testing.local_runs\n"
         "print(sorted(m for m in ('axolotl', 'bitsandbytes', 'huggingface_hub') if m in sys.modules))\n"
         "from axolotl.integrations.base import BasePlugin, load_plugin\n"
         "from importlib.metadata import entry_points\n"

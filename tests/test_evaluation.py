@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
+from nextquill_plugin.batching import padded_batch
 from nextquill_plugin.cli import main as nextquill
-from nextquill_plugin.evaluation import RunMetrics, comparison_table, load_run
-from nextquill_plugin.generation import GenerationSettings, generate_continuations, left_pad
+from nextquill_plugin.evaluation.compare import RunMetrics, comparison_table, load_run
+from nextquill_plugin.evaluation.generation import GenerationSettings, generate_continuations
 
 from .conftest import sharpened_tiny_model
 
@@ -110,7 +111,7 @@ def test_cos_with_gamma_zero_is_plain_decoding_and_gamma_changes_it(steered_mode
 
 
 def test_left_padding_puts_every_prompt_at_the_end():
-    ids, mask = left_pad([[5, 6, 7], [9]], pad_id=0)
+    ids, mask = padded_batch([[5, 6, 7], [9]], pad_id=0, side="left")
     assert ids.tolist() == [[5, 6, 7], [0, 0, 9]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
@@ -151,7 +152,7 @@ def read_jsonl(path):
 
 
 def test_evaluate_command_writes_predictions_and_metrics(eval_recipe, tmp_path, synthetic_splits):
-    from nextquill_plugin.metrics import evaluate_texts
+    from nextquill_plugin.evaluation.metrics import evaluate_texts
 
     out = tmp_path / "eval"
     nextquill(
@@ -190,7 +191,7 @@ def test_lora_checkpoint_is_loaded_and_merged(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from nextquill_plugin.generation import load_model_for_generation
+    from nextquill_plugin.evaluation.generation import load_model_for_generation
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

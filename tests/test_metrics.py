@@ -5,14 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from nextquill_plugin.metrics import (
+from nextquill_plugin.evaluation.metrics import (
     CorpusBleu,
     bootstrap_interval,
     evaluate_texts,
     meteor_per_sample,
     rouge_per_sample,
 )
-from nextquill_plugin.wordnet_data import (
+from nextquill_plugin.evaluation.wordnet_data import (
     LEXICOGRAPHER_FILES,
     MISSING_WORDNET,
     install_wordnet,
@@ -116,7 +116,7 @@ def test_install_wordnet_says_what_to_install(tmp_path):
 def test_missing_wordnet_is_reported_with_both_install_routes(monkeypatch):
     from nltk.corpus import wordnet
 
-    from nextquill_plugin.wordnet_data import require_wordnet
+    from nextquill_plugin.evaluation.wordnet_data import require_wordnet
 
     def not_found():
         raise LookupError("Resource wordnet not found.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nextquill_plugin.causal import IGNORE_INDEX
+from nextquill_plugin.equations import IGNORE_INDEX
 from nextquill_plugin.objective import NextQuillSettings, compute_batch_loss
 
 from .conftest import sharpened_tiny_model
@@ -121,7 +121,7 @@ def fast_and_slow(model, collated, features, weights, settings, normalizer):
 def test_loss_and_gradients_equal_slow_reference(
     tiny_model, tiny_tokenizer, paired_features, settings, head_chunk_rows, monkeypatch
 ):
-    import nextquill_plugin.forward as forward
+    import nextquill_plugin.lm_head as forward
 
     chunk_sizes = []
     if head_chunk_rows:  # the LM head and CE in checkpointed chunks of 3 target rows
@@ -294,7 +294,7 @@ def test_preference_logits_equal_the_difference_of_two_head_calls():
     from peft import LoraConfig, get_peft_model
     from torch import nn
 
-    from nextquill_plugin.forward import apply_lm_head_without_bias, resolve_lm_head
+    from nextquill_plugin.lm_head import apply_lm_head_without_bias, resolve_lm_head
 
     torch.manual_seed(0)
     with_history, without_history = torch.randn(3, 5), torch.randn(3, 5)
@@ -332,7 +332,7 @@ def test_models_that_transform_their_logits_are_refused():
         Qwen2Config,
     )
 
-    from nextquill_plugin.forward import check_plain_lm_head, resolve_lm_head
+    from nextquill_plugin.lm_head import check_plain_lm_head, resolve_lm_head
 
     small = dict(
         vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
@@ -359,8 +359,8 @@ def test_chunked_head_loss_equals_full_logits(without_bias):
     """Chunks of 2 rows (5 rows: the last chunk is short), checkpointed, against one [N, V] CE."""
     from torch import nn
 
-    from nextquill_plugin.causal import token_log_probs, weighted_cross_entropy_sum
-    from nextquill_plugin.forward import head_cross_entropy_sum, head_token_log_probs
+    from nextquill_plugin.equations import token_log_probs, weighted_cross_entropy_sum
+    from nextquill_plugin.lm_head import head_cross_entropy_sum, head_token_log_probs
 
     torch.manual_seed(0)
     head = nn.Linear(4, 9, bias=True)

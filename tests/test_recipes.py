@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nextquill_plugin.local_runs import offline_env, write_jsonl
+from dataset_formats.jsonl import write_jsonl
+from nextquill_plugin.testing.local_runs import offline_env
 
 ROOT = Path(__file__).parent.parent
 RECIPES = ROOT / "recipes"

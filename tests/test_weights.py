@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nextquill_plugin.weights import TokenEffects, cached_token_effects, compute_token_effects
+from nextquill_plugin.token_effects import TokenEffects, cached_token_effects, compute_token_effects
 
 from .conftest import sharpened_tiny_model
 
@@ -86,7 +86,7 @@ def test_cache_is_written_once_and_keyed_by_model_and_data(model, rows, tmp_path
     assert computed and path.exists()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left behind
 
-    import nextquill_plugin.weights as weights
+    import nextquill_plugin.token_effects as weights
 
     def no_forward(*_a, **_k):
         raise AssertionError("the cache should have been used")

@@ -5,7 +5,7 @@
 2. Builds a tiny random-init Qwen2 and a tokenizer from the demo corpus (no hub).
 3. theta_0: trains it (full fine-tuning) on the other population, half of the rows without
    history, so that it knows both the with-history and the counterfactual prompt
-   (../shared/research/small-model-lessons.md: a from-scratch theta_0 needs both).
+   (a theta_0 trained from scratch on one kind of prompt only reads the other as noise).
 4. From theta_0, trains ContextSFT and NextQuill on the demo users with the same budget.
 5. Prints what happened: the share of preference-bearing tokens theta_0 found, the loss parts.
 6. Evaluates theta_0, ContextSFT and NextQuill on the test users (`nextquill evaluate`), prints
@@ -15,11 +15,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
+
+from dataset_formats.jsonl import read_jsonl, write_jsonl
 
 from .local_runs import (
     build_benchmark_model,
@@ -27,7 +28,6 @@ from .local_runs import (
     logged_metrics,
     run_axolotl,
     tiny_recipe,
-    write_jsonl,
 )
 
 OUT = Path(os.environ.get("NEXTQUILL_DEMO_DIR", "demo_runs")).resolve()
@@ -36,11 +36,6 @@ STEPS = int(os.environ.get("NEXTQUILL_DEMO_STEPS", "80"))
 
 def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle]
 
 
 def train(name: str, recipe: dict) -> list[dict]:
@@ -64,7 +59,7 @@ def train(name: str, recipe: dict) -> list[dict]:
 def build_data() -> tuple[Path, list[dict]]:
     """Demo rows from the shipped raw files; theta_0 rows from another generated population."""
     from dataset_formats.builder import BuildOptions, build
-    from dataset_formats.cli import DEMO_META, DEMO_REVIEWS, write_jsonl_gz
+    from dataset_formats.demo_data import DEMO_META, DEMO_REVIEWS
     from dataset_formats.synthetic import synthetic_raw_amazon
 
     quiet = BuildOptions(show_progress=False)
@@ -76,8 +71,8 @@ def build_data() -> tuple[Path, list[dict]]:
     )
     raw = OUT / "theta0_raw"
     reviews, meta = synthetic_raw_amazon(n_users=120, seed=1)
-    write_jsonl_gz(raw / "reviews.jsonl.gz", reviews)
-    write_jsonl_gz(raw / "meta.jsonl.gz", meta)
+    write_jsonl(raw / "reviews.jsonl.gz", reviews, sort_keys=True)
+    write_jsonl(raw / "meta.jsonl.gz", meta, sort_keys=True)
     build([raw / "reviews.jsonl.gz"], [raw / "meta.jsonl.gz"], OUT / "theta0_data", quiet)
     theta0_train = read_jsonl(OUT / "theta0_data" / "train.jsonl")
     # Every other theta_0 row without history: exactly the counterfactual prompt.
@@ -155,9 +150,10 @@ def main() -> None:
 
 def evaluate_and_inspect(data: Path) -> None:
     """Step 6: `nextquill evaluate`, `compare` and `inspect` on the demo's test users."""
-    from .evaluation import EvaluationRequest, comparison_table, load_run, run_evaluation
-    from .generation import GenerationSettings
-    from .inspection import InspectionRequest, run_inspection
+    from ..evaluation.compare import comparison_table, load_run
+    from ..evaluation.evaluate import EvaluationRequest, run_evaluation
+    from ..evaluation.generation import GenerationSettings
+    from ..evaluation.inspection import InspectionRequest, run_inspection
 
     # name: (recipe, checkpoint or None for the untuned theta_0, CoS gamma, output folder)
     runs = {

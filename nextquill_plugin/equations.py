@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from dataset_formats.contract import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

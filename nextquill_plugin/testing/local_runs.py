@@ -5,7 +5,6 @@ Used by the demo, the benchmarks and the tests; not needed to train with the plu
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -24,14 +23,6 @@ CPU_SETTINGS = {
     "lora_o_kernel": False,
     "lora_embedding_kernel": False,
 }
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    return path
 
 
 def tiny_recipe(model_dir: Path, train_file: Path, workdir: Path, **overrides) -> dict:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +22,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .causal import causal_effects, preference_weights
-from .collator import pad_sequences
-from .forward import head_token_log_probs, resolve_lm_head, target_hidden_states, unwrap_model
-from .objective import COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS
+from dataset_formats.contract import (
+    COUNTERFACTUAL_IDS,
+    COUNTERFACTUAL_LABELS,
+    EFFECT_INPUT_COLUMNS,
+    IGNORE_INDEX,
+)
+
+from .batching import length_buckets, pad_sequences, padded_batch
+from .equations import causal_effects, preference_weights
+from .lm_head import head_token_log_probs, resolve_lm_head, target_hidden_states, unwrap_model
 
 CACHE_FORMAT_VERSION = "1"
 
@@ -121,13 +127,6 @@ def data_fingerprint(dataset, columns: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Row indices bucketed by length (longest first) so that padding is small."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
-
-
 @torch.no_grad()
 def compute_token_effects(
     model: nn.Module,
@@ -155,7 +154,7 @@ def compute_token_effects(
     was_training = model.training
     model.eval()
     try:
-        batches = list(_batches(lengths, batch_size))
+        batches = list(length_buckets(lengths, batch_size))
         for batch in tqdm(batches, desc="NextQuill theta_0 effects", disable=not show_progress):
             batch = [i for i in batch if rows[COUNTERFACTUAL_IDS][i]]
             if not batch:
@@ -166,9 +165,9 @@ def compute_token_effects(
                 (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS),
             ):
                 ids = [rows[ids_key][i] for i in batch]
-                input_ids = pad_sequences(ids, pad_token_id).to(device)
-                mask = pad_sequences([[1] * len(s) for s in ids], 0).to(device)
-                labels = pad_sequences([rows[labels_key][i] for i in batch], -100).to(device)
+                input_ids, mask = (t.to(device) for t in padded_batch(ids, pad_token_id))
+                labels = pad_sequences([rows[labels_key][i] for i in batch], IGNORE_INDEX)
+                labels = labels.to(device)
                 with autocast():
                     hidden, targets, _ = target_hidden_states(model, input_ids, mask, labels)
                     # in chunks: no [N, V] logits for the whole batch
@@ -221,7 +220,7 @@ def cached_token_effects(
     a disjoint share of the rows, the shares are gathered, the main process writes the cache
     and every rank returns the same result.
     """
-    columns = ("input_ids", "labels", COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS)
+    columns = EFFECT_INPUT_COLUMNS
     key = hashlib.sha256(
         "|".join(
             [

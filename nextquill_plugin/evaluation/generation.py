@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..batching import length_buckets, padded_batch
+
 PENALTY_SCOPES = ("all", "generated")
 
 
@@ -55,18 +57,6 @@ class GenerationSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with every sequence ending in the last column."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        if seq:
-            ids[i, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
-            mask[i, width - len(seq) :] = 1
-    return ids, mask
 
 
 def default_device() -> torch.device:
@@ -142,15 +132,11 @@ def generate_continuations(
     if settings.cos_gamma > 0 and counterfactual_prompts is None:
         raise ValueError("context steering (cos_gamma > 0) needs the counterfactual prompts")
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    batches = [
-        order[start : start + settings.batch_size]
-        for start in range(0, len(order), settings.batch_size)
-    ]
+    batches = list(length_buckets([len(p) for p in prompts], settings.batch_size))
     outputs: list[list[int]] = [[] for _ in prompts]
     generator_seed = settings.seed
     for batch in tqdm(batches, desc="generating", disable=not show_progress):
-        input_ids, mask = left_pad([prompts[i] for i in batch], pad_token_id)
+        input_ids, mask = padded_batch([prompts[i] for i in batch], pad_token_id, side="left")
         kwargs: dict = {
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
@@ -173,7 +159,9 @@ def generate_continuations(
         else:
             kwargs["repetition_penalty"] = settings.repetition_penalty
         if settings.cos_gamma > 0:
-            cf_ids, cf_mask = left_pad([counterfactual_prompts[i] for i in batch], pad_token_id)
+            cf_ids, cf_mask = padded_batch(
+                [counterfactual_prompts[i] for i in batch], pad_token_id, side="left"
+            )
             kwargs.update(
                 guidance_scale=1.0 + settings.cos_gamma,
                 negative_prompt_ids=cf_ids.to(device),

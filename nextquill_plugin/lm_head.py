@@ -15,7 +15,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .causal import TargetPositions, target_positions, token_log_probs, weighted_cross_entropy_sum
+from .equations import (
+    TargetPositions,
+    target_positions,
+    token_log_probs,
+    weighted_cross_entropy_sum,
+)
 
 # The chunked head losses build at most this many logits at a time (64 MiB of float32), so the
 # rows per chunk shrink as the vocabulary grows: ~110 rows at 151k, ~520 at 32k.

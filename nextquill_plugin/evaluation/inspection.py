@@ -19,8 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .causal import causal_effects, preference_weights
-from .weights import compute_token_effects
+from dataset_formats.contract import EFFECT_INPUT_COLUMNS, IGNORE_INDEX
+
+from ..equations import causal_effects, preference_weights
+from ..token_effects import compute_token_effects
+from .recipe_data import prompt_id
 
 
 @dataclass
@@ -38,7 +41,7 @@ class TokenView:
 def paired_rows(strategy, rows: Sequence[dict[str, Any]]) -> dict[str, list]:
     """Training-identical tokenization of ``rows``, counterfactual prompts included."""
     strategy.settings = replace(strategy.settings, emit_counterfactual=True)
-    columns: dict[str, list] = {"input_ids": [], "labels": [], "cf_input_ids": [], "cf_labels": []}
+    columns: dict[str, list] = {column: [] for column in EFFECT_INPUT_COLUMNS}
     for row in rows:
         example = strategy.tokenize_prompt(row)
         for key in columns:
@@ -70,12 +73,12 @@ def token_views(
     views = []
     for i, row in enumerate(rows):
         p_with, p_without = effects.row(i)
-        target_ids = [t for t in columns["labels"][i] if t != -100][: len(p_with)]
+        target_ids = [t for t in columns["labels"][i] if t != IGNORE_INDEX][: len(p_with)]
         effect = causal_effects(torch.from_numpy(p_with), torch.from_numpy(p_without))
         weights = preference_weights(effect, delta, high_weight, low_weight)
         views.append(
             TokenView(
-                prompt_id=f"{row.get('user_id')}/{(row.get('target') or {}).get('item_id') or i}",
+                prompt_id=prompt_id(row, i),
                 tokens=[tokenizer.decode([t]) for t in target_ids],
                 p_with=p_with,
                 p_without=p_without,
@@ -239,16 +242,16 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
     """Write tokens.html and the two plots into ``request.out``; return their paths."""
     from dataset_formats.amazon_reviews import load as load_strategy
 
-    from .evaluation import check_dataset_type, read_recipe, read_rows, split_path
+    from ..args import settings_from
     from .generation import load_model_for_generation
+    from .recipe_data import check_dataset_type, read_recipe, read_rows, split_path
 
     recipe = read_recipe(request.recipe, request.overrides)
     check_dataset_type(recipe)
     data = Path(request.data) if request.data else split_path(recipe, request.split)
     rows = read_rows(data, max(request.samples, request.plot_samples))
-    delta = float(recipe.get("nextquill_delta", 0.05))
-    high = float(recipe.get("nextquill_high_weight", 0.9))
-    low = float(recipe.get("nextquill_low_weight", 0.1))
+    settings = settings_from(recipe)  # validated, with the defaults training uses
+    delta, high, low = settings.delta, settings.high_weight, settings.low_weight
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
 

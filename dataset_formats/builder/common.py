@@ -1,0 +1,70 @@
+"""What both stages of the builder share: options, the report, the error."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SPLITS = ("train", "validation", "test")
+MAX_LOCATIONS_PER_REASON = 200  # bad-input locations listed in the report, per reason
+
+
+class BuildError(RuntimeError):
+    """The input cannot be trusted or the result would be empty: nothing is written."""
+
+
+@dataclass
+class BuildOptions:
+    """Every threshold of the protocol; defaults are DPL's (Qiu et al. 2025)."""
+
+    min_text_chars: int = 200
+    min_description_chars: int = 100
+    max_description_chars: int = 2000
+    min_item_users: int = 8
+    min_user_reviews: int = 18
+    max_user_reviews: int = 500
+    targets_per_user: int = 10
+    validation_targets: int = 1
+    test_targets: int = 1
+    min_profile_item_users: int = 5
+    min_profile_reviews: int = 8
+    max_history: int = 50
+    strict: bool = False
+    memory_limit: str = "8GB"
+    show_progress: bool = True
+
+
+@dataclass
+class Report:
+    """Statistics of one build; written as ``stats.json`` next to the splits."""
+
+    reviews_read: int = 0
+    reviews_kept: int = 0
+    reviews_dropped: Counter = field(default_factory=Counter)
+    items_read: int = 0
+    items_kept: int = 0
+    items_dropped: Counter = field(default_factory=Counter)
+    bad_input: dict[str, list[str]] = field(default_factory=dict)
+    users: int = 0
+    items_used: int = 0
+    rows_per_split: dict[str, int] = field(default_factory=dict)
+    history_length: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def skip(self, kind: str, reason: str, where: str) -> None:
+        (self.reviews_dropped if kind == "review" else self.items_dropped)[reason] += 1
+        locations = self.bad_input.setdefault(f"{kind}:{reason}", [])
+        if len(locations) < MAX_LOCATIONS_PER_REASON:
+            locations.append(where)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reviews_dropped"] = dict(sorted(self.reviews_dropped.items()))
+        data["items_dropped"] = dict(sorted(self.items_dropped.items()))
+        data["accounted"] = (
+            self.reviews_kept + sum(self.reviews_dropped.values()) == self.reviews_read
+        )
+        return data
+
+

@@ -1,0 +1,40 @@
+"""The data contract between NextQuill's dataset types (producers) and the plugin (consumer).
+
+A tokenized NextQuill row holds Axolotl's usual ``input_ids``, ``attention_mask`` and ``labels``
+(the prompt *with* the user's history), plus:
+
+- ``cf_input_ids`` / ``cf_labels``: the counterfactual prompt (history replaced by a
+  placeholder) followed by the *same* target tokens; empty lists when the row has no causal
+  contrast (its history had to be dropped entirely to fit ``sequence_len``).
+- ``nq_history_kept`` / ``nq_truncation``: book-keeping (history entries shown; bit flags of
+  what was shortened, see ``prompting.describe_truncation``). Never passed to the model.
+
+The collator adds ``cf_attention_mask`` and ``has_counterfactual`` (per-row bool); the plugin's
+theta_0 pass adds ``nq_token_weights`` (omega_t per target token, eq. 3). Labels are
+``IGNORE_INDEX`` on prompt and padding positions.
+
+Both packages import these names from here: the data side never imports the plugin.
+"""
+
+from __future__ import annotations
+
+IGNORE_INDEX = -100  # label of positions that are not target tokens (PyTorch's ignore_index)
+
+COUNTERFACTUAL_IDS = "cf_input_ids"
+COUNTERFACTUAL_LABELS = "cf_labels"
+COUNTERFACTUAL_MASK = "cf_attention_mask"  # added by the collator
+HAS_COUNTERFACTUAL = "has_counterfactual"  # added by the collator
+TOKEN_WEIGHTS = "nq_token_weights"  # added by the theta_0 weight pass
+HISTORY_KEPT = "nq_history_kept"
+TRUNCATION = "nq_truncation"
+
+# Columns a dataset type emits besides input_ids/attention_mask/labels.
+PAIRED_COLUMNS = (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS)
+INFO_COLUMNS = (HISTORY_KEPT, TRUNCATION)
+# Row columns NextQuill adds to a dataset: the trainer keeps them (remove_unused_columns would
+# drop what forward() does not take) and the collator takes them out before Axolotl's collator.
+ROW_COLUMNS = (*PAIRED_COLUMNS, TOKEN_WEIGHTS, *INFO_COLUMNS)
+# Keys of a collated batch that are NextQuill's, never model inputs.
+BATCH_COLUMNS = (*ROW_COLUMNS, COUNTERFACTUAL_MASK, HAS_COUNTERFACTUAL)
+# The token columns that identify the data the theta_0 effects were computed on.
+EFFECT_INPUT_COLUMNS = ("input_ids", "labels", *PAIRED_COLUMNS)

@@ -1,0 +1,65 @@
+"""Reading and writing JSON Lines files (plain or gzip), the one place that does it.
+
+Writes are atomic (a temporary file beside the target, renamed over it): a reader sees the old
+file or the complete new one. Gzip output has no timestamp, so the same records give the same
+bytes. Reads name the file and line of a bad record.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def is_gzip(path: Path) -> bool:
+    """True for ``.gz`` files, which are read and written compressed."""
+    return Path(path).suffix == ".gz"
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of every non-blank line; a bad line raises ValueError naming
+    ``path:line``."""
+    path = Path(path)
+    opener = gzip.open if is_gzip(path) else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+
+
+def read_jsonl(path: str | Path, limit: int | None = None) -> list[Any]:
+    """The records of a JSONL file (the first ``limit`` when given)."""
+    records = []
+    for _, record in iter_jsonl(path):
+        if limit is not None and len(records) >= limit:
+            break
+        records.append(record)
+    return records
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any], *, sort_keys: bool = False) -> Path:
+    """Write ``records`` one per line, atomically; gzip-compressed when ``path`` ends in .gz."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            # mtime=0: no timestamp in the gzip header, so equal records give equal bytes.
+            handle = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if is_gzip(path) else raw
+            with handle:
+                for record in records:
+                    handle.write((json.dumps(record, sort_keys=sort_keys) + "\n").encode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

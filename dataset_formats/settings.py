@@ -1,0 +1,125 @@
+"""The recipe keys that shape NextQuill prompts, declared once.
+
+``PromptArgs`` is the pydantic schema of the keys (the plugin's ``NextQuillArgs`` composes it
+into Axolotl's config); ``PromptSettings`` is what a dataset type works with, resolved from a
+recipe (a validated Axolotl config or a raw dict) by ``PromptSettings.from_cfg``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+
+class HistorySelection(StrEnum):
+    """How the dataset types choose the K history reviews shown in the prompt."""
+
+    recent = "recent"  # the K most recent, newest first (the paper)
+    bm25 = "bm25"  # the K most relevant to the target item by BM25 (as DPL does)
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Given the title and description of an item, along with the user's past reviews and the "
+    "output review rating and review title, generate a personalized item review for the user."
+)
+
+DEFAULT_FIELD_LABELS: dict[str, str] = {
+    "item_title": "[Item Title]",
+    "item_description": "[Item Description]",
+    "history": "[User's Past Reviews]",
+    "review": "[Review {i}]",
+    "review_item_title": "- [Item Title]",
+    "review_item_description": "- [Item Description]",
+    "review_rating": "- [Review Rating]",
+    "review_title": "- [Review Title]",
+    "review_text": "- [Review Text]",
+    "output_rating": "[Output Review Rating]",
+    "output_title": "[Output Review Title]",
+    "query": "[Query]",
+    "history_entry": "[Entry {i}]",
+}
+
+DEFAULT_SEQUENCE_LEN = 2048  # Axolotl's own default for sequence_len
+
+
+class PromptArgs(BaseModel):
+    """Recipe keys read by the dataset types (``dataset_formats.amazon_reviews`` / ``.paired``)."""
+
+    nextquill_include_history: bool = Field(
+        default=True, description="False: prompts without history (the SFT baseline)."
+    )
+    nextquill_history_k: int = Field(default=8, ge=0, description="K: history reviews per prompt.")
+    nextquill_history_selection: HistorySelection = Field(
+        default=HistorySelection.recent,
+        description="recent: the K newest (the paper); bm25: the K most relevant to the item.",
+    )
+    nextquill_history_placeholder: str = Field(
+        default="None", description="Replaces the history block in the counterfactual prompt."
+    )
+    nextquill_system_prompt: str = Field(
+        default=DEFAULT_SYSTEM_PROMPT, description="The system message (the authors' prompt)."
+    )
+    nextquill_field_labels: dict[str, str] | None = Field(
+        default=None,
+        description="Override field labels of the prompt, e.g. {item_title: '[Book Title]'}.",
+    )
+
+    @field_validator("nextquill_field_labels")
+    @classmethod
+    def known_labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        unknown = set(labels or {}) - set(DEFAULT_FIELD_LABELS)
+        if unknown:
+            raise ValueError(
+                f"unknown keys {sorted(unknown)}; known: {sorted(DEFAULT_FIELD_LABELS)}"
+            )
+        return labels
+
+
+@dataclass
+class PromptSettings:
+    """What a dataset type needs to build prompts: ``PromptArgs`` resolved for one recipe."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    placeholder: str = "None"
+    history_k: int = 8
+    selection: HistorySelection = HistorySelection.recent
+    include_history: bool = True
+    emit_counterfactual: bool = True
+    labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FIELD_LABELS))
+    sequence_len: int = DEFAULT_SEQUENCE_LEN
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> PromptSettings:
+        """Settings from a recipe: an Axolotl config (already validated) or a raw dict."""
+
+        def get(key: str) -> Any:
+            return cfg.get(key) if hasattr(cfg, "get") else None
+
+        given = {key: get(key) for key in PromptArgs.model_fields if get(key) is not None}
+        try:
+            args = PromptArgs.model_validate(given)
+        except ValidationError as error:
+            raise ValueError(describe_validation_error(error)) from None
+        return cls(
+            system_prompt=args.nextquill_system_prompt,
+            placeholder=args.nextquill_history_placeholder,
+            history_k=args.nextquill_history_k,
+            selection=args.nextquill_history_selection,
+            include_history=args.nextquill_include_history,
+            # Counterfactual prompts are only needed by the NextQuill trainer.
+            emit_counterfactual=bool(get("nextquill")),
+            labels={**DEFAULT_FIELD_LABELS, **(args.nextquill_field_labels or {})},
+            sequence_len=int(get("sequence_len") or DEFAULT_SEQUENCE_LEN),
+        )
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad key: ``key: what is wrong (got value)``."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'recipe'}: {e['msg']} (got {e.get('input')!r})"
+        for e in error.errors()
+    )

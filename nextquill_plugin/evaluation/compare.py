@@ -1,0 +1,137 @@
+"""`nextquill compare`: several evaluations' ``metrics.json`` -> the paper's Table 1 and 2.
+
+A markdown or CSV table, best per column marked, and the relative improvement over a baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .metrics import METRIC_LABELS, METRIC_NAMES
+
+
+@dataclass
+class RunMetrics:
+    name: str
+    n: int
+    data: str
+    values: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+
+
+def load_run(path: str | Path) -> RunMetrics:
+    """A run's metrics.json, given the file or the folder holding it."""
+    path = Path(path)
+    file = path / "metrics.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: pass an evaluation folder or its metrics.json")
+    document = json.loads(file.read_text())
+    missing = [m for m in METRIC_NAMES if m not in document.get("metrics", {})]
+    if missing:
+        raise ValueError(
+            f"{file} lacks the metrics {missing}; was it written by nextquill evaluate?"
+        )
+    metrics = document["metrics"]
+    return RunMetrics(
+        name=document.get("name") or file.parent.name,
+        n=int(document.get("n", 0)),
+        data=str(document.get("data", "")),
+        values={m: float(metrics[m]["value"]) for m in METRIC_NAMES},
+        intervals={m: (metrics[m]["ci_low"], metrics[m]["ci_high"]) for m in METRIC_NAMES},
+    )
+
+
+def comparison_warnings(runs: Sequence[RunMetrics]) -> list[str]:
+    """Runs scored on different data are not comparable; say so."""
+    keys = {(run.data, run.n) for run in runs}
+    if len(keys) <= 1:
+        return []
+    return [
+        "these runs were not evaluated on the same data: "
+        + "; ".join(f"{run.name}: {run.n} rows of {run.data}" for run in runs)
+    ]
+
+
+def relative_improvement(value: float, baseline: float) -> float:
+    """(value - baseline) / baseline, as the paper's Table 2 reports it (a fraction)."""
+    return (value - baseline) / baseline if baseline else math.nan
+
+
+def _format(metric: str, value: float) -> str:
+    return f"{value:.4f}" if not math.isnan(value) else "nan"
+
+
+def comparison_table(
+    runs: Sequence[RunMetrics],
+    *,
+    baseline: str | None = None,
+    fmt: str = "markdown",
+    intervals: bool = False,
+) -> str:
+    """Table 1 (one row per run; the best value of each column in bold in markdown, flagged in
+    the CSV's ``best`` column) and, with ``baseline``, Table 2's relative improvement rows."""
+    if not runs:
+        raise ValueError("nothing to compare")
+    names = [run.name for run in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"run names repeat ({names}); give evaluations distinct --name values")
+    if baseline is not None and baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not one of the runs {names}")
+    best = {m: max(run.values[m] for run in runs) for m in METRIC_NAMES}
+    base = next((run for run in runs if run.name == baseline), None)
+    headers = ["Method"] + [METRIC_LABELS[m] for m in METRIC_NAMES]
+
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        extra = [f"{METRIC_LABELS[m]} CI" for m in METRIC_NAMES] if intervals else []
+        improvement = [f"{METRIC_LABELS[m]} vs {baseline}" for m in METRIC_NAMES] if base else []
+        writer.writerow([*headers, *extra, *improvement, "best"])
+        for run in runs:
+            cells = [run.name] + [_format(m, run.values[m]) for m in METRIC_NAMES]
+            if intervals:
+                cells += [
+                    f"{_format(m, run.intervals[m][0])}-{_format(m, run.intervals[m][1])}"
+                    for m in METRIC_NAMES
+                ]
+            if base:
+                cells += [
+                    f"{relative_improvement(run.values[m], base.values[m]):+.4f}"
+                    for m in METRIC_NAMES
+                ]
+            cells.append(
+                " ".join(METRIC_LABELS[m] for m in METRIC_NAMES if run.values[m] == best[m])
+            )
+            writer.writerow(cells)
+        return buffer.getvalue()
+    if fmt != "markdown":
+        raise ValueError(f"unknown format {fmt!r}: markdown or csv")
+
+    def cell(run: RunMetrics, metric: str) -> str:
+        text = _format(metric, run.values[metric])
+        if intervals:
+            low, high = run.intervals[metric]
+            text += f" [{_format(metric, low)}, {_format(metric, high)}]"
+        return f"**{text}**" if run.values[metric] == best[metric] else text
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += [
+        "| " + " | ".join([run.name] + [cell(run, m) for m in METRIC_NAMES]) + " |" for run in runs
+    ]
+    if base:
+        lines += ["", f"Relative improvement over {base.name}:", ""]
+        lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        for run in runs:
+            if run is base:
+                continue
+            gains = [
+                f"{relative_improvement(run.values[m], base.values[m]):+.1%}" for m in METRIC_NAMES
+            ]
+            lines.append("| " + " | ".join([run.name, *gains]) + " |")
+    return "\n".join(lines) + "\n"
