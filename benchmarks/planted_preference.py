@@ -8,7 +8,7 @@ planted preference tokens: two opinion words, a favourite phrase and a sign-off 
 their history and targets; the rest of each review is boilerplate shared by everyone. Both
 populations go through our builder (the DPL protocol).
 
-Protocol (../shared/research/small-model-lessons.md):
+Protocol (see benchmarks/README.md for why each step is there):
 1. theta_0: a tiny Qwen2 fully fine-tuned (ContextSFT) on a disjoint population, half of the rows
    without history, so that it knows the counterfactual prompt too.
 2. From theta_0, with the same budget and seed: SFT, ContextSFT, CausalOnly, NormOnly, NextQuill

@@ -34,12 +34,16 @@ from nextquill_plugin.testing.local_runs import use_offline_mode  # noqa: E402
 use_offline_mode()  # before any torch/transformers/axolotl import below
 
 
-
 def make_rows(n: int, history: int, counterfactual: int, target: int, vocab: int) -> dict:
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    rows: dict[str, list] = {"input_ids": [], "labels": [], COUNTERFACTUAL_IDS: [], COUNTERFACTUAL_LABELS: []}
+    rows: dict[str, list] = {
+        "input_ids": [],
+        "labels": [],
+        COUNTERFACTUAL_IDS: [],
+        COUNTERFACTUAL_LABELS: [],
+    }
     for i in range(n):
         length = history - (i * 37) % (history // 4)  # varied lengths, as real rows have
         tgt = torch.randint(0, vocab, (target,), generator=generator).tolist()

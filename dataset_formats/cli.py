@@ -10,30 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from .builder import BuildError, BuildOptions, build
+from .cli_options import add_dataclass_options, dataclass_from_args
 from .dpl import convert_dpl
 from .jsonl import write_jsonl
-
-
-def _add_build_options(parser: argparse.ArgumentParser) -> None:
-    defaults = BuildOptions()
-    for f in fields(BuildOptions):
-        if f.name in ("strict", "show_progress"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(
-            flag,
-            type=type(getattr(defaults, f.name)),
-            default=getattr(defaults, f.name),
-            help=f"default: {getattr(defaults, f.name)}",
-        )
-    parser.add_argument(
-        "--strict", action="store_true", help="turn every skipped line into an error"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--reviews", nargs="+", required=True, type=Path)
     b.add_argument("--meta", nargs="+", required=True, type=Path)
     b.add_argument("--out", required=True, type=Path)
-    _add_build_options(b)
+    add_dataclass_options(b, BuildOptions)
     d = commands.add_parser("convert-dpl", help="rows of the DPL release -> user rows")
     d.add_argument("--rows", required=True, type=Path)
     d.add_argument("--meta", required=True, type=Path)
@@ -64,10 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
-            names = {f.name for f in fields(BuildOptions)}
-            options = BuildOptions(
-                **{k: v for k, v in vars(args).items() if k in names}, show_progress=not args.quiet
-            )
+            options = dataclass_from_args(BuildOptions, args)
             report = build(args.reviews, args.meta, args.out, options)
             print(
                 json.dumps(

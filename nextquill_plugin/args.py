@@ -43,7 +43,9 @@ def _schema_field(setting: Field) -> Any:
 ObjectiveArgs: type[BaseModel] = create_model(
     "ObjectiveArgs",
     __doc__="Recipe keys of the objective, derived from ``NextQuillSettings``.",
-    **{recipe_key(f): (_SETTING_TYPES[f.name], _schema_field(f)) for f in fields(NextQuillSettings)},
+    **{
+        recipe_key(f): (_SETTING_TYPES[f.name], _schema_field(f)) for f in fields(NextQuillSettings)
+    },
 )
 
 # The settings the trainer needs, carried on its TrainingArguments (Axolotl mixes this in).
@@ -167,5 +169,3 @@ def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
                     "nextquill_weight_source: current."
                 )
     return problems
-
-

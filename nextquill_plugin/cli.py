@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from dataset_formats.cli_options import add_dataclass_options, dataclass_from_args
+
 
 def parse_value(text: str) -> Any:
     """A command-line value: booleans, null, numbers, YAML lists/maps; any other text stays text
@@ -67,12 +69,16 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
     from axolotl.common.datasets import load_datasets
     from axolotl.train import setup_model_and_trainer
 
+    from .args import settings_from
+    from .settings import WeightSource
+
     cfg = load_cfg(recipe, **overrides)
     if not cfg.nextquill:
         raise SystemExit(
             f"nextquill: {recipe} does not set `nextquill: true`; there are no weights to compute."
         )
-    if not cfg.nextquill_token_weighting or str(cfg.nextquill_weight_source) != "initial":
+    settings = settings_from(cfg)
+    if not settings.token_weighting or settings.weight_source != WeightSource.initial:
         raise SystemExit(
             "nextquill: this recipe needs no theta_0 pass (nextquill_token_weighting is false or "
             "nextquill_weight_source is current)."
@@ -85,50 +91,17 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
 
 
 def add_evaluate_parser(commands) -> None:
+    from .evaluation.evaluate import EvaluationRequest
     from .evaluation.generation import GenerationSettings
 
-    defaults = GenerationSettings()
     evaluate = commands.add_parser(
         "evaluate",
         help="generate a review for every row of a split and score ROUGE-1/L, METEOR, BLEU",
         description="Without --checkpoint the recipe's base_model is evaluated as it is "
         "(the paper's untuned row). Writes predictions.jsonl and metrics.json.",
     )
-    evaluate.add_argument("recipe")
-    evaluate.add_argument("--checkpoint", help="LoRA adapter or full model folder from training")
-    evaluate.add_argument(
-        "--split",
-        default="test",
-        help="file <split>.jsonl next to the recipe's training data (default: test)",
-    )
-    evaluate.add_argument("--data", help="a JSONL file of built rows instead of --split")
-    evaluate.add_argument("--out", help="output folder (default: <checkpoint>/eval-<split>)")
-    evaluate.add_argument("--name", help="the row's name in `nextquill compare`")
-    evaluate.add_argument("--limit", type=int, help="only the first N rows")
-    evaluate.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    evaluate.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    evaluate.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    evaluate.add_argument(
-        "--penalty-scope",
-        choices=("all", "generated"),
-        default=defaults.penalty_scope,
-        help="all: transformers' penalty, prompt tokens included (the authors'); "
-        "generated: only new tokens",
-    )
-    evaluate.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
-    evaluate.add_argument("--temperature", type=float, default=defaults.temperature)
-    evaluate.add_argument("--top-p", type=float, default=defaults.top_p)
-    evaluate.add_argument("--seed", type=int, default=defaults.seed)
-    evaluate.add_argument(
-        "--cos-gamma",
-        type=float,
-        default=defaults.cos_gamma,
-        help="context steering: s_h + gamma * (s_h - s_no_history); 0 = off",
-    )
-    evaluate.add_argument(
-        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
-    )
-    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    add_dataclass_options(evaluate, EvaluationRequest)
+    add_dataclass_options(evaluate, GenerationSettings)
 
 
 def add_compare_parser(commands) -> None:
@@ -141,49 +114,20 @@ def add_compare_parser(commands) -> None:
 
 
 def add_inspect_parser(commands) -> None:
+    from .evaluation.inspection import InspectionRequest
+
     inspect = commands.add_parser(
         "inspect", help="per-token causal effects and weights: HTML page, terminal, plots"
     )
-    inspect.add_argument("recipe")
-    inspect.add_argument("--checkpoint", help="the model to inspect (default: base_model)")
-    inspect.add_argument("--name", default="model", help="its name in the plots")
-    inspect.add_argument("--against", help="a second checkpoint for the histogram (Fig. 3)")
-    inspect.add_argument("--against-name", default="against")
-    inspect.add_argument("--split", default="test")
-    inspect.add_argument("--data")
-    inspect.add_argument("--samples", type=int, default=8, help="samples in HTML/terminal")
-    inspect.add_argument("--plot-samples", type=int, default=200, help="samples in the plots")
-    inspect.add_argument("--out", default="inspect", help="output folder")
-    inspect.add_argument("--no-terminal", action="store_true")
+    add_dataclass_options(inspect, InspectionRequest)
 
 
 def run_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     from .evaluation.evaluate import EvaluationRequest, run_evaluation
     from .evaluation.generation import GenerationSettings
 
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        penalty_scope=args.penalty_scope,
-        cos_gamma=args.cos_gamma,
-        seed=args.seed,
-    )
-    request = EvaluationRequest(
-        recipe=args.recipe,
-        checkpoint=args.checkpoint,
-        data=args.data,
-        split=args.split,
-        out=args.out,
-        name=args.name,
-        limit=args.limit,
-        dtype=args.dtype,
-        resamples=args.bootstrap,
-        overrides=overrides,
-    )
+    settings = dataclass_from_args(GenerationSettings, args)
+    request = dataclass_from_args(EvaluationRequest, args, overrides=overrides)
     document = run_evaluation(request, settings)
     metrics = document["metrics"]
     summary = ", ".join(
@@ -213,21 +157,7 @@ def run_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
 def run_inspect(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     from .evaluation.inspection import InspectionRequest, run_inspection
 
-    paths = run_inspection(
-        InspectionRequest(
-            recipe=args.recipe,
-            checkpoint=args.checkpoint,
-            against=args.against,
-            names=(args.name, args.against_name),
-            data=args.data,
-            split=args.split,
-            samples=args.samples,
-            plot_samples=args.plot_samples,
-            out=args.out,
-            terminal=not args.no_terminal,
-            overrides=overrides,
-        )
-    )
+    paths = run_inspection(dataclass_from_args(InspectionRequest, args, overrides=overrides))
     for kind, path in paths.items():
         print(f"nextquill inspect: {kind}: {path}")
 

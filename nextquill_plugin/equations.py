@@ -91,7 +91,7 @@ def nextquill_loss(
     token_ids: torch.Tensor,
     weights: torch.Tensor,
     *,
-    preference_logits: torch.Tensor | None = None,
+    causal_preference_logits: torch.Tensor | None = None,
     causal_token_mask: torch.Tensor | None = None,
     alpha: float = 0.05,
     weight_causal_loss: bool = True,
@@ -105,9 +105,9 @@ def nextquill_loss(
         logits_with_history: ``[N, V]`` logits f(x, h, y<t) at the target positions.
         token_ids: ``[N]`` target tokens y_t.
         weights: ``[N]`` token weights omega_t (no gradient flows into them).
-        preference_logits: ``[M, V]`` f(x, h, y<t) - f(x, 0, y<t), eq. 6's argument, for the
+        causal_preference_logits: ``[M, V]`` f(x, h, y<t) - f(x, 0, y<t), eq. 6's argument, for the
             tokens selected by ``causal_token_mask`` (all N when the mask is None); see
-            ``apply_lm_head_without_bias`` in ``forward.py`` for computing it with one LM-head
+            ``apply_lm_head_without_bias`` in ``lm_head.py`` for computing it with one LM-head
             product.
             None disables Lp (NormOnly).
         causal_token_mask: ``[N]`` bool, tokens of samples that have a counterfactual prompt;
@@ -121,14 +121,14 @@ def nextquill_loss(
         normal_cross_entropy, causal_cross_entropy: ``(inputs, ids, weights) -> sum_t w_t CE``
             for Ln and Lp. By default the inputs are logits; ``compute_batch_loss`` passes
             final hidden states instead (z_h, and z_h - z_0 for Lp) with functions that apply
-            the LM head chunk by chunk (``forward.head_cross_entropy_sum``), so that no
+            the LM head chunk by chunk (``lm_head.head_cross_entropy_sum``), so that no
             ``[N, V]`` logits are held.
     """
     if normalizer is None:
         normalizer = max(int(token_ids.numel()), 1)
     normal = normal_cross_entropy(logits_with_history, token_ids, weights) / normalizer
 
-    if preference_logits is None or alpha == 0:
+    if causal_preference_logits is None or alpha == 0:
         causal = normal.new_zeros(())
     else:
         causal_ids, causal_weights = token_ids, weights
@@ -137,6 +137,6 @@ def nextquill_loss(
         if not weight_causal_loss:
             causal_weights = torch.ones_like(causal_weights)
         # eq. 6: the preference-driven component of the prediction is fitted to y_t directly.
-        causal = causal_cross_entropy(preference_logits, causal_ids, causal_weights)
+        causal = causal_cross_entropy(causal_preference_logits, causal_ids, causal_weights)
         causal = causal / normalizer
     return NextQuillLoss(total=normal + alpha * causal, normal=normal, causal=causal)

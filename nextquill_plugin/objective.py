@@ -146,7 +146,7 @@ def compute_batch_loss(
         hidden_with,
         token_ids,
         weights,
-        preference_logits=hidden_difference if settings.causal_loss else None,
+        causal_preference_logits=hidden_difference if settings.causal_loss else None,
         causal_token_mask=causal_token_mask,
         alpha=settings.alpha if settings.causal_loss else 0.0,
         weight_causal_loss=settings.weight_causal_loss,

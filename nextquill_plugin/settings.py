@@ -24,9 +24,7 @@ class WeightSource(StrEnum):
 def setting(default: Any, symbol: str, description: str, **bounds: float) -> Any:
     """A field of ``NextQuillSettings``: its default, the paper's symbol, a description, and
     pydantic bounds (``ge``/``le``/``lt``) that the recipe schema enforces."""
-    return field(
-        default=default, metadata={"symbol": symbol, "description": description, **bounds}
-    )
+    return field(default=default, metadata={"symbol": symbol, "description": description, **bounds})
 
 
 @dataclass(frozen=True)

@@ -289,7 +289,7 @@ def test_mixed_batch_equals_slow_reference(
     assert_same_gradients(fast_grads, slow_grads, relative=5e-5)
 
 
-def test_preference_logits_equal_the_difference_of_two_head_calls():
+def test_causal_preference_logits_equal_the_difference_of_two_head_calls():
     """One product W (z_h - z_0) instead of two, for a biased head and a LoRA-wrapped one."""
     from peft import LoraConfig, get_peft_model
     from torch import nn

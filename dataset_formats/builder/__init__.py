@@ -16,11 +16,13 @@ Defaults reproduce the DPL protocol the paper follows (see README, "Data").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .common import SPLITS, BuildError, BuildOptions, Report
@@ -36,6 +38,17 @@ __all__ = [
     "iter_json_lines",
     "join_description",
 ]
+
+
+@contextlib.contextmanager
+def database_step(what: str) -> Iterator[None]:
+    """Turn a DuckDB failure (usually memory) into a BuildError that says what to change."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.Error as error:
+        raise BuildError(f"{what} failed ({error}); try a larger --memory-limit") from error
 
 
 def build(
@@ -75,12 +88,8 @@ def build(
         con.execute(
             f"""CREATE TABLE r AS SELECT *, md5(text) AS text_hash FROM read_parquet('{work / "reviews.parquet"}')"""
         )
-        try:
+        with database_step("the database step"):
             select_users_and_targets(con, report, options, say)
-        except duckdb.Error as error:
-            raise BuildError(
-                f"the database step failed ({error}); try a larger --memory-limit"
-            ) from error
         if con.execute("SELECT count(*) FROM r").fetchone()[0] == 0:
             raise BuildError(
                 "no user survived the protocol's filters; see the drop counts: "
@@ -88,12 +97,8 @@ def build(
             )
         result = work / "result"
         result.mkdir()
-        try:
+        with database_step("writing the splits"):
             write_splits(con, result, report, options)
-        except duckdb.Error as error:
-            raise BuildError(
-                f"writing the splits failed ({error}); try a larger --memory-limit"
-            ) from error
         con.close()
         report.seconds = round(time.time() - started, 1)
         (result / "stats.json").write_text(

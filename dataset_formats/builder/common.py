@@ -30,9 +30,11 @@ class BuildOptions:
     min_profile_item_users: int = 5
     min_profile_reviews: int = 8
     max_history: int = 50
-    strict: bool = False
+    strict: bool = field(default=False, metadata={"help": "turn every skipped line into an error"})
     memory_limit: str = "8GB"
-    show_progress: bool = True
+    show_progress: bool = field(
+        default=True, metadata={"flag": "--quiet", "help": "no progress output"}
+    )
 
 
 @dataclass
@@ -66,5 +68,3 @@ class Report:
             self.reviews_kept + sum(self.reviews_dropped.values()) == self.reviews_read
         )
         return data
-
-

@@ -43,20 +43,14 @@ def select_users_and_targets(con, report: Report, o: BuildOptions, say) -> None:
             "are --reviews and --meta of the same category?"
         )
     # Per user, one review per item and per text: the earliest stays.
-    _delete(
-        con,
-        "duplicate_item",
-        report,
-        f"""DELETE FROM r WHERE rowid IN (SELECT rid FROM (
-        SELECT rowid AS rid, row_number() OVER (PARTITION BY user_id, parent_asin ORDER BY {order}) AS k FROM r) WHERE k > 1)""",
-    )
-    _delete(
-        con,
-        "duplicate_text",
-        report,
-        f"""DELETE FROM r WHERE rowid IN (SELECT rid FROM (
-        SELECT rowid AS rid, row_number() OVER (PARTITION BY user_id, text_hash ORDER BY {order}) AS k FROM r) WHERE k > 1)""",
-    )
+    for reason, column in (("duplicate_item", "parent_asin"), ("duplicate_text", "text_hash")):
+        _delete(
+            con,
+            reason,
+            report,
+            f"""DELETE FROM r WHERE rowid IN (SELECT rid FROM (
+            SELECT rowid AS rid, row_number() OVER (PARTITION BY user_id, {column} ORDER BY {order}) AS k FROM r) WHERE k > 1)""",
+        )
     rounds = 0
     while True:
         rounds += 1

@@ -13,25 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataset_formats.cli_options import option
 from dataset_formats.jsonl import write_jsonl
 
 from .generation import GenerationSettings, generate_continuations, load_model_for_generation
 from .metrics import evaluate_texts
-from .recipe_data import check_dataset_type, prompt_id, read_recipe, read_rows, split_path
+from .recipe_data import RecipeRowsRequest, prompt_id
 
 
 @dataclass
-class EvaluationRequest:
-    recipe: str
-    checkpoint: str | None = None
-    data: str | None = None
-    split: str = "test"
-    out: str | None = None
-    name: str | None = None
-    limit: int | None = None
-    dtype: str = "auto"
-    resamples: int = 1000
-    overrides: dict[str, Any] | None = None
+class EvaluationRequest(RecipeRowsRequest):
+    """What to evaluate, on which rows, and where to write; one command-line option a field."""
+
+    out: str | None = option("output folder (default: <checkpoint>/eval-<split>)")
+    name: str | None = option("the row's name in `nextquill compare`")
+    limit: int | None = option("only the first N rows")
+    dtype: str = option(
+        "model dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
+    )
+    resamples: int = option("bootstrap resamples", default=1000, flag="--bootstrap")
 
 
 def default_out_dir(request: EvaluationRequest, split_name: str) -> Path:
@@ -46,10 +46,7 @@ def run_evaluation(
     metrics document."""
     from dataset_formats.amazon_reviews import load as load_strategy
 
-    recipe = read_recipe(request.recipe, request.overrides)
-    check_dataset_type(recipe)
-    data = Path(request.data) if request.data else split_path(recipe, request.split)
-    rows = read_rows(data, request.limit)
+    recipe, data, rows = request.load_recipe_and_rows(request.limit)
     out = Path(request.out) if request.out else default_out_dir(request, data.stem)
     model, tokenizer, model_description = load_model_for_generation(
         recipe["base_model"], request.checkpoint, request.dtype

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,14 +28,24 @@ class GenerationSettings:
 
     max_new_tokens: int = 256
     batch_size: int = 8
-    do_sample: bool = False
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy"})
     temperature: float = 1.0
     top_p: float = 1.0
     repetition_penalty: float = 1.2
     # "all": transformers' penalty, which also counts the prompt's tokens (the authors' setting;
     # it penalises the user's own words shown in the history); "generated": only new tokens.
-    penalty_scope: str = "all"
-    cos_gamma: float = 0.0  # context steering strength; 0 = plain decoding
+    penalty_scope: str = field(
+        default="all",
+        metadata={
+            "choices": PENALTY_SCOPES,
+            "help": "all: transformers' penalty, prompt tokens included (the authors'); "
+            "generated: only new tokens",
+        },
+    )
+    cos_gamma: float = field(
+        default=0.0,
+        metadata={"help": "context steering: s_h + gamma * (s_h - s_no_history); 0 = off"},
+    )
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataset_formats.cli_options import option
 from dataset_formats.contract import EFFECT_INPUT_COLUMNS, IGNORE_INDEX
 
 from ..equations import causal_effects, preference_weights
 from ..token_effects import compute_token_effects
-from .recipe_data import prompt_id
+from .recipe_data import RecipeRowsRequest, prompt_id
 
 
 @dataclass
@@ -224,18 +225,16 @@ def plot_preference_tokens(
 
 
 @dataclass
-class InspectionRequest:
-    recipe: str
-    checkpoint: str | None = None
-    against: str | None = None  # a second checkpoint for the Fig. 3 comparison
-    names: tuple[str, str] = ("model", "against")
-    data: str | None = None
-    split: str = "test"
-    samples: int = 8  # shown in HTML and terminal
-    plot_samples: int = 200  # used for the plots
-    out: str = "inspect"
-    terminal: bool = True
-    overrides: dict[str, Any] | None = None
+class InspectionRequest(RecipeRowsRequest):
+    """What to inspect and where to write; one command-line option a field."""
+
+    name: str = option("its name in the plots", default="model")
+    against: str | None = option("a second checkpoint for the histogram (Fig. 3)")
+    against_name: str = option("the second checkpoint's name", default="against")
+    samples: int = option("samples in HTML/terminal", default=8)
+    plot_samples: int = option("samples in the plots", default=200)
+    out: str = option("output folder", default="inspect")
+    terminal: bool = option("no coloured terminal view", default=True, flag="--no-terminal")
 
 
 def run_inspection(request: InspectionRequest, show_progress: bool = True) -> dict[str, Path]:
@@ -244,12 +243,8 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
 
     from ..args import settings_from
     from .generation import load_model_for_generation
-    from .recipe_data import check_dataset_type, read_recipe, read_rows, split_path
 
-    recipe = read_recipe(request.recipe, request.overrides)
-    check_dataset_type(recipe)
-    data = Path(request.data) if request.data else split_path(recipe, request.split)
-    rows = read_rows(data, max(request.samples, request.plot_samples))
+    recipe, data, rows = request.load_recipe_and_rows(max(request.samples, request.plot_samples))
     settings = settings_from(recipe)  # validated, with the defaults training uses
     delta, high, low = settings.delta, settings.high_weight, settings.low_weight
     out = Path(request.out)
@@ -258,10 +253,10 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
     differences: dict[str, np.ndarray] = {}
     primary: list[TokenView] = []
     for name, checkpoint in (
-        (request.names[0], request.checkpoint),
-        (request.names[1], request.against),
+        (request.name, request.checkpoint),
+        (request.against_name, request.against),
     ):
-        if name == request.names[1] and request.against is None:
+        if name == request.against_name and request.against is None:
             continue
         model, tokenizer, _ = load_model_for_generation(recipe["base_model"], checkpoint)
         columns = paired_rows(load_strategy(tokenizer, recipe), rows)
@@ -280,7 +275,7 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
             primary = views
         del model
     shown = primary[: request.samples]
-    title = f"NextQuill token effects: {request.names[0]} on {data.name}"
+    title = f"NextQuill token effects: {request.name} on {data.name}"
     paths = {
         "html": out / "tokens.html",
         "histogram": out / "logprob_difference.png",
@@ -293,6 +288,6 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
     plot_preference_tokens(
         preference_token_counts(primary, delta),
         paths["preference_tokens"],
-        f"Tokens with effect > {delta:g} under {request.names[0]} ({data.name})",
+        f"Tokens with effect > {delta:g} under {request.name} ({data.name})",
     )
     return paths

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from dataset_formats.cli_options import option
 from dataset_formats.jsonl import read_jsonl
 
 SUPPORTED_TYPE = "dataset_formats.amazon_reviews"
@@ -64,3 +66,24 @@ def prompt_id(row: dict[str, Any], index: int) -> str:
     """``user_id/item_id`` of a built row (the row's index when it names no item)."""
     target = row.get("target") or {}
     return f"{row.get('user_id')}/{target.get('item_id') or index}"
+
+
+@dataclass
+class RecipeRowsRequest:
+    """A model (a recipe's base model, or a checkpoint) and the rows to run it on; the
+    evaluate and inspect requests extend it. One command-line option a field."""
+
+    recipe: str
+    checkpoint: str | None = option(
+        "LoRA adapter or full model folder from training (default: the recipe's base_model)"
+    )
+    split: str = option("file <split>.jsonl next to the recipe's training data", default="test")
+    data: str | None = option("a JSONL file of built rows instead of --split")
+    overrides: dict[str, Any] | None = field(default=None, metadata={"cli": False})
+
+    def load_recipe_and_rows(self, limit: int | None) -> tuple[dict[str, Any], Path, list]:
+        """(the recipe with overrides, the rows' file, its first ``limit`` rows)."""
+        recipe = read_recipe(self.recipe, self.overrides)
+        check_dataset_type(recipe)
+        data = Path(self.data) if self.data else split_path(recipe, self.split)
+        return recipe, data, read_rows(data, limit)

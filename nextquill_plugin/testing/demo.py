@@ -186,7 +186,7 @@ def evaluate_and_inspect(data: Path) -> None:
         InspectionRequest(
             recipe=str(OUT / "nextquill" / "nextquill.yml"),
             checkpoint=str(OUT / "theta0" / "out"),
-            names=("theta_0", ""),
+            name="theta_0",
             samples=3,
             out=str(OUT / "inspect" / "theta0"),
             **common,
@@ -198,7 +198,8 @@ def evaluate_and_inspect(data: Path) -> None:
             recipe=str(OUT / "nextquill" / "nextquill.yml"),
             checkpoint=str(OUT / "nextquill" / "out"),
             against=str(OUT / "context_sft" / "out"),
-            names=("NextQuill", "ContextSFT"),
+            name="NextQuill",
+            against_name="ContextSFT",
             samples=3,
             out=str(OUT / "inspect" / "trained"),
             **common,

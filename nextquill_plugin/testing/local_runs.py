@@ -133,6 +133,9 @@ def build_benchmark_model(out_dir: Path, *row_sets: list[dict]) -> Path:
 
 
 def half_without_history(rows: list[dict]) -> list[dict]:
-    """Every other row with its history removed, i.e. exactly the counterfactual prompt: a
-    from-scratch theta_0 must learn both prompts (../shared/research/small-model-lessons.md)."""
+    """Every other row with its history removed, i.e. exactly the counterfactual prompt.
+
+    A from-scratch theta_0 trained only on with-history prompts predicts ordinary tokens poorly
+    without history, so most tokens cross delta and the weights say nothing about the user;
+    trained on both prompts, the history's effect is left on the tokens it really changes."""
     return [row if i % 2 else {**row, "history": []} for i, row in enumerate(rows)]

@@ -1,7 +1,8 @@
 """Test-only helper: initialise torch.distributed with gloo, then run Axolotl in this process.
 
 Axolotl hard-codes NCCL when a recipe names DeepSpeed, which does not exist on a CPU machine;
-a process group that already exists is used as it is (../shared/research/axolotl-facts.md).
+a process group that already exists is used as it is (Axolotl only creates one when none is
+initialised), so initialising gloo first lets a recipe that names DeepSpeed run on CPU.
 
     python gloo_axolotl.py validate RECIPE... --base_model PATH   prints one JSON line per recipe
     python gloo_axolotl.py train RECIPE --key value ...           axolotl's own train entry point

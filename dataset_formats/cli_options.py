@@ -1,0 +1,82 @@
+"""Command-line flags derived from a dataclass, so that an option is declared once (its field).
+
+Both command lines (``nextquill-data`` and ``nextquill``) build their options this way. A
+field's ``metadata`` may refine its flag: ``help``, ``choices``, ``flag`` (another name), and
+``cli: False`` to leave it off the command line. ``str | None`` style fields take a value of
+the inner type; a bool that defaults to False is a switch, one that defaults to True needs a
+``flag`` such as ``--no-terminal``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, Field, field, fields
+from typing import Any, TypeVar, get_type_hints
+
+T = TypeVar("T")
+
+
+def _value_type(hint: Any) -> Any:
+    """``int`` for ``int | None``; the hint itself otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return hint
+
+
+def cli_fields(cls: type) -> list[Field]:
+    """The fields of ``cls`` that are command-line options."""
+    return [f for f in fields(cls) if f.metadata.get("cli", True)]
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of ``cls``: ``--field-name`` (or its metadata ``flag``); a field
+    without a default is a positional argument."""
+    hints = get_type_hints(cls)
+    for f in cli_fields(cls):
+        kind = _value_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if f.default is MISSING and f.default_factory is MISSING:
+            parser.add_argument(f.name, type=kind, help=help_text or None)
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        if kind is bool:
+            if f.default and "flag" not in f.metadata:
+                raise TypeError(f"{cls.__name__}.{f.name} defaults to True: give it a --no- flag")
+            action = "store_false" if f.default else "store_true"
+            parser.add_argument(flag, dest=f.name, action=action, help=help_text or None)
+            continue
+        suffix = f"default: {f.default}" if f.default is not None else ""
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=kind,
+            default=f.default,
+            choices=f.metadata.get("choices"),
+            help="; ".join(part for part in (help_text, suffix) if part) or None,
+        )
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, **values: Any) -> T:
+    """An instance of ``cls`` from the parsed options, plus ``values`` for other fields."""
+    given = {f.name: getattr(args, f.name) for f in cli_fields(cls) if hasattr(args, f.name)}
+    return cls(**given, **values)
+
+
+def option(
+    help: str,
+    *,
+    default: Any = None,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+) -> Any:
+    """A dataclass field that is a command-line option with this help text."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    if flag is not None:
+        metadata["flag"] = flag
+    return field(default=default, metadata=metadata)

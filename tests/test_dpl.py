@@ -1,0 +1,73 @@
+"""convert_dpl: rows of the DPL release joined with item metadata into our user rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dataset_formats.builder import BuildError
+from dataset_formats.cli import main as nextquill_data
+from dataset_formats.jsonl import read_jsonl, write_jsonl
+
+
+def review(asin: str, timestamp: int, text: str) -> dict:
+    return {"asin": asin, "rating": 4.0, "title": f"t-{asin}", "text": text, "timestamp": timestamp}
+
+
+@pytest.fixture()
+def dpl_files(tmp_path):
+    meta = write_jsonl(
+        tmp_path / "meta.jsonl",
+        [
+            {"asin": "A", "title": "Book A", "description": ["first part", "second part"]},
+            {"asin": "B", "title": "Book B", "description": []},
+        ],
+    )
+    rows = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {
+                "user_id": "U1",
+                "profile": [review("B", 20, "newer"), review("A", 10, "older")],
+                "data": review("A", 30, "the target"),
+            }
+        ],
+    )
+    return rows, meta
+
+
+def test_dpl_rows_become_user_rows_with_history_oldest_first(tmp_path, dpl_files, capsys):
+    rows, meta = dpl_files
+    out = tmp_path / "out" / "train.jsonl"
+    nextquill_data(["convert-dpl", "--rows", str(rows), "--meta", str(meta), "--out", str(out)])
+    assert "wrote 1 rows" in capsys.readouterr().out
+    (row,) = read_jsonl(out)
+    assert row["user_id"] == "U1"
+    assert row["target"] == {
+        "item_id": "A",
+        "item_title": "Book A",
+        "item_description": "first part second part",
+        "rating": 4.0,
+        "title": "t-A",
+        "text": "the target",
+        "timestamp": 30,
+    }
+    assert [(h["item_id"], h["text"], h["item_title"]) for h in row["history"]] == [
+        ("A", "older", "Book A"),
+        ("B", "newer", "Book B"),
+    ]
+    assert row["history"][1]["item_description"] == ""
+
+
+def test_a_row_that_is_not_dpl_names_its_line_and_writes_nothing(tmp_path, dpl_files):
+    from dataset_formats.dpl import convert_dpl
+
+    rows, meta = dpl_files
+    with open(rows, "a") as handle:
+        handle.write(json.dumps({"user_id": "U2", "profile": []}) + "\n")  # no "data"
+    out = tmp_path / "train.jsonl"
+    with pytest.raises(BuildError, match="rows.jsonl:2: not a DPL row"):
+        convert_dpl(rows, meta, out)
+    assert not out.exists()
+    assert list(tmp_path.glob(".train.jsonl.*")) == []  # no temporary file left behind

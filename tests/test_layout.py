@@ -1,0 +1,166 @@
+"""The structure the code promises: one-way package dependency, one declaration of each setting
+and column, and a README map that matches the tree."""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from dataset_formats import contract
+from nextquill_plugin.args import NextQuillArgs, NextQuillTrainingArgsMixin, ObjectiveArgs
+from nextquill_plugin.settings import SETTING_PREFIX, NextQuillSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("dataset_formats", "nextquill_plugin")
+
+
+def product_modules() -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of the modules a file imports (relative imports resolved)."""
+    module_parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    package = module_parts[:-1] if module_parts[-1] != "__init__" else module_parts[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            names.add(".".join([*base, node.module or ""]).strip("."))
+    return names
+
+
+def test_imported_modules_resolves_relative_imports(tmp_path):
+    # The helper itself must see a relative import, or the one-way test could pass vacuously.
+    names = imported_modules(ROOT / "nextquill_plugin" / "evaluation" / "inspection.py")
+    assert "nextquill_plugin.token_effects" in names
+    assert "nextquill_plugin.evaluation.recipe_data" in names
+
+
+def test_the_data_side_never_imports_the_plugin():
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            n for n in imported_modules(path) if n.startswith("nextquill_plugin")
+        )
+        for path in (ROOT / "dataset_formats").rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_training_core_imports_neither_evaluation_nor_testing_helpers():
+    core = [p for p in (ROOT / "nextquill_plugin").glob("*.py") if p.name != "cli.py"]
+    for path in core:
+        wings = [
+            n
+            for n in imported_modules(path)
+            if n.startswith(("nextquill_plugin.evaluation", "nextquill_plugin.testing"))
+        ]
+        assert wings == [], path.name
+
+
+def column_literals(path: Path) -> list[tuple[int, object]]:
+    """String constants equal to a contract column name, and the number -100, in a file."""
+    names = {
+        value for key, value in vars(contract).items() if key.isupper() and isinstance(value, str)
+    }
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+            found.append((node.lineno, node.value))
+        if (
+            isinstance(node, ast.UnaryOp)
+            and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Constant)
+            and node.operand.value == 100
+        ):
+            found.append((node.lineno, -100))
+    return found
+
+
+def test_column_names_and_ignore_index_are_spelled_only_in_the_contract():
+    spelled = {
+        str(path.relative_to(ROOT)): column_literals(path)
+        for path in [*product_modules(), *(ROOT / "benchmarks").glob("*.py")]
+        if path.name != "contract.py"
+    }
+    assert {k: v for k, v in spelled.items() if v} == {}
+    assert column_literals(ROOT / "dataset_formats" / "contract.py")  # the scan sees literals
+
+
+def test_each_objective_setting_is_declared_once_and_derived_everywhere():
+    declared = {SETTING_PREFIX + f.name: f.default for f in fields(NextQuillSettings)}
+    schema = {name: field.default for name, field in ObjectiveArgs.model_fields.items()}
+    mixin = {f.name: f.default for f in fields(NextQuillTrainingArgsMixin)}
+    assert schema == declared
+    assert mixin == declared
+    assert set(declared) <= set(NextQuillArgs.model_fields)
+    for f in fields(NextQuillSettings):
+        assert f.metadata["symbol"] and f.metadata["description"], f.name
+
+
+def test_the_plugin_passes_every_setting_to_the_trainer():
+    pytest.importorskip("axolotl")
+    from nextquill_plugin.plugin import NextQuillPlugin
+
+    changed = {
+        "nextquill_alpha": 0.3,
+        "nextquill_delta": 0.2,
+        "nextquill_high_weight": 0.8,
+        "nextquill_low_weight": 0.3,
+        "nextquill_token_weighting": False,
+        "nextquill_causal_loss": False,
+        "nextquill_weight_source": "current",
+        "nextquill_weight_causal_loss": False,
+    }
+    assert set(changed) == {SETTING_PREFIX + f.name for f in fields(NextQuillSettings)}
+    cfg = NextQuillArgs.model_validate({"nextquill": True, **changed})
+    passed = NextQuillPlugin().get_training_args(cfg)
+    assert passed == changed
+    trainer_args = SimpleNamespace(**passed)
+    from nextquill_plugin.args import settings_from
+
+    assert settings_from(trainer_args) == NextQuillSettings(
+        alpha=0.3,
+        delta=0.2,
+        high_weight=0.8,
+        low_weight=0.3,
+        token_weighting=False,
+        causal_loss=False,
+        weight_source="current",
+        weight_causal_loss=False,
+    )
+
+
+def readme_layout_rows() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Code layout", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \|", section, flags=re.MULTILINE)
+
+
+def test_the_readme_code_layout_matches_the_tree():
+    rows = readme_layout_rows()
+    assert rows, "README has no code layout table"
+    missing = [row for row in rows if not (ROOT / row).exists()]
+    assert missing == []
+    listed_files = {row for row in rows if row.endswith(".py")}
+    listed_folders = tuple(row for row in rows if row.endswith("/"))
+    unlisted = [
+        str(path.relative_to(ROOT))
+        for path in product_modules()
+        if path.name != "__init__.py"
+        and str(path.relative_to(ROOT)) not in listed_files
+        and not str(path.relative_to(ROOT)).startswith(listed_folders)
+    ]
+    assert unlisted == []
+    section_text = (ROOT / "README.md").read_text().split("## Code layout", 1)[1]
+    for folder in listed_folders:  # every module of a listed folder is named in its row
+        for path in (ROOT / folder).glob("*.py"):
+            if path.name != "__init__.py":
+                assert f"`{path.name}`" in section_text, path
