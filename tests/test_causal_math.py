@@ -49,7 +49,11 @@ def test_losses_by_hand_on_two_tokens():
     # difference logits: [log3, 0] -> p(0)=3/4 ; [0, -log3] -> p(1) = (1/3)/(1+1/3) = 1/4
     lp = (0.9 * -math.log(0.75) + 0.1 * -math.log(0.25)) / 2
     out = nextquill_loss(
-        logits_with, targets, weights, causal_preference_logits=logits_with - logits_without, alpha=0.5
+        logits_with,
+        targets,
+        weights,
+        causal_preference_logits=logits_with - logits_without,
+        alpha=0.5,
     )
     assert out.normal.item() == pytest.approx(ln, abs=1e-6)
     assert out.causal.item() == pytest.approx(lp, abs=1e-6)
@@ -65,7 +69,9 @@ def test_losses_by_hand_on_two_tokens():
     assert unweighted.causal.item() == pytest.approx(
         (-math.log(0.75) - math.log(0.25)) / 2, abs=1e-6
     )
-    no_causal = nextquill_loss(logits_with, targets, weights, causal_preference_logits=None, alpha=0.5)
+    no_causal = nextquill_loss(
+        logits_with, targets, weights, causal_preference_logits=None, alpha=0.5
+    )
     assert no_causal.total.item() == pytest.approx(ln, abs=1e-6)
     assert nextquill_loss(
         logits_with, targets, weights, normalizer=4
@@ -118,7 +124,8 @@ def test_vectorised_loss_equals_slow_reference():
         logits_with[tw.rows, tw.positions],
         tw.token_ids,
         flat_w,
-        causal_preference_logits=logits_with[tw.rows, tw.positions] - logits_cf[tc.rows, tc.positions],
+        causal_preference_logits=logits_with[tw.rows, tw.positions]
+        - logits_cf[tc.rows, tc.positions],
         alpha=0.05,
         normalizer=7,
     )
