@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from axolotl.prompt_tokenizers import PromptTokenizingStrategy
-
 from .contract import COUNTERFACTUAL_IDS, HISTORY_KEPT, TRUNCATION
-from .prompting import PromptRenderer, build_paired_example, shorten
+from .prompting import build_paired_example, shorten
 from .settings import HistorySelection, PromptSettings
+from .strategy import NextQuillStrategy, require_plugin
 
 REVIEW_FIELDS = ("item_title", "item_description", "rating", "title", "text")
 
@@ -30,6 +29,28 @@ def _rating(value: Any) -> str:
         return f"{float(value):.1f}"
     except (TypeError, ValueError):
         return str(value or "")
+
+
+TEXT_FIELDS = ("item_title", "item_description", "title", "text")
+
+
+def review_problem(review: dict[str, Any], where: str) -> str | None:
+    """What is wrong with one review object's fields, or None."""
+    for name in TEXT_FIELDS:
+        value = review.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{where}.{name} must be text, got {type(value).__name__}"
+    rating = review.get("rating")
+    if rating is not None and (
+        isinstance(rating, bool) or not isinstance(rating, int | float | str)
+    ):
+        return f"{where}.rating must be a number, got {type(rating).__name__}"
+    timestamp = review.get("timestamp")
+    if timestamp is not None and (
+        isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
+    ):
+        return f"{where}.timestamp must be a number, got {type(timestamp).__name__}"
+    return None
 
 
 def select_history(
@@ -49,14 +70,40 @@ def select_history(
     return [newest_first[i] for i in ranked[:k]]
 
 
-class AmazonReviewsStrategy(PromptTokenizingStrategy):
+class AmazonReviewsStrategy(NextQuillStrategy):
     """Tokenizes a user row into with-history and counterfactual prompts sharing the target."""
 
+    dataset_type = "dataset_formats.amazon_reviews"
+
     def __init__(self, tokenizer, settings: PromptSettings):
-        super().__init__(None, tokenizer, train_on_inputs=False, sequence_len=settings.sequence_len)
-        self.settings = settings
-        self.renderer = PromptRenderer(tokenizer)
+        super().__init__(tokenizer, settings)
         self.labels = settings.labels
+
+    def row_problem(self, row: dict[str, Any]) -> str | None:
+        target = row.get("target")
+        if not isinstance(target, dict):
+            return f"target must be a review object, got {type(target).__name__}"
+        if not isinstance(target.get("text"), str) or not target["text"].strip():
+            return (
+                "has no target review text (target.text must be non-empty text, got "
+                f"{type(target.get('text')).__name__}; rows come from `nextquill-data build`: "
+                "user_id, target, history)"
+            )
+        problem = review_problem(target, "target")
+        if problem:
+            return problem
+        history = row.get("history")
+        if history is None:
+            return None
+        if not isinstance(history, list):
+            return f"history must be a list of reviews, got {type(history).__name__}"
+        for index, review in enumerate(history):
+            if not isinstance(review, dict):
+                return f"history[{index}] must be a review object, got {type(review).__name__}"
+            problem = review_problem(review, f"history[{index}]")
+            if problem:
+                return problem
+        return None
 
     def _review_entry(self, index: int, review: dict):
         lab = self.labels
@@ -76,7 +123,8 @@ class AmazonReviewsStrategy(PromptTokenizingStrategy):
         return render
 
     def tokenize_prompt(self, prompt: dict[str, Any]) -> dict[str, Any]:
-        return self._paired(prompt, self._target(prompt)["text"], self.settings)
+        self.check_row(prompt)
+        return self._paired(prompt, prompt["target"]["text"], self.settings)
 
     def generation_prompts(self, row: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
         """Prompt token ids for generating the target review: with history and counterfactual.
@@ -84,7 +132,7 @@ class AmazonReviewsStrategy(PromptTokenizingStrategy):
         Built by the same code and truncation rules as training, with room for
         ``max_new_tokens`` instead of the reference (which must not shape the prompt).
         """
-        self._target(row)
+        self.check_row(row)
         settings = replace(
             self.settings,
             sequence_len=self.settings.sequence_len - max_new_tokens + 1,
@@ -99,16 +147,6 @@ class AmazonReviewsStrategy(PromptTokenizingStrategy):
             "history_kept": paired[HISTORY_KEPT],
             "truncation": paired[TRUNCATION],
         }
-
-    @staticmethod
-    def _target(prompt: dict[str, Any]) -> dict[str, Any]:
-        target = prompt.get("target")
-        if not isinstance(target, dict) or not (target.get("text") or "").strip():
-            raise ValueError(
-                f"amazon_reviews row of user {prompt.get('user_id')!r} has no target review text; "
-                "rows must come from `nextquill-data build` (fields: user_id, target, history)."
-            )
-        return target
 
     def _paired(
         self, prompt: dict[str, Any], target_text: str, settings: PromptSettings
@@ -136,4 +174,5 @@ class AmazonReviewsStrategy(PromptTokenizingStrategy):
 
 def load(tokenizer, cfg, ds_cfg: dict[str, Any] | None = None) -> AmazonReviewsStrategy:
     """Entry point Axolotl calls for ``type: dataset_formats.amazon_reviews``."""
+    require_plugin(cfg, AmazonReviewsStrategy.dataset_type)
     return AmazonReviewsStrategy(tokenizer, PromptSettings.from_cfg(cfg))

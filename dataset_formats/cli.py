@@ -48,11 +48,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "build":
             options = dataclass_from_args(BuildOptions, args)
             report = build(args.reviews, args.meta, args.out, options)
-            print(
-                json.dumps(
-                    {k: v for k, v in report.to_json().items() if k != "bad_input"}, indent=2
+            if options.show_progress:  # --quiet prints nothing; stats.json has it all
+                print(
+                    json.dumps(
+                        {k: v for k, v in report.to_json().items() if k != "bad_input"}, indent=2
+                    )
                 )
-            )
         elif args.command == "convert-dpl":
             print(f"wrote {convert_dpl(args.rows, args.meta, args.out)} rows to {args.out}")
         else:

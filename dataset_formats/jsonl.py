@@ -7,13 +7,14 @@ bytes. Reads name the file and line of a bad record.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def is_gzip(path: Path) -> bool:
@@ -46,20 +47,63 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[Any]:
     return records
 
 
-def write_jsonl(path: str | Path, records: Iterable[Any], *, sort_keys: bool = False) -> Path:
-    """Write ``records`` one per line, atomically; gzip-compressed when ``path`` ends in .gz."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary file beside ``path`` that replaces ``path`` only when the
+    block ends without an error; on an error the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as raw:
-            # mtime=0: no timestamp in the gzip header, so equal records give equal bytes.
-            handle = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if is_gzip(path) else raw
-            with handle:
-                for record in records:
-                    handle.write((json.dumps(record, sort_keys=sort_keys) + "\n").encode())
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_file(path) as handle:
+        handle.write(text.encode())
+    return Path(path)
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any], *, sort_keys: bool = False) -> Path:
+    """Write ``records`` one per line, atomically; gzip-compressed when ``path`` ends in .gz."""
+    with atomic_file(path) as raw:
+        # mtime=0: no timestamp in the gzip header, so equal records give equal bytes.
+        handle = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if is_gzip(path) else raw
+        with contextlib.ExitStack() as stack:
+            if handle is not raw:
+                stack.enter_context(handle)
+            for record in records:
+                handle.write((json.dumps(record, sort_keys=sort_keys) + "\n").encode())
+    return Path(path)
+
+
+def append_jsonl(path: str | Path, records: Iterable[Any]) -> None:
+    """Append ``records`` to ``path`` and force them to disk, so that a killed run keeps them."""
+    with open(path, "ab") as handle:
+        for record in records:
+            handle.write((json.dumps(record) + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl_tolerant(path: str | Path) -> list[Any]:
+    """The records of a file that ``append_jsonl`` wrote, without a last line cut off by a kill
+    (any other bad line raises, naming it)."""
+    lines = Path(path).read_bytes().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # the unterminated last line of a killed writer
+                break
+            raise ValueError(f"{path}:{number}: not valid JSON") from None
+    return records

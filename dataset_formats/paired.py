@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from axolotl.prompt_tokenizers import PromptTokenizingStrategy
-
-from .prompting import PromptRenderer, build_paired_example, shorten
+from .prompting import build_paired_example, shorten
 from .settings import PromptSettings
+from .strategy import NextQuillStrategy, require_plugin
 
 QUERY_FIELDS = ("query", "prompt", "instruction")
 HISTORY_FIELDS = ("history", "profile")
@@ -33,10 +32,15 @@ def _first(row: dict[str, Any], names: tuple[str, ...]) -> Any:
 
 
 def split_row(row: dict[str, Any]) -> tuple[str, list[str], str]:
-    """(query, history entries, response) of a paired row; clear errors for anything else."""
+    """(query, history entries, response) of a paired row; ValueError naming the field for
+    anything else."""
     query, response = _first(row, QUERY_FIELDS), _first(row, RESPONSE_FIELDS)
     messages = row.get("messages")
     if messages and (query is None or response is None):
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+        ):
+            raise ValueError("paired row: `messages` must be a list of {role, content} objects.")
         last_assistant = max(
             (i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None
         )
@@ -51,6 +55,9 @@ def split_row(row: dict[str, Any]) -> tuple[str, list[str], str]:
             f"paired row needs a query ({'/'.join(QUERY_FIELDS)}) and a response "
             f"({'/'.join(RESPONSE_FIELDS)}), or chat `messages`; got fields {sorted(row)}."
         )
+    for name, value in (("query", query), ("response", response)):
+        if not isinstance(value, str):
+            raise ValueError(f"paired row: the {name} must be text, got {type(value).__name__}.")
     history = _first(row, HISTORY_FIELDS)
     if history is None:
         history = []
@@ -60,18 +67,28 @@ def split_row(row: dict[str, Any]) -> tuple[str, list[str], str]:
         raise ValueError(
             f"paired row: history must be a string or a list of strings, got {type(history).__name__}."
         )
-    return str(query), [str(h) for h in history if str(h).strip()], str(response)
+    for index, entry in enumerate(history):
+        if not isinstance(entry, str):
+            raise ValueError(
+                f"paired row: history[{index}] must be text, got {type(entry).__name__}."
+            )
+    return query, [h for h in history if h.strip()], response
 
 
-class PairedStrategy(PromptTokenizingStrategy):
+class PairedStrategy(NextQuillStrategy):
     """Query + history block (or placeholder) as the prompt, the response as the target."""
 
-    def __init__(self, tokenizer, settings: PromptSettings):
-        super().__init__(None, tokenizer, train_on_inputs=False, sequence_len=settings.sequence_len)
-        self.settings = settings
-        self.renderer = PromptRenderer(tokenizer)
+    dataset_type = "dataset_formats.paired"
+
+    def row_problem(self, row: dict[str, Any]) -> str | None:
+        try:
+            split_row(row)
+        except ValueError as error:
+            return str(error).removeprefix("paired row: ").rstrip(".")
+        return None
 
     def tokenize_prompt(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        self.check_row(prompt)
         query, history, response = split_row(prompt)
         lab = self.settings.labels
 
@@ -90,4 +107,5 @@ class PairedStrategy(PromptTokenizingStrategy):
 
 def load(tokenizer, cfg, ds_cfg: dict[str, Any] | None = None) -> PairedStrategy:
     """Entry point Axolotl calls for ``type: dataset_formats.paired``."""
+    require_plugin(cfg, PairedStrategy.dataset_type)
     return PairedStrategy(tokenizer, PromptSettings.from_cfg(cfg))

@@ -17,6 +17,7 @@ from .contract import (
     COUNTERFACTUAL_LABELS,
     HISTORY_KEPT,
     IGNORE_INDEX,
+    PROMPT_SETTINGS,
     TRUNCATION,
 )
 from .settings import PromptSettings
@@ -26,11 +27,13 @@ DROPPED_OLD_HISTORY = 1
 SHORTENED_DESCRIPTIONS = 2
 DROPPED_ALL_HISTORY = 4
 CUT_TARGET = 8
+SKIPPED_LONG_ENTRY = 16
 _FLAG_NAMES = {
     DROPPED_OLD_HISTORY: "oldest history entries dropped",
     SHORTENED_DESCRIPTIONS: "descriptions shortened",
     DROPPED_ALL_HISTORY: "all history dropped",
     CUT_TARGET: "target cut",
+    SKIPPED_LONG_ENTRY: "a history entry too long on its own skipped",
 }
 # Character limits tried, in order, when descriptions must be shortened.
 DESCRIPTION_LIMITS = (1000, 500, 250, 100, 40, 0)
@@ -100,13 +103,15 @@ def build_paired_example(
 
     ``history`` is ordered most important first (newest, or most relevant); when the sample
     does not fit ``sequence_len`` the entries at the end are dropped first, then long
-    descriptions are shortened, then (only if nothing else helps) the history is removed and
-    at last the target is cut. The item, the output rating/title and the assistant header are
+    descriptions are shortened; if the one entry left still does not fit, it is skipped and
+    the others that fit are kept; only if none does is the history removed, and at last the
+    target is cut. The item, the output rating/title and the assistant header are
     never cut.
     """
     budget = settings.sequence_len
     target = renderer.target_ids(target_text)
-    entries = list(history[: settings.history_k]) if settings.include_history else []
+    candidates = list(history[: settings.history_k]) if settings.include_history else []
+    entries = list(candidates)
     flags = 0
 
     def with_history_ids(kept: Sequence[HistoryEntry], limit: int | None) -> list[int]:
@@ -125,7 +130,13 @@ def build_paired_example(
         limit, flags = candidate, flags | SHORTENED_DESCRIPTIONS
         prompt = with_history_ids(entries, limit)
     if len(prompt) + len(target) > budget and entries:
-        entries, flags = [], flags | DROPPED_ALL_HISTORY
+        # The most important entry is too long on its own: keep the others that fit.
+        entries, flags = [], flags | SKIPPED_LONG_ENTRY
+        for entry in candidates[1:]:
+            if len(with_history_ids([*entries, entry], limit)) + len(target) <= budget:
+                entries.append(entry)
+        if not entries:
+            flags = (flags & ~SKIPPED_LONG_ENTRY) | DROPPED_ALL_HISTORY
         prompt = with_history_ids(entries, limit)
     cf_prompt = renderer.prompt_ids(
         settings.system_prompt, user_message(settings.placeholder, limit)
@@ -146,6 +157,7 @@ def build_paired_example(
         "labels": [IGNORE_INDEX] * len(prompt) + target,
         HISTORY_KEPT: len(entries),
         TRUNCATION: flags,
+        PROMPT_SETTINGS: settings.fingerprint(),
     }
     if settings.emit_counterfactual:
         # A row whose history had to go entirely has no causal contrast: no counterfactual.

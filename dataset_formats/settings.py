@@ -7,8 +7,10 @@ recipe (a validated Axolotl config or a raw dict) by ``PromptSettings.from_cfg``
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -67,6 +69,11 @@ class PromptArgs(BaseModel):
         default=None,
         description="Override field labels of the prompt, e.g. {item_title: '[Book Title]'}.",
     )
+    nextquill_strict_rows: bool = Field(
+        default=False,
+        description="False: a malformed row is skipped with a warning naming it; true: it stops "
+        "the run.",
+    )
 
     @field_validator("nextquill_field_labels")
     @classmethod
@@ -91,6 +98,12 @@ class PromptSettings:
     emit_counterfactual: bool = True
     labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FIELD_LABELS))
     sequence_len: int = DEFAULT_SEQUENCE_LEN
+    strict_rows: bool = False
+
+    def fingerprint(self) -> str:
+        """Identity of what these settings make of a row (the prepared data's settings)."""
+        values = {k: v for k, v in asdict(self).items() if k != "strict_rows"}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> PromptSettings:
@@ -114,6 +127,7 @@ class PromptSettings:
             emit_counterfactual=bool(get("nextquill")),
             labels={**DEFAULT_FIELD_LABELS, **(args.nextquill_field_labels or {})},
             sequence_len=int(get("sequence_len") or DEFAULT_SEQUENCE_LEN),
+            strict_rows=args.nextquill_strict_rows,
         )
 
 

@@ -8,6 +8,7 @@ plugin itself.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import Field, fields, make_dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, get_type_hints
@@ -98,7 +99,12 @@ class NextQuillArgs(ObjectiveArgs, PromptArgs):
     @classmethod
     def nextquill_check_settings(cls, data: Any) -> Any:
         """Reject settings that cannot work, naming the key and the fix."""
-        if not isinstance(data, dict) or not data.get("nextquill"):
+        if not isinstance(data, dict):
+            return data
+        misspelled = misspelled_keys(data, known=set(cls.model_fields))
+        if misspelled:
+            raise ValueError("NextQuill config: " + " ".join(misspelled))
+        if not data.get("nextquill"):
             return data
         problems = nextquill_config_problems(data)
         if problems:
@@ -108,6 +114,21 @@ class NextQuillArgs(ObjectiveArgs, PromptArgs):
             # forward passes runs its own backward and DeepSpeed ZeRO reduces gradients twice.
             data = {**data, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
         return data
+
+
+def misspelled_keys(data: dict[str, Any], known: set[str]) -> list[str]:
+    """Keys that look like NextQuill's but are none of them (Axolotl would drop them and the
+    run would use the default without a word), each with the closest valid name."""
+    ours = sorted(key for key in NextQuillArgs.model_fields if key.startswith("nextquill"))
+    problems = []
+    for key in data:
+        if not isinstance(key, str) or key in known:
+            continue
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.8)
+        if key.lower().startswith("nextq") or close:
+            hint = f"did you mean {close[0]}?" if close else f"NextQuill's keys: {', '.join(ours)}."
+            problems.append(f"unknown key {key}: {hint}")
+    return problems
 
 
 def _bounds_problem(setting: Field, value: float) -> str | None:

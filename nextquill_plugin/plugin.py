@@ -8,6 +8,7 @@ imports this module (and with it Axolotl) only then.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ class NextQuillPlugin(BasePlugin):
 
     def register(self, cfg: dict):
         """Import the recipe's dataset_formats types now, so a broken install fails clearly
-        (Axolotl would report an import error inside them as an unknown dataset type)."""
+        (Axolotl would report an import error inside them as an unknown dataset type), and
+        refuse command-line overrides of plugin keys, which Axolotl's CLI does not pass on."""
         check_dataset_types(cfg)
+        refuse_cli_overrides(sys.argv)
 
     def get_input_args(self) -> str:
         return "nextquill_plugin.args.NextQuillArgs"
@@ -76,7 +79,12 @@ class NextQuillPlugin(BasePlugin):
         return NextQuillDataCollator, {}
 
     def post_trainer_create(self, cfg, trainer):
-        """Before the first optimizer step: attach theta_0 token weights to the datasets."""
+        """Before the first optimizer step: check the prepared rows against the recipe, then
+        attach theta_0 token weights to the datasets."""
+        for split in ("train_dataset", "eval_dataset"):
+            dataset = getattr(trainer, split, None)
+            if dataset is not None and hasattr(dataset, "column_names"):
+                check_prompt_settings(cfg, dataset, split)
         if not nextquill_enabled(cfg):
             return
         from .args import settings_from
@@ -92,6 +100,23 @@ class NextQuillPlugin(BasePlugin):
             describe_rows(dataset, split)
             if settings.token_weighting and settings.weight_source == WeightSource.initial:
                 setattr(trainer, split, attach_initial_weights(cfg, trainer, dataset))
+
+
+def refuse_cli_overrides(argv: list[str]) -> None:
+    """Fail when ``axolotl train recipe.yml --nextquill_alpha 0.7`` was typed.
+
+    Axolotl's command line only knows its own keys: a plugin key given there is dropped (or,
+    under some launchers, rejected), so the run would use the recipe's value without a word.
+    """
+    program = Path(argv[0]) if argv else Path()
+    from_axolotl_cli = program.name == "axolotl" or {"axolotl", "cli"} <= set(program.parts)
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--nextquill")]
+    if from_axolotl_cli and given:
+        raise ValueError(
+            f"NextQuill: {', '.join(given)} on the command line does not reach the plugin "
+            "(Axolotl's CLI passes on only its own keys). Set the key in the recipe, or run a "
+            "grid with `axolotl train recipe.yml --sweep sweep.yml` (see the README)."
+        )
 
 
 def check_dataset_types(cfg: dict) -> None:
@@ -115,16 +140,52 @@ def check_dataset_types(cfg: dict) -> None:
                 raise ImportError(f"NextQuill: `{kind}` is not a dataset type (it has no load()).")
 
 
+def check_prompt_settings(cfg, dataset, split: str) -> None:
+    """Refuse rows that other prompt settings made (e.g. a ContextSFT recipe's prepared data
+    found under a shared dataset_prepared_path: Axolotl's prepared-data hash does not include
+    plugin keys, so it would be loaded silently)."""
+    from dataset_formats.contract import PROMPT_SETTINGS, TRUNCATION
+    from dataset_formats.settings import PromptSettings
+
+    columns = dataset.column_names
+    if TRUNCATION not in columns:
+        return  # no rows of a NextQuill dataset type
+    expected = PromptSettings.from_cfg(cfg).fingerprint()
+    found = set(dataset.unique(PROMPT_SETTINGS)) if PROMPT_SETTINGS in columns else {"unknown"}
+    found.discard(None)  # rows of other dataset types mixed in
+    if found - {expected}:
+        raise ValueError(
+            f"NextQuill: the prepared {split} rows were made with other NextQuill settings than "
+            "this recipe's (nextquill, nextquill_history_*, prompt or sequence_len keys), e.g. "
+            "by another recipe sharing this dataset_prepared_path "
+            f"({cfg.dataset_prepared_path}). Give each recipe its own dataset_prepared_path, "
+            "or delete the prepared data so that it is made again."
+        )
+
+
 def describe_rows(dataset, split: str) -> None:
-    """Log how many rows are NextQuill rows and how many prompts had to be shortened."""
+    """Log how many rows are NextQuill rows and how many prompts had to be shortened; refuse a
+    training split without a single paired row (NextQuill would silently be plain SFT)."""
     from dataset_formats.contract import COUNTERFACTUAL_IDS, TRUNCATION
     from dataset_formats.prompting import describe_truncation
 
     columns = dataset.column_names
-    if COUNTERFACTUAL_IDS not in columns:
-        LOG.warning("NextQuill: %s has no counterfactual prompts: it trains as plain SFT.", split)
+    paired = (
+        sum(1 for ids in dataset[COUNTERFACTUAL_IDS] if ids) if COUNTERFACTUAL_IDS in columns else 0
+    )
+    if paired == 0:
+        message = (
+            f"NextQuill: nextquill is true but {split} has no row with a counterfactual prompt "
+            "(no row of type dataset_formats.amazon_reviews or dataset_formats.paired whose "
+            "history fits sequence_len)"
+        )
+        if split == "train_dataset":
+            raise ValueError(
+                message + ": it would train plain SFT. Add such a dataset, raise sequence_len, "
+                "or set nextquill: false."
+            )
+        LOG.warning("%s: it is evaluated with the plain loss.", message)
         return
-    paired = sum(1 for ids in dataset[COUNTERFACTUAL_IDS] if ids)
     LOG.info(
         "NextQuill: %s has %d paired rows and %d ordinary rows.",
         split,

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from .equations import causal_effects, preference_weights
 from .lm_head import head_token_log_probs, resolve_lm_head, target_hidden_states, unwrap_model
 
 CACHE_FORMAT_VERSION = "1"
+LOG = logging.getLogger("axolotl.integrations.nextquill")
 
 
 @dataclass
@@ -80,9 +83,34 @@ class TokenEffects:
                 os.unlink(tmp)
 
     @classmethod
-    def load(cls, path: Path) -> TokenEffects:
-        with np.load(path, allow_pickle=False) as data:
-            return cls(data["p_with"], data["p_without"], data["offsets"])
+    def load(cls, path: Path) -> tuple[TokenEffects, dict]:
+        """(effects, the metadata saved with them); ValueError if the file is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                effects = cls(data["p_with"], data["p_without"], data["offsets"])
+                meta = json.loads(str(data["meta"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"unreadable ({type(error).__name__}: {error})") from None
+        return effects, meta
+
+    def problems(self, expected_counts: np.ndarray) -> list[str]:
+        """Why these effects cannot belong to rows with ``expected_counts`` target tokens."""
+        if len(self.offsets) != len(expected_counts) + 1:
+            return [f"{len(self)} rows, the dataset has {len(expected_counts)}"]
+        counts = np.diff(self.offsets)
+        problems = []
+        if self.offsets[0] != 0 or not np.array_equal(counts, expected_counts):
+            bad = int(np.flatnonzero(counts != expected_counts)[0]) if len(counts) else 0
+            problems.append(
+                f"row {bad} has {counts[bad]} target tokens, the dataset row {expected_counts[bad]}"
+            )
+        for name in ("p_with", "p_without"):
+            values = getattr(self, name)
+            if len(values) != self.offsets[-1]:
+                problems.append(f"{name} holds {len(values)} values for {self.offsets[-1]} tokens")
+            elif not (np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()):
+                problems.append(f"{name} holds values that are not probabilities")
+        return problems
 
     @classmethod
     def concatenate(cls, parts: Sequence[TokenEffects]) -> TokenEffects:
@@ -233,7 +261,9 @@ def cached_token_effects(
     ).hexdigest()[:24]
     path = Path(cache_dir) / f"effects-{key}.npz"
     if path.exists():
-        return TokenEffects.load(path), path, False
+        cached = load_checked(path, key, expected_target_counts(dataset))
+        if cached is not None:
+            return cached, path, False
 
     rank, world_size = _distributed_rank_and_size()
     n_rows = len(dataset)
@@ -266,6 +296,34 @@ def cached_token_effects(
     if world_size > 1:
         torch.distributed.barrier()
     return effects, path, True
+
+
+def expected_target_counts(dataset) -> np.ndarray:
+    """Target tokens per row that the theta_0 pass gives effects for (0 for unpaired rows)."""
+    counts = [
+        int((np.asarray(labels[1:]) != IGNORE_INDEX).sum()) if cf_ids else 0
+        for labels, cf_ids in zip(dataset["labels"], dataset[COUNTERFACTUAL_IDS], strict=True)
+    ]
+    return np.asarray(counts, dtype=np.int64)
+
+
+def load_checked(path: Path, key: str, expected_counts: np.ndarray) -> TokenEffects | None:
+    """The cached effects if they are what they claim to be, else None (with a warning: the
+    caller recomputes them and replaces the file atomically)."""
+    try:
+        effects, meta = TokenEffects.load(path)
+        problems = [] if meta.get("key") == key else [f"its key is {meta.get('key')!r}"]
+        problems += effects.problems(expected_counts)
+    except ValueError as error:
+        problems = [str(error)]
+    if not problems:
+        return effects
+    LOG.warning(
+        "NextQuill: the theta_0 cache %s does not match this model and data (%s); recomputing.",
+        path,
+        "; ".join(problems),
+    )
+    return None
 
 
 def _distributed_rank_and_size() -> tuple[int, int]:

@@ -108,10 +108,13 @@ def test_no_counterfactual_without_nextquill_and_no_history_for_sft(
     tiny_tokenizer, synthetic_splits
 ):
     row = synthetic_splits["train"][3]
-    context_sft = load_amazon(tiny_tokenizer, {"sequence_len": 2048}).tokenize_prompt(row)
+    context_sft = load_amazon(
+        tiny_tokenizer, {"nextquill": False, "sequence_len": 2048}
+    ).tokenize_prompt(row)
     assert "cf_input_ids" not in context_sft
     sft = load_amazon(
-        tiny_tokenizer, {"sequence_len": 2048, "nextquill_include_history": False}
+        tiny_tokenizer,
+        {"nextquill": False, "sequence_len": 2048, "nextquill_include_history": False},
     ).tokenize_prompt(row)
     assert "[Review 1]" not in tiny_tokenizer.decode(sft["input_ids"])
     assert "[User's Past Reviews]:\nNone" in tiny_tokenizer.decode(sft["input_ids"])

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .common import SPLITS, BuildError, BuildOptions, Report
+from .output import (
+    check_out_dir,
+    make_work_folder,
+    put_in_place,
+    recover_interrupted_swap,
+    remove_stale_work_folders,
+)
 from .raw_lines import iter_json_lines, join_description, read_items, read_reviews
 from .splits import select_users_and_targets, write_splits
 
@@ -38,6 +43,11 @@ __all__ = [
     "iter_json_lines",
     "join_description",
 ]
+
+
+def sql_text(value: str) -> str:
+    """A SQL string literal (DuckDB's SET takes no parameters): quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 @contextlib.contextmanager
@@ -63,30 +73,41 @@ def build(
     import duckdb
 
     options = options or BuildOptions()
+    options.check()
     started = time.time()
     report = Report()
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    out_dir = Path(out_dir).resolve()
 
     def say(message: str) -> None:
         if options.show_progress:
             print(f"[nextquill-data] {message} ({time.time() - started:.0f}s)", flush=True)
 
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    recovered = recover_interrupted_swap(out_dir)
+    if recovered:
+        say(recovered)
+    check_out_dir(out_dir)
+    for stale in remove_stale_work_folders(out_dir):
+        say(f"removed {stale}, the work folder of an interrupted build")
+    work = make_work_folder(out_dir)
     try:
         read_items([Path(p) for p in meta], work / "items.parquet", report, options)
         read_reviews([Path(p) for p in reviews], work / "reviews.parquet", report, options)
         say(f"read {report.reviews_read} review lines and {report.items_read} item lines")
         con = duckdb.connect(str(work / "build.duckdb"))
         con.execute(
-            f"SET memory_limit = '{options.memory_limit}'; SET temp_directory = '{work / 'spill'}';"
+            f"SET memory_limit = {sql_text(options.memory_limit)}; "
+            f"SET temp_directory = {sql_text(str(work / 'spill'))};"
         )
         con.execute("SET preserve_insertion_order = true")
         if options.show_progress:
             con.execute("PRAGMA enable_progress_bar")
-        con.execute(f"CREATE TABLE items AS SELECT * FROM read_parquet('{work / 'items.parquet'}')")
         con.execute(
-            f"""CREATE TABLE r AS SELECT *, md5(text) AS text_hash FROM read_parquet('{work / "reviews.parquet"}')"""
+            "CREATE TABLE items AS SELECT * FROM read_parquet(?)", [str(work / "items.parquet")]
+        )
+        con.execute(
+            "CREATE TABLE r AS SELECT *, md5(text) AS text_hash FROM read_parquet(?)",
+            [str(work / "reviews.parquet")],
         )
         with database_step("the database step"):
             select_users_and_targets(con, report, options, say)
@@ -100,13 +121,19 @@ def build(
         with database_step("writing the splits"):
             write_splits(con, result, report, options)
         con.close()
+        empty = [
+            split
+            for split, targets in zip(SPLITS, options.targets_per_split(), strict=True)
+            if targets and not report.rows_per_split.get(split)
+        ]
+        if empty:
+            raise BuildError(f"the {' and '.join(empty)} split would be empty; nothing was written")
         report.seconds = round(time.time() - started, 1)
         (result / "stats.json").write_text(
             json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(result, out_dir)
+        check_out_dir(out_dir)  # again: files may have been put there while we built
+        put_in_place(result, out_dir)
         say(f"wrote {report.rows_per_split} rows of {report.users} users to {out_dir}")
         return report
     finally:

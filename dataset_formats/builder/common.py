@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SPLITS = ("train", "validation", "test")
@@ -35,6 +36,33 @@ class BuildOptions:
     show_progress: bool = field(
         default=True, metadata={"flag": "--quiet", "help": "no progress output"}
     )
+
+    def targets_per_split(self) -> tuple[int, int, int]:
+        """Target reviews per user that go to train, validation and test."""
+        held_out = self.validation_targets + self.test_targets
+        return self.targets_per_user - held_out, self.validation_targets, self.test_targets
+
+    def check(self) -> None:
+        """Raise BuildError naming every option that cannot give a build."""
+        problems = [
+            f"--{f.name.replace('_', '-')} must be >= 0 (got {getattr(self, f.name)})"
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), int)
+            and not isinstance(getattr(self, f.name), bool)
+            and getattr(self, f.name) < 0
+        ]
+        if self.targets_per_split()[0] < 1:
+            problems.append(
+                f"--targets-per-user ({self.targets_per_user}) must exceed --validation-targets "
+                f"+ --test-targets ({self.validation_targets + self.test_targets}): the train "
+                "split needs at least one target per user"
+            )
+        if self.min_description_chars > self.max_description_chars:
+            problems.append("--min-description-chars exceeds --max-description-chars")
+        if not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|[KMGT]B?)", self.memory_limit.strip(), re.I):
+            problems.append(f"--memory-limit {self.memory_limit!r} is not a size like 8GB")
+        if problems:
+            raise BuildError("; ".join(problems))
 
 
 @dataclass

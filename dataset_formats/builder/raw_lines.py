@@ -8,6 +8,7 @@ wrong type) is also listed by file and line in the report.
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import zlib
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from .common import BuildError, BuildOptions, Report
 
 _WHITESPACE = re.compile(r"\s+")
+MAX_TIMESTAMP_MS = 10**14  # the year 5138; larger values are not timestamps (and overflow int64)
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -98,10 +100,12 @@ def _timestamp_ms(value: Any) -> int | None:
         return None
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
-    if not isinstance(value, int | float):
+    if not isinstance(value, int | float) or not math.isfinite(value):
         return None
     value = int(value)
-    return value * 1000 if 0 < value < 100_000_000_000 else value if value > 0 else None
+    if not 0 < value < MAX_TIMESTAMP_MS:
+        return None
+    return value * 1000 if value < 100_000_000_000 else value
 
 
 def clean_text(text: str) -> str:
@@ -216,6 +220,12 @@ def read_items(paths: list[Path], sink_path: Path, report: Report, options: Buil
         if missing:
             report.items_dropped[f"missing_{missing}"] += 1
             continue
+        if not isinstance(obj["parent_asin"], str):
+            _bad_input(report, "item", "bad_id", where, options.strict)
+            continue
+        if not isinstance(obj["title"], str):
+            _bad_input(report, "item", "bad_title", where, options.strict)
+            continue
         description = join_description(obj["description"])
         if description is None:
             _bad_input(report, "item", "bad_description", where, options.strict)
@@ -231,7 +241,7 @@ def read_items(paths: list[Path], sink_path: Path, report: Report, options: Buil
         sink.add(
             {
                 "parent_asin": obj["parent_asin"],
-                "item_title": clean_text(str(obj["title"])),
+                "item_title": clean_text(obj["title"]),
                 "item_description": description,
             }
         )

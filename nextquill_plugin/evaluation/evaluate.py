@@ -7,14 +7,21 @@ recipe + checkpoint (or none: the untuned base model) + a split of built rows ->
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dataset_formats.cli_options import option
-from dataset_formats.jsonl import write_jsonl
+from dataset_formats.jsonl import (
+    append_jsonl,
+    read_jsonl_tolerant,
+    write_jsonl,
+    write_text_atomic,
+)
 
 from .generation import GenerationSettings, generate_continuations, load_model_for_generation
 from .metrics import evaluate_texts
@@ -39,15 +46,67 @@ def default_out_dir(request: EvaluationRequest, split_name: str) -> Path:
     return base / f"eval-{split_name}"
 
 
+PARTIAL = "predictions.partial.jsonl"  # generated so far, one record a prompt, appended
+
+
+def run_key(request: EvaluationRequest, generation: GenerationSettings, data: Path) -> str:
+    """What a partial predictions file must have been made by to be resumed."""
+    identity = {
+        "recipe": str(Path(request.recipe).resolve()),
+        "overrides": request.overrides,
+        "checkpoint": str(Path(request.checkpoint).resolve()) if request.checkpoint else None,
+        "data": str(data.resolve()),
+        "dtype": request.dtype,
+        "generation": generation.as_dict(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resumable_tokens(partial: Path, key: str, prompt_ids: list[str]) -> dict[int, list[int]]:
+    """Generated token ids by row index from a partial file of the same run (else nothing)."""
+    if not partial.is_file():
+        return {}
+    records = read_jsonl_tolerant(partial)
+    usable = {
+        r["index"]: r["tokens"]
+        for r in records
+        if r.get("run") == key
+        and isinstance(r.get("index"), int)
+        and 0 <= r["index"] < len(prompt_ids)
+        and r.get("prompt_id") == prompt_ids[r["index"]]
+    }
+    if len(usable) < len(records):
+        print(
+            f"nextquill evaluate: {partial} was written by another evaluation "
+            f"({len(records) - len(usable)} of {len(records)} rows differ); starting over",
+            file=sys.stderr,
+        )
+        partial.unlink()
+        return {}
+    return usable
+
+
 def run_evaluation(
     request: EvaluationRequest, generation: GenerationSettings, show_progress: bool = True
 ) -> dict[str, Any]:
     """Generate a review for every row, score them, write predictions and metrics; return the
-    metrics document."""
+    metrics document.
+
+    Everything that can fail is checked before the model loads (recipe, rows, WordNet for
+    METEOR). Generated tokens are appended to ``predictions.partial.jsonl`` batch by batch; a
+    rerun of the same evaluation continues from there. The final files are written atomically.
+    """
     from dataset_formats.amazon_reviews import load as load_strategy
+
+    from .wordnet_data import require_wordnet
 
     recipe, data, rows = request.load_recipe_and_rows(request.limit)
     out = Path(request.out) if request.out else default_out_dir(request, data.stem)
+    require_wordnet()  # METEOR needs it: fail now, not after hours of generation
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [prompt_id(row, index) for index, row in enumerate(rows)]
+    key, partial = run_key(request, generation, data), out / PARTIAL
+    done = resumable_tokens(partial, key, ids)
     model, tokenizer, model_description = load_model_for_generation(
         recipe["base_model"], request.checkpoint, request.dtype
     )
@@ -64,25 +123,44 @@ def run_evaluation(
             prompts.append(strategy.generation_prompts(row, generation.max_new_tokens))
         except ValueError as error:
             raise ValueError(f"{data} row {index + 1}: {error}") from None
+    todo = [i for i in range(len(rows)) if i not in done]
+    if done:
+        print(f"nextquill evaluate: resuming: {len(done)} of {len(rows)} rows already generated")
+
+    def keep(batch: list[int], tokens: list[list[int]]) -> None:
+        append_jsonl(
+            partial,
+            [
+                {"run": key, "index": todo[j], "prompt_id": ids[todo[j]], "tokens": t}
+                for j, t in zip(batch, tokens, strict=True)
+            ],
+        )
+
     started = time.time()
-    continuations = generate_continuations(
+    generate_continuations(
         model,
-        [p["prompt_ids"] for p in prompts],
+        [prompts[i]["prompt_ids"] for i in todo],
         generation,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        counterfactual_prompts=[p["counterfactual_prompt_ids"] for p in prompts],
+        counterfactual_prompts=[prompts[i]["counterfactual_prompt_ids"] for i in todo],
         show_progress=show_progress,
+        on_batch=keep,
     )
     seconds = time.time() - started
-    predictions = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in continuations]
+    continuations = resumable_tokens(partial, key, ids) if todo else done
+    missing = [i for i in range(len(rows)) if i not in continuations]
+    if missing:
+        raise RuntimeError(f"{len(missing)} rows have no prediction in {partial}")
+    tokens = [continuations[i] for i in range(len(rows))]
+    predictions = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
     references = [row["target"]["text"] for row in rows]
     scores = evaluate_texts(predictions, references, resamples=request.resamples)
 
     records = [
         {
             "user_id": row.get("user_id"),
-            "prompt_id": prompt_id(row, index),
+            "prompt_id": ids[index],
             "prediction": prediction,
             "reference": reference,
             "history_kept": prompts[index]["history_kept"],
@@ -105,10 +183,12 @@ def run_evaluation(
         "meteor_tokenizer": scores.meteor_tokenizer,
         "bootstrap_resamples": request.resamples,
         "rows_truncated": sum(1 for p in prompts if p["truncation"]),
+        "rows_resumed": len(done),
         "generation_seconds": round(seconds, 2),
-        "generated_tokens": sum(len(c) for c in continuations),
+        "generated_tokens": sum(len(t) for t in tokens),
     }
-    (out / "metrics.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps(document, indent=2) + "\n")
+    partial.unlink(missing_ok=True)  # its content is in predictions.jsonl now
     document["out_dir"] = str(out)
     return document
 

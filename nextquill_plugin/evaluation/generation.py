@@ -10,7 +10,7 @@ and the counterfactual prompt as the "negative prompt" it computes exactly
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,11 +131,14 @@ def generate_continuations(
     eos_token_id: int | None,
     counterfactual_prompts: Sequence[Sequence[int]] | None = None,
     show_progress: bool = True,
+    on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
 ) -> list[list[int]]:
     """New token ids for every prompt (EOS and padding removed), in the prompts' order.
 
     Prompts are batched by length (longest first) so that left padding stays small. With
     ``settings.cos_gamma > 0`` the ``counterfactual_prompts`` steer decoding (see module doc).
+    ``on_batch(prompt indices, their new token ids)`` is called after every batch, so that a
+    caller can keep what is done if the run is interrupted.
     """
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
@@ -185,5 +188,7 @@ def generate_continuations(
             if eos_token_id is not None and eos_token_id in tokens:
                 tokens = tokens[: tokens.index(eos_token_id)]
             outputs[row] = [t for t in tokens if t != pad_token_id]
+        if on_batch is not None:
+            on_batch(list(batch), [outputs[row] for row in batch])
         generator_seed += 1
     return outputs
