@@ -71,7 +71,17 @@ def column_literals(path: Path) -> list[tuple[int, object]]:
         value for key, value in vars(contract).items() if key.isupper() and isinstance(value, str)
     }
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    # Linux's AT_FDCWD is also -100; that constant is not a label.
+    other_meanings = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["AT_FDCWD"]
+    }
+    for node in ast.walk(tree):
+        if id(node) in other_meanings:
+            continue
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
             found.append((node.lineno, node.value))
         if (

@@ -26,7 +26,11 @@ from .common import SPLITS, BuildError
 
 STATS = "stats.json"
 BUILD_FILES = frozenset({*(f"{split}.jsonl" for split in SPLITS), STATS})
-OWNER = "owner.json"  # in a work folder: which process on which host is building there
+OWNER = "owner.json"
+AT_FDCWD = -100  # Linux <fcntl.h>: a path relative to the working directory
+RENAME_EXCHANGE = (
+    2  # Linux <linux/fs.h>  # in a work folder: which process on which host is building there
+)
 
 
 def is_previous_build(folder: Path) -> bool:
@@ -114,11 +118,8 @@ def _exchange(first: Path, second: Path) -> bool:
             ctypes.c_char_p,
             ctypes.c_uint,
         ]
-        at_fdcwd, rename_exchange = -100, 2
-        return (
-            renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
-            == 0
-        )
+        first_path, second_path = os.fsencode(first), os.fsencode(second)
+        return renameat2(AT_FDCWD, first_path, AT_FDCWD, second_path, RENAME_EXCHANGE) == 0
     return False
 
 
