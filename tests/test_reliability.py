@@ -78,6 +78,28 @@ def test_a_swap_interrupted_between_renames_is_recovered_by_the_next_build(tmp_p
     assert not aside_path(out).exists()
 
 
+def test_without_an_atomic_exchange_the_build_is_swapped_through_an_aside_folder(
+    tmp_path, monkeypatch
+):
+    import dataset_formats.builder.output as output
+
+    out = tmp_path / "out"
+    build_fixture(tmp_path, out)
+    renames = []
+    real_replace = os.replace
+
+    def recorded(source, target):
+        renames.append((Path(source).name, Path(target).name))
+        real_replace(source, target)
+
+    monkeypatch.setattr(output, "_exchange", lambda *_: False)
+    monkeypatch.setattr(output.os, "replace", recorded)
+    build_fixture(tmp_path, out, BuildOptions(**{**SMALL.__dict__, "max_history": 1}))
+    assert renames[0] == ("out", ".out.previous") and renames[1][1] == "out"
+    assert all(len(row["history"]) <= 1 for row in read_split(out, "train"))
+    assert not aside_path(out).exists()
+
+
 def test_work_folders_of_killed_builds_are_removed(tmp_path):
     out = tmp_path / "out"
     dead = subprocess.run(
