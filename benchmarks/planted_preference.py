@@ -140,7 +140,7 @@ def weight_precision_recall(theta0: Path, rows: list[dict], truth: dict, recipe:
     views = token_views(
         model,
         tokenizer,
-        rows,
+        [strategy.prompt_id(row, i) for i, row in enumerate(rows)],
         paired_rows(strategy, rows),
         delta=delta,
         high_weight=0.9,

@@ -13,10 +13,8 @@ history reviews; the counterfactual prompt replaces the whole history block by a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
-from .contract import COUNTERFACTUAL_IDS, HISTORY_KEPT, TRUNCATION
 from .prompting import build_paired_example, shorten
 from .settings import HistorySelection, PromptSettings
 from .strategy import NextQuillStrategy, require_plugin
@@ -82,7 +80,11 @@ class AmazonReviewsStrategy(NextQuillStrategy):
     def row_problem(self, row: dict[str, Any]) -> str | None:
         target = row.get("target")
         if not isinstance(target, dict):
-            return f"target must be a review object, got {type(target).__name__}"
+            return (
+                f"has no target review text (target must be a review object, got "
+                f"{type(target).__name__}; rows come from `nextquill-data build`: user_id, "
+                "target, history)"
+            )
         if not isinstance(target.get("text"), str) or not target["text"].strip():
             return (
                 "has no target review text (target.text must be non-empty text, got "
@@ -122,33 +124,13 @@ class AmazonReviewsStrategy(NextQuillStrategy):
 
         return render
 
-    def tokenize_prompt(self, prompt: dict[str, Any]) -> dict[str, Any]:
-        self.check_row(prompt)
-        return self._paired(prompt, prompt["target"]["text"], self.settings)
+    def reference(self, row: dict[str, Any]) -> str:
+        return row["target"]["text"]
 
-    def generation_prompts(self, row: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
-        """Prompt token ids for generating the target review: with history and counterfactual.
+    def prompt_id(self, row: dict[str, Any], index: int) -> str:
+        return f"{row.get('user_id')}/{(row.get('target') or {}).get('item_id') or index}"
 
-        Built by the same code and truncation rules as training, with room for
-        ``max_new_tokens`` instead of the reference (which must not shape the prompt).
-        """
-        self.check_row(row)
-        settings = replace(
-            self.settings,
-            sequence_len=self.settings.sequence_len - max_new_tokens + 1,
-            emit_counterfactual=True,
-        )
-        paired = self._paired(row, "", settings)  # target = EOS only
-        prompt = paired["input_ids"][:-1]
-        counterfactual = paired[COUNTERFACTUAL_IDS][:-1] if paired[COUNTERFACTUAL_IDS] else prompt
-        return {
-            "prompt_ids": prompt,
-            "counterfactual_prompt_ids": counterfactual,
-            "history_kept": paired[HISTORY_KEPT],
-            "truncation": paired[TRUNCATION],
-        }
-
-    def _paired(
+    def paired_example(
         self, prompt: dict[str, Any], target_text: str, settings: PromptSettings
     ) -> dict[str, Any]:
         target = prompt["target"]

@@ -87,10 +87,20 @@ class PairedStrategy(NextQuillStrategy):
             return str(error).removeprefix("paired row: ").rstrip(".")
         return None
 
-    def tokenize_prompt(self, prompt: dict[str, Any]) -> dict[str, Any]:
-        self.check_row(prompt)
-        query, history, response = split_row(prompt)
-        lab = self.settings.labels
+    def reference(self, row: dict[str, Any]) -> str:
+        return split_row(row)[2]
+
+    def prompt_id(self, row: dict[str, Any], index: int) -> str:
+        for key in ("id", "user_id"):
+            if row.get(key) is not None:
+                return f"{row[key]}" if key == "id" else f"{row[key]}/{index}"
+        return str(index)
+
+    def paired_example(
+        self, row: dict[str, Any], target_text: str, settings: PromptSettings
+    ) -> dict[str, Any]:
+        query, history, _ = split_row(row)
+        lab = settings.labels
 
         def entry(index: int, text: str):
             # Long entries are shortened with the same limits as item descriptions.
@@ -101,7 +111,7 @@ class PairedStrategy(NextQuillStrategy):
 
         entries = [entry(i + 1, h) for i, h in enumerate(history)]
         return build_paired_example(
-            self.renderer, self.settings, user_message, entries, response, "\n".join
+            self.renderer, settings, user_message, entries, target_text, "\n".join
         )
 
 

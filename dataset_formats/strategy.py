@@ -1,15 +1,18 @@
 """What every NextQuill dataset type shares: the Axolotl strategy base, the check that the plugin
-is registered, and one policy for bad rows (skip and log, or stop with ``nextquill_strict_rows``).
+is registered, one policy for bad rows (skip and log, or stop with ``nextquill_strict_rows``),
+and the contract a type meets to be evaluated (``EvaluableType``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import Any, Protocol, runtime_checkable
 
 from axolotl.prompt_tokenizers import PromptTokenizingStrategy
 
+from .contract import COUNTERFACTUAL_IDS, HISTORY_KEPT, TRUNCATION
 from .prompting import PromptRenderer
 from .settings import PromptSettings
 
@@ -36,8 +39,31 @@ def require_plugin(cfg: Mapping[str, Any], dataset_type: str) -> None:
     )
 
 
+@runtime_checkable
+class EvaluableType(Protocol):
+    """What `nextquill evaluate` and `inspect` need of a dataset type's strategy."""
+
+    settings: PromptSettings
+
+    def tokenize_prompt(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The training columns of a row (contract.py), counterfactual prompt included when
+        ``settings.emit_counterfactual``."""
+
+    def generation_prompts(self, row: Mapping[str, Any], max_new_tokens: int) -> dict[str, Any]:
+        """``prompt_ids`` and ``counterfactual_prompt_ids`` to generate the row's target from,
+        leaving room for ``max_new_tokens``; ``history_kept`` and ``truncation``."""
+
+    def reference(self, row: Mapping[str, Any]) -> str:
+        """The text the user wrote (what a generation is scored against)."""
+
+    def prompt_id(self, row: Mapping[str, Any], index: int) -> str:
+        """A stable name of the row (``index``: its position in the file)."""
+
+
 class NextQuillStrategy(PromptTokenizingStrategy):
-    """Base of the dataset types: ``row_problem`` says what is wrong with a row (or None)."""
+    """Base of the dataset types. A type says what is wrong with a row (``row_problem``), how
+    to build its paired example for a target text (``paired_example``), its reference and its
+    name; tokenizing for training and rendering generation prompts are the same for all."""
 
     dataset_type = ""  # e.g. "dataset_formats.paired", for messages
 
@@ -48,6 +74,44 @@ class NextQuillStrategy(PromptTokenizingStrategy):
 
     def row_problem(self, row: Mapping[str, Any]) -> str | None:
         raise NotImplementedError
+
+    def paired_example(
+        self, row: Mapping[str, Any], target_text: str, settings: PromptSettings
+    ) -> dict[str, Any]:
+        """``prompting.build_paired_example`` for this row with ``target_text`` as the target."""
+        raise NotImplementedError
+
+    def reference(self, row: Mapping[str, Any]) -> str:
+        raise NotImplementedError
+
+    def prompt_id(self, row: Mapping[str, Any], index: int) -> str:
+        raise NotImplementedError
+
+    def tokenize_prompt(self, prompt: Mapping[str, Any]) -> dict[str, Any]:
+        self.check_row(prompt)
+        return self.paired_example(prompt, self.reference(prompt), self.settings)
+
+    def generation_prompts(self, row: Mapping[str, Any], max_new_tokens: int) -> dict[str, Any]:
+        """Prompt token ids for generating the target: with history and counterfactual.
+
+        Built by the same code and truncation rules as training, with room for
+        ``max_new_tokens`` instead of the reference (which must not shape the prompt).
+        """
+        self.check_row(row)
+        settings = replace(
+            self.settings,
+            sequence_len=self.settings.sequence_len - max_new_tokens + 1,
+            emit_counterfactual=True,
+        )
+        paired = self.paired_example(row, "", settings)  # target = EOS only
+        prompt = paired["input_ids"][:-1]
+        counterfactual = paired[COUNTERFACTUAL_IDS][:-1] if paired[COUNTERFACTUAL_IDS] else prompt
+        return {
+            "prompt_ids": prompt,
+            "counterfactual_prompt_ids": counterfactual,
+            "history_kept": paired[HISTORY_KEPT],
+            "truncation": paired[TRUNCATION],
+        }
 
     @staticmethod
     def row_name(row: Mapping[str, Any]) -> str:

@@ -111,6 +111,12 @@ def add_compare_parser(commands) -> None:
     compare.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     compare.add_argument("--ci", action="store_true", help="show 95%% confidence intervals")
     compare.add_argument("--csv", help="also write the CSV table to this file")
+    compare.add_argument(
+        "--resamples",
+        type=int,
+        default=1000,
+        help="bootstrap resamples of the paired differences from --baseline (default: 1000)",
+    )
 
 
 def add_inspect_parser(commands) -> None:
@@ -128,7 +134,15 @@ def run_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
 
     settings = dataclass_from_args(GenerationSettings, args)
     request = dataclass_from_args(EvaluationRequest, args, overrides=overrides)
-    document = run_evaluation(request, settings)
+    try:
+        document = run_evaluation(request, settings)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if document is None:  # ranks other than 0 generate only
+        return
     metrics = document["metrics"]
     summary = ", ".join(
         f"{key} {value['value']:.4f} [{value['ci_low']:.4f}, {value['ci_high']:.4f}]"
@@ -139,7 +153,12 @@ def run_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
 
 
 def run_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from .evaluation.compare import comparison_table, comparison_warnings, load_run
+    from .evaluation.compare import (
+        comparison_table,
+        comparison_warnings,
+        difference_table,
+        load_run,
+    )
 
     if overrides:
         raise ValueError("compare takes no recipe overrides")
@@ -149,6 +168,12 @@ def run_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     print(
         comparison_table(runs, baseline=args.baseline, fmt=args.format, intervals=args.ci), end=""
     )
+    if args.baseline and args.format == "markdown":
+        print()
+        print(
+            difference_table(runs, args.baseline, resamples=args.resamples, show_progress=True),
+            end="",
+        )
     if args.csv:
         with open(args.csv, "w") as handle:
             handle.write(comparison_table(runs, baseline=args.baseline, fmt="csv", intervals=True))

@@ -477,7 +477,7 @@ def test_a_killed_evaluation_resumes_and_gives_the_uninterrupted_result(
     process = subprocess.Popen(
         [*command, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    partial = out / "predictions.partial.jsonl"
+    partial = out / "predictions.partial.rank0.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if partial.exists() and len(partial.read_text().splitlines()) >= 4:

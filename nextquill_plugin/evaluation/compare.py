@@ -1,6 +1,7 @@
 """`nextquill compare`: several evaluations' ``metrics.json`` -> the paper's Table 1 and 2.
 
-A markdown or CSV table, best per column marked, and the relative improvement over a baseline.
+A markdown or CSV table, best per column marked, the relative improvement over a baseline, and
+each method's paired per-user difference from the baseline with its bootstrap interval.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .metrics import METRIC_LABELS, METRIC_NAMES
+from .significance import paired_differences, read_predictions
 
 
 @dataclass
@@ -23,6 +25,7 @@ class RunMetrics:
     data: str
     values: dict[str, float]
     intervals: dict[str, tuple[float, float]]
+    folder: Path | None = None  # where predictions.jsonl is
 
 
 def load_run(path: str | Path) -> RunMetrics:
@@ -44,6 +47,7 @@ def load_run(path: str | Path) -> RunMetrics:
         data=str(document.get("data", "")),
         values={m: float(metrics[m]["value"]) for m in METRIC_NAMES},
         intervals={m: (metrics[m]["ci_low"], metrics[m]["ci_high"]) for m in METRIC_NAMES},
+        folder=file.parent,
     )
 
 
@@ -134,4 +138,41 @@ def comparison_table(
                 f"{relative_improvement(run.values[m], base.values[m]):+.1%}" for m in METRIC_NAMES
             ]
             lines.append("| " + " | ".join([run.name, *gains]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def difference_table(
+    runs: Sequence[RunMetrics], baseline: str, *, resamples: int = 1000, show_progress: bool = False
+) -> str:
+    """Markdown: each run minus ``baseline``, per metric, as the mean per-user difference with
+    its 95% paired bootstrap interval; * marks an interval that excludes 0."""
+    base = next((run for run in runs if run.name == baseline), None)
+    if base is None:
+        raise ValueError(f"baseline {baseline!r} is not one of the runs {[r.name for r in runs]}")
+    base_records = read_predictions(base.folder)
+    headers = ["Method"] + [METRIC_LABELS[m] for m in METRIC_NAMES]
+    lines = [
+        f"Per-user difference from {base.name} (mean, 95% paired bootstrap interval over users, "
+        f"{resamples} resamples; * = the interval excludes 0):",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+    ]
+    for run in runs:
+        if run is base:
+            continue
+        differences = {
+            d.metric: d
+            for d in paired_differences(
+                read_predictions(run.folder),
+                base_records,
+                resamples=resamples,
+                show_progress=show_progress,
+            )
+        }
+        cells = [
+            f"{d.mean:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}]{'*' if d.significant else ''}"
+            for d in (differences[m] for m in METRIC_NAMES)
+        ]
+        lines.append("| " + " | ".join([run.name, *cells]) + " |")
     return "\n".join(lines) + "\n"

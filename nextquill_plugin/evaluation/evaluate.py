@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -18,14 +19,21 @@ from typing import Any
 from dataset_formats.cli_options import option
 from dataset_formats.jsonl import (
     append_jsonl,
+    read_jsonl,
     read_jsonl_tolerant,
     write_jsonl,
     write_text_atomic,
 )
 
-from .generation import GenerationSettings, generate_continuations, load_model_for_generation
-from .metrics import evaluate_texts
-from .recipe_data import RecipeRowsRequest, prompt_id
+from ..batching import length_buckets
+from .generation import (
+    GenerationSettings,
+    generate_continuations,
+    load_model_for_generation,
+    load_tokenizer,
+)
+from .metrics import METRIC_NAMES, evaluate_texts
+from .recipe_data import RecipeRowsRequest, load_strategy
 
 
 @dataclass
@@ -39,6 +47,9 @@ class EvaluationRequest(RecipeRowsRequest):
         "model dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
     )
     resamples: int = option("bootstrap resamples", default=1000, flag="--bootstrap")
+    score_only: bool = option(
+        "score the existing predictions.jsonl in --out again; no generation", default=False
+    )
 
 
 def default_out_dir(request: EvaluationRequest, split_name: str) -> Path:
@@ -46,11 +57,15 @@ def default_out_dir(request: EvaluationRequest, split_name: str) -> Path:
     return base / f"eval-{split_name}"
 
 
-PARTIAL = "predictions.partial.jsonl"  # generated so far, one record a prompt, appended
+PARTIAL_GLOB = "predictions.partial.rank*.jsonl"  # generated so far, appended batch by batch
+
+
+def partial_path(out: Path, rank: int) -> Path:
+    return out / PARTIAL_GLOB.replace("*", str(rank))
 
 
 def run_key(request: EvaluationRequest, generation: GenerationSettings, data: Path) -> str:
-    """What a partial predictions file must have been made by to be resumed."""
+    """What partial predictions must have been made by to be resumed."""
     identity = {
         "recipe": str(Path(request.recipe).resolve()),
         "overrides": request.overrides,
@@ -62,80 +77,120 @@ def run_key(request: EvaluationRequest, generation: GenerationSettings, data: Pa
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def resumable_tokens(partial: Path, key: str, prompt_ids: list[str]) -> dict[int, list[int]]:
-    """Generated token ids by row index from a partial file of the same run (else nothing)."""
-    if not partial.is_file():
-        return {}
-    records = read_jsonl_tolerant(partial)
-    usable = {
-        r["index"]: r["tokens"]
-        for r in records
-        if r.get("run") == key
-        and isinstance(r.get("index"), int)
-        and 0 <= r["index"] < len(prompt_ids)
-        and r.get("prompt_id") == prompt_ids[r["index"]]
-    }
-    if len(usable) < len(records):
-        print(
-            f"nextquill evaluate: {partial} was written by another evaluation "
-            f"({len(records) - len(usable)} of {len(records)} rows differ); starting over",
-            file=sys.stderr,
-        )
-        partial.unlink()
-        return {}
-    return usable
+def generated_so_far(out: Path, key: str, prompt_ids: list[str]) -> dict[int, list[int]]:
+    """Generated token ids by row index from the partial files of the same evaluation (any
+    number of processes); partial files of another evaluation are removed (they are ours)."""
+    tokens: dict[int, list[int]] = {}
+    for partial in sorted(out.glob(PARTIAL_GLOB)):
+        records = read_jsonl_tolerant(partial)
+        usable = [
+            r
+            for r in records
+            if r.get("run") == key
+            and isinstance(r.get("index"), int)
+            and 0 <= r["index"] < len(prompt_ids)
+            and r.get("prompt_id") == prompt_ids[r["index"]]
+        ]
+        if len(usable) < len(records):
+            print(
+                f"nextquill evaluate: {partial} was written by another evaluation; starting over",
+                file=sys.stderr,
+            )
+            return {}
+        tokens.update((r["index"], r["tokens"]) for r in usable)
+    return tokens
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size); under torchrun or accelerate launch, joins the process group
+    (NCCL on GPUs, gloo on CPU) and puts this process on its own GPU."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def run_evaluation(
     request: EvaluationRequest, generation: GenerationSettings, show_progress: bool = True
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Generate a review for every row, score them, write predictions and metrics; return the
-    metrics document.
+    metrics document (None on ranks other than 0).
 
     Everything that can fail is checked before the model loads (recipe, rows, WordNet for
-    METEOR). Generated tokens are appended to ``predictions.partial.jsonl`` batch by batch; a
-    rerun of the same evaluation continues from there. The final files are written atomically.
+    METEOR). Under torchrun / accelerate launch every process generates its share of the
+    length-sorted batches (the batches of a one-process run, so greedy predictions are the
+    same); rank 0 scores and writes. Generated tokens are appended batch by batch to one
+    partial file per process; a rerun of the same evaluation continues from them. The final
+    files are written atomically.
     """
-    from dataset_formats.amazon_reviews import load as load_strategy
-
     from .wordnet_data import require_wordnet
 
-    recipe, data, rows = request.load_recipe_and_rows(request.limit)
+    recipe, dataset_type, data, rows = request.load_recipe_and_rows(request.limit)
     out = Path(request.out) if request.out else default_out_dir(request, data.stem)
     require_wordnet()  # METEOR needs it: fail now, not after hours of generation
-    out.mkdir(parents=True, exist_ok=True)
-    ids = [prompt_id(row, index) for index, row in enumerate(rows)]
-    key, partial = run_key(request, generation, data), out / PARTIAL
-    done = resumable_tokens(partial, key, ids)
-    model, tokenizer, model_description = load_model_for_generation(
-        recipe["base_model"], request.checkpoint, request.dtype
-    )
-    strategy = load_strategy(tokenizer, recipe)
+    if request.score_only:
+        return score_existing(out)
+    rank, world = distributed_rank_and_size()
+    tokenizer = load_tokenizer(recipe["base_model"], request.checkpoint)
+    strategy = load_strategy(dataset_type, tokenizer, recipe)
     sequence_len = strategy.settings.sequence_len
     if generation.max_new_tokens >= sequence_len:
         raise ValueError(
             f"max_new_tokens ({generation.max_new_tokens}) must be smaller than the recipe's "
             f"sequence_len ({sequence_len}): the prompt needs room too."
         )
-    prompts = []
+    prompts, ids, references = [], [], []
     for index, row in enumerate(rows):
         try:
             prompts.append(strategy.generation_prompts(row, generation.max_new_tokens))
         except ValueError as error:
             raise ValueError(f"{data} row {index + 1}: {error}") from None
+        ids.append(strategy.prompt_id(row, index))
+        references.append(strategy.reference(row))
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{data}: rows share prompt ids; give each row a distinct id")
+    out.mkdir(parents=True, exist_ok=True)
+    key = run_key(request, generation, data)
+    done = generated_so_far(out, key, ids)
+    barrier(world)  # every rank has read the partial files before any is removed or grows
+    if not done and rank == 0:
+        for stale in out.glob(PARTIAL_GLOB):
+            stale.unlink()
+    barrier(world)
     todo = [i for i in range(len(rows)) if i not in done]
-    if done:
+    if done and rank == 0:
         print(f"nextquill evaluate: resuming: {len(done)} of {len(rows)} rows already generated")
+    batches = list(
+        length_buckets([len(prompts[i]["prompt_ids"]) for i in todo], generation.batch_size)
+    )
+    mine = batches[rank::world]
 
     def keep(batch: list[int], tokens: list[list[int]]) -> None:
         append_jsonl(
-            partial,
+            partial_path(out, rank),
             [
                 {"run": key, "index": todo[j], "prompt_id": ids[todo[j]], "tokens": t}
                 for j, t in zip(batch, tokens, strict=True)
             ],
         )
 
+    model, _, model_description = load_model_for_generation(
+        recipe["base_model"], request.checkpoint, request.dtype
+    )
     started = time.time()
     generate_continuations(
         model,
@@ -144,53 +199,100 @@ def run_evaluation(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         counterfactual_prompts=[prompts[i]["counterfactual_prompt_ids"] for i in todo],
-        show_progress=show_progress,
+        show_progress=show_progress and rank == 0,
         on_batch=keep,
+        batches=mine,
     )
-    seconds = time.time() - started
-    continuations = resumable_tokens(partial, key, ids) if todo else done
+    barrier(world)
+    seconds = time.time() - started  # until the last process is done
+    if rank != 0:
+        return None
+    continuations = generated_so_far(out, key, ids)
     missing = [i for i in range(len(rows)) if i not in continuations]
     if missing:
-        raise RuntimeError(f"{len(missing)} rows have no prediction in {partial}")
+        raise RuntimeError(f"{len(missing)} rows have no prediction in {out}/{PARTIAL_GLOB}")
     tokens = [continuations[i] for i in range(len(rows))]
-    predictions = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
-    references = [row["target"]["text"] for row in rows]
-    scores = evaluate_texts(predictions, references, resamples=request.resamples)
-
     records = [
         {
             "user_id": row.get("user_id"),
             "prompt_id": ids[index],
-            "prediction": prediction,
-            "reference": reference,
+            "prediction": tokenizer.decode(tokens[index], skip_special_tokens=True).strip(),
+            "reference": references[index],
             "history_kept": prompts[index]["history_kept"],
-            **{k: float(v[index]) for k, v in scores.per_sample.items()},
         }
-        for index, (row, prediction, reference) in enumerate(
-            zip(rows, predictions, references, strict=True)
-        )
+        for index, row in enumerate(rows)
     ]
-    write_jsonl(out / "predictions.jsonl", records)
     document = {
         "name": request.name or _default_name(request, generation),
         "n": len(rows),
-        "metrics": {k: v.as_dict() for k, v in scores.metrics.items()},
         "model": model_description,
         "checkpoint": request.checkpoint,
         "recipe": str(request.recipe),
         "data": str(data),
+        "dataset_type": dataset_type,
         "generation": generation.as_dict(),
-        "meteor_tokenizer": scores.meteor_tokenizer,
         "bootstrap_resamples": request.resamples,
         "rows_truncated": sum(1 for p in prompts if p["truncation"]),
         "rows_resumed": len(done),
+        "processes": world,
         "generation_seconds": round(seconds, 2),
         "generated_tokens": sum(len(t) for t in tokens),
     }
-    write_text_atomic(out / "metrics.json", json.dumps(document, indent=2) + "\n")
-    partial.unlink(missing_ok=True)  # its content is in predictions.jsonl now
-    document["out_dir"] = str(out)
+    document = write_scored(out, records, document, request.resamples, show_progress)
+    for partial in out.glob(PARTIAL_GLOB):
+        partial.unlink()  # their content is in predictions.jsonl now
     return document
+
+
+def write_scored(
+    out: Path,
+    records: list[dict[str, Any]],
+    document: dict[str, Any],
+    resamples: int,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``records`` (prediction, reference), write predictions.jsonl with per-sample
+    scores and metrics.json (``document`` plus the metrics), atomically; return the document."""
+    scores = evaluate_texts(
+        [r["prediction"] for r in records],
+        [r["reference"] for r in records],
+        resamples=resamples,
+        show_progress=show_progress,
+    )
+    for index, record in enumerate(records):
+        record.update({k: float(v[index]) for k, v in scores.per_sample.items()})
+    write_jsonl(out / "predictions.jsonl", records)
+    document = {
+        **document,
+        "metrics": {k: v.as_dict() for k, v in scores.metrics.items()},
+        "meteor_tokenizer": scores.meteor_tokenizer,
+        "bootstrap_resamples": resamples,
+    }
+    write_text_atomic(out / "metrics.json", json.dumps(document, indent=2) + "\n")
+    return {**document, "out_dir": str(out)}
+
+
+def score_existing(out: Path, resamples: int | None = None) -> dict[str, Any]:
+    """``--score-only``: score ``out/predictions.jsonl`` again (e.g. after a metric fix, or
+    after WordNet was installed), keeping what metrics.json says of the run."""
+    predictions = out / "predictions.jsonl"
+    if not predictions.is_file():
+        partial = sorted(out.glob(PARTIAL_GLOB))
+        hint = (
+            " (only partial generations: run without --score-only to finish them)"
+            if partial
+            else ""
+        )
+        raise FileNotFoundError(f"{predictions} does not exist{hint}")
+    records = [
+        {k: v for k, v in r.items() if k not in METRIC_NAMES} for r in read_jsonl(predictions)
+    ]
+    document = {}
+    if (out / "metrics.json").is_file():
+        document = json.loads((out / "metrics.json").read_text())
+    document.update(n=len(records), scored_again=True)
+    resamples = resamples or int(document.get("bootstrap_resamples", 1000))
+    return write_scored(out, records, document, resamples)
 
 
 def _default_name(request: EvaluationRequest, generation: GenerationSettings) -> str:

@@ -73,10 +73,39 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def model_sources(base_model: str, checkpoint: str | None) -> tuple[str, Path | None]:
+    """(where the full weights are, the LoRA adapter folder or None) for a checkpoint."""
+    if not checkpoint:
+        return base_model, None
+    folder = Path(checkpoint)
+    if (folder / "adapter_config.json").is_file():
+        config = json.loads((folder / "adapter_config.json").read_text())
+        return config.get("base_model_name_or_path") or base_model, folder
+    if (folder / "config.json").is_file():
+        return str(folder), None
+    raise FileNotFoundError(
+        f"checkpoint {folder} holds neither adapter_config.json (a LoRA adapter) nor "
+        "config.json (a full model); pass the folder `axolotl train` saved to "
+        "(output_dir or one of its checkpoint-N folders)."
+    )
+
+
+def load_tokenizer(base_model: str, checkpoint: str | None):
+    """The tokenizer saved with the checkpoint, else the base model's; pad = EOS if unset."""
+    from transformers import AutoTokenizer
+
+    source, _ = model_sources(base_model, checkpoint)
+    tokenizer_source = checkpoint if checkpoint and _has_tokenizer(Path(checkpoint)) else source
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model_for_generation(base_model: str, checkpoint: str | None, dtype: str = "auto"):
     """(model, tokenizer, description) for a base model, a LoRA adapter folder (merged into its
     base for speed) or a full fine-tuned model folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device = default_device()
     if dtype == "auto":
@@ -88,33 +117,15 @@ def load_model_for_generation(base_model: str, checkpoint: str | None, dtype: st
             "bfloat16": torch.bfloat16,
             "float16": torch.float16,
         }[dtype]
-    source, adapter = base_model, None
-    if checkpoint:
-        folder = Path(checkpoint)
-        if (folder / "adapter_config.json").is_file():
-            adapter = folder
-            config = json.loads((folder / "adapter_config.json").read_text())
-            source = config.get("base_model_name_or_path") or base_model
-        elif (folder / "config.json").is_file():
-            source = str(folder)
-        else:
-            raise FileNotFoundError(
-                f"checkpoint {folder} holds neither adapter_config.json (a LoRA adapter) nor "
-                "config.json (a full model); pass the folder `axolotl train` saved to "
-                "(output_dir or one of its checkpoint-N folders)."
-            )
+    source, adapter = model_sources(base_model, checkpoint)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    tokenizer_source = checkpoint if checkpoint and _has_tokenizer(Path(checkpoint)) else source
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     description = f"{source}" + (f" + LoRA adapter {adapter}" if adapter else "")
-    return model, tokenizer, description
+    return model, load_tokenizer(base_model, checkpoint), description
 
 
 def _has_tokenizer(folder: Path) -> bool:
@@ -132,22 +143,26 @@ def generate_continuations(
     counterfactual_prompts: Sequence[Sequence[int]] | None = None,
     show_progress: bool = True,
     on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
+    batches: Sequence[list[int]] | None = None,
 ) -> list[list[int]]:
     """New token ids for every prompt (EOS and padding removed), in the prompts' order.
 
     Prompts are batched by length (longest first) so that left padding stays small. With
     ``settings.cos_gamma > 0`` the ``counterfactual_prompts`` steer decoding (see module doc).
     ``on_batch(prompt indices, their new token ids)`` is called after every batch, so that a
-    caller can keep what is done if the run is interrupted.
+    caller can keep what is done if the run is interrupted. ``batches`` (lists of prompt
+    indices) replaces the length-sorted batches, e.g. with one process's share of them; prompts
+    in no batch get no continuation. Sampling is seeded per batch by its first prompt index, so
+    a batch gives the same tokens whichever process runs it.
     """
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
     if settings.cos_gamma > 0 and counterfactual_prompts is None:
         raise ValueError("context steering (cos_gamma > 0) needs the counterfactual prompts")
     device = next(model.parameters()).device
-    batches = list(length_buckets([len(p) for p in prompts], settings.batch_size))
+    if batches is None:
+        batches = list(length_buckets([len(p) for p in prompts], settings.batch_size))
     outputs: list[list[int]] = [[] for _ in prompts]
-    generator_seed = settings.seed
     for batch in tqdm(batches, desc="generating", disable=not show_progress):
         input_ids, mask = padded_batch([prompts[i] for i in batch], pad_token_id, side="left")
         kwargs: dict = {
@@ -157,7 +172,7 @@ def generate_continuations(
             "eos_token_id": eos_token_id,
         }
         if settings.do_sample:
-            torch.manual_seed(generator_seed)
+            torch.manual_seed(settings.seed + batch[0])
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
         else:  # greedy: unset the model's own sampling defaults so transformers does not warn
             kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -190,5 +205,4 @@ def generate_continuations(
             outputs[row] = [t for t in tokens if t != pad_token_id]
         if on_batch is not None:
             on_batch(list(batch), [outputs[row] for row in batch])
-        generator_seed += 1
     return outputs

@@ -4,12 +4,16 @@
 For every target token: p(y_t | x, h, y<t), p(y_t | x, no history, y<t), their difference (the
 causal effect, eq. 4) and the weight it gets (eq. 3). Views: an HTML page (tokens coloured by
 effect, numbers on hover), coloured terminal output, a histogram of the log-probability
-difference for one or two models (Fig. 3) and the most frequent preference-bearing tokens (Fig. 7).
+difference for one or two models (Fig. 3), the tokens that most often get lambda as a share of
+their occurrences (Fig. 7), and summary.json with the numbers behind them.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import os
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,13 +22,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from dataset_formats.cli_options import option
 from dataset_formats.contract import EFFECT_INPUT_COLUMNS, IGNORE_INDEX
+from dataset_formats.jsonl import write_text_atomic
 
 from ..equations import causal_effects, preference_weights
 from ..token_effects import compute_token_effects
-from .recipe_data import RecipeRowsRequest, prompt_id
+from .recipe_data import RecipeRowsRequest, load_strategy
 
 
 @dataclass
@@ -33,6 +39,7 @@ class TokenView:
 
     prompt_id: str
     tokens: list[str]
+    special: np.ndarray  # bool: special tokens (end of text, ...), left out of the token chart
     p_with: np.ndarray
     p_without: np.ndarray
     effects: np.ndarray
@@ -53,7 +60,7 @@ def paired_rows(strategy, rows: Sequence[dict[str, Any]]) -> dict[str, list]:
 def token_views(
     model,
     tokenizer,
-    rows: Sequence[dict[str, Any]],
+    prompt_ids: Sequence[str],
     columns: dict[str, list],
     *,
     delta: float,
@@ -71,16 +78,18 @@ def token_views(
         batch_size=batch_size,
         show_progress=show_progress,
     )
+    special = set(tokenizer.all_special_ids)
     views = []
-    for i, row in enumerate(rows):
+    for i, name in enumerate(prompt_ids):
         p_with, p_without = effects.row(i)
         target_ids = [t for t in columns["labels"][i] if t != IGNORE_INDEX][: len(p_with)]
         effect = causal_effects(torch.from_numpy(p_with), torch.from_numpy(p_without))
         weights = preference_weights(effect, delta, high_weight, low_weight)
         views.append(
             TokenView(
-                prompt_id=prompt_id(row, i),
+                prompt_id=name,
                 tokens=[tokenizer.decode([t]) for t in target_ids],
+                special=np.array([t in special for t in target_ids], dtype=bool),
                 p_with=p_with,
                 p_without=p_without,
                 effects=effect.numpy(),
@@ -95,6 +104,19 @@ def _colour(effect: float, scale: float) -> tuple[int, int, int]:
     strength = min(1.0, abs(effect) / scale) if scale > 0 else 0.0
     fade = int(255 * (1 - 0.75 * strength))
     return (255, fade, fade) if effect > 0 else (fade, fade, 255)
+
+
+def _html_legend(scale: float, delta: float) -> str:
+    """A row of swatches from -scale to +scale, with the effect each colour stands for."""
+    cells = []
+    for effect in np.linspace(-scale, scale, 9):
+        red, green, blue = _colour(float(effect), scale)
+        css = "swatch pref" if effect > delta else "swatch"
+        cells.append(
+            f'<span class="{css}" style="background:rgb({red},{green},{blue});padding:0 .6em">'
+            f"{effect:+.2f}</span>"
+        )
+    return '<p class="legend">effect: ' + " ".join(cells) + "</p>"
 
 
 def render_html(views: Sequence[TokenView], *, delta: float, title: str) -> str:
@@ -112,6 +134,7 @@ def render_html(views: Sequence[TokenView], *, delta: float, title: str) -> str:
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Colour: causal effect p(y|x,h) - p(y|x) (red: the history makes the token more "
         f"likely; blue: less). Underlined: effect &gt; delta = {delta:g} (weight lambda).</p>",
+        _html_legend(scale, delta),
     ]
     for view in views:
         spans = []
@@ -135,8 +158,15 @@ def render_html(views: Sequence[TokenView], *, delta: float, title: str) -> str:
     return "\n".join(parts) + "\n"
 
 
-def render_terminal(views: Sequence[TokenView], *, delta: float) -> str:
-    """The same view with 24-bit ANSI background colours, for a terminal."""
+def use_colour(stream: Any = None) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    stream = stream if stream is not None else sys.stdout
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+
+
+def render_terminal(views: Sequence[TokenView], *, delta: float, colour: bool = True) -> str:
+    """The same view for a terminal: 24-bit ANSI background colours, or (``colour=False``)
+    plain text with preference-bearing tokens in [brackets]."""
     scale = max([float(np.abs(v.effects).max()) for v in views if len(v.effects)] + [delta])
     lines = []
     for view in views:
@@ -146,6 +176,9 @@ def render_terminal(views: Sequence[TokenView], *, delta: float) -> str:
         )
         text = []
         for token, effect in zip(view.tokens, view.effects, strict=True):
+            if not colour:
+                text.append(f"[{token}]" if effect > delta else token)
+                continue
             red, green, blue = _colour(float(effect), scale)
             style = "\x1b[4m" if effect > delta else ""
             text.append(f"\x1b[48;2;{red};{green};{blue}m\x1b[30m{style}{token}\x1b[0m")
@@ -160,26 +193,55 @@ def log_probability_differences(views: Sequence[TokenView]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def preference_token_counts(views: Sequence[TokenView], delta: float) -> Counter[str]:
-    """How often each token (stripped text) crosses delta (Fig. 7)."""
-    counts: Counter[str] = Counter()
+@dataclass
+class TokenRate:
+    """How often a token (stripped text) gets lambda among its occurrences as a target."""
+
+    token: str
+    occurrences: int
+    preference: int  # occurrences with effect > delta
+
+    @property
+    def rate(self) -> float:
+        return self.preference / self.occurrences
+
+
+def preference_token_rates(
+    views: Sequence[TokenView], delta: float, min_occurrences: int = 3
+) -> list[TokenRate]:
+    """Tokens by the share of their occurrences that cross delta (Fig. 7), special tokens and
+    tokens seen fewer than ``min_occurrences`` times left out, so that a frequent word does not
+    win by frequency alone. Highest share first, then most occurrences."""
+    seen: Counter[str] = Counter()
+    marked: Counter[str] = Counter()
     for view in views:
-        for token, effect in zip(view.tokens, view.effects, strict=True):
-            if effect > delta and token.strip():
-                counts[token.strip()] += 1
-    return counts
+        for token, effect, special in zip(view.tokens, view.effects, view.special, strict=True):
+            text = token.strip()
+            if special or not text:
+                continue
+            seen[text] += 1
+            marked[text] += int(effect > delta)
+    rates = [
+        TokenRate(text, n, marked[text])
+        for text, n in seen.items()
+        if n >= min_occurrences and marked[text]
+    ]
+    return sorted(rates, key=lambda r: (-r.rate, -r.occurrences, r.token))
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    """Save without pyplot, so that no backend is switched for the caller (e.g. a notebook)."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
 
 
 def plot_difference_histogram(
     differences: dict[str, np.ndarray], path: Path, title: str = ""
 ) -> Path:
     """Overlaid histograms of the log-probability difference, one per model (Fig. 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     values = [v for v in differences.values() if len(v)]
     low = min((float(v.min()) for v in values), default=-1.0)
     high = max((float(v.max()) for v in values), default=1.0)
@@ -193,35 +255,52 @@ def plot_difference_histogram(
     axes.set_yscale("log")
     axes.set_title(title or "Effect of the history on target tokens")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_preference_tokens(
-    counts: Counter[str], path: Path, title: str = "", top: int = 20
+    rates: Sequence[TokenRate], path: Path, title: str, top: int = 20
 ) -> Path:
-    """Bar chart of the most frequent preference-bearing tokens (Fig. 7)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    common = counts.most_common(top)
-    figure, axes = plt.subplots(figsize=(7, max(2.5, 0.3 * len(common) + 1)))
-    if common:
-        labels, values = zip(*reversed(common), strict=True)
-        axes.barh(range(len(values)), values, color="tab:red")
-        axes.set_yticks(range(len(labels)), labels)
+    """Bar chart of the tokens that most often get lambda, as a share of their occurrences."""
+    shown = list(rates[:top])
+    figure = Figure(figsize=(7, max(2.5, 0.3 * len(shown) + 1)))
+    axes = figure.subplots()
+    if shown:
+        shown.reverse()
+        axes.barh(range(len(shown)), [r.rate for r in shown], color="tab:red")
+        axes.set_yticks(
+            range(len(shown)), [f"{r.token} ({r.preference}/{r.occurrences})" for r in shown]
+        )
+        axes.set_xlim(0, 1)
     else:
         axes.text(0.5, 0.5, "no token crossed delta", ha="center", va="center")
-    axes.set_xlabel("times the token got weight lambda")
-    axes.set_title(title or "Most frequent preference-bearing tokens")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    axes.set_xlabel("share of the token's occurrences that get weight lambda")
+    axes.set_title(title)
+    return _save(figure, path)
+
+
+def summary(
+    views: dict[str, list[TokenView]], rates: Sequence[TokenRate], delta: float, top: int = 20
+) -> dict[str, Any]:
+    """The numbers behind the pictures, for a machine: per model the mean log-probability gap
+    and the lambda share; the top tokens of the first model with their rates."""
+    models = {}
+    for name, model_views in views.items():
+        effects = np.concatenate([v.effects for v in model_views] or [np.zeros(0)])
+        gaps = log_probability_differences(model_views)
+        models[name] = {
+            "target_tokens": int(len(effects)),
+            "mean_log_prob_gap": float(gaps.mean()) if len(gaps) else None,
+            "lambda_share": float((effects > delta).mean()) if len(effects) else None,
+        }
+    return {
+        "delta": delta,
+        "models": models,
+        "top_tokens": [
+            {"token": r.token, "rate": r.rate, "lambda": r.preference, "occurrences": r.occurrences}
+            for r in rates[:top]
+        ],
+    }
 
 
 @dataclass
@@ -238,20 +317,20 @@ class InspectionRequest(RecipeRowsRequest):
 
 
 def run_inspection(request: InspectionRequest, show_progress: bool = True) -> dict[str, Path]:
-    """Write tokens.html and the two plots into ``request.out``; return their paths."""
-    from dataset_formats.amazon_reviews import load as load_strategy
-
+    """Write tokens.html, the two plots and summary.json into ``request.out``; return their
+    paths."""
     from ..args import settings_from
     from .generation import load_model_for_generation
 
-    recipe, data, rows = request.load_recipe_and_rows(max(request.samples, request.plot_samples))
+    recipe, dataset_type, data, rows = request.load_recipe_and_rows(
+        max(request.samples, request.plot_samples)
+    )
     settings = settings_from(recipe)  # validated, with the defaults training uses
     delta, high, low = settings.delta, settings.high_weight, settings.low_weight
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    differences: dict[str, np.ndarray] = {}
-    primary: list[TokenView] = []
+    views: dict[str, list[TokenView]] = {}
     for name, checkpoint in (
         (request.name, request.checkpoint),
         (request.against_name, request.against),
@@ -259,35 +338,40 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
         if name == request.against_name and request.against is None:
             continue
         model, tokenizer, _ = load_model_for_generation(recipe["base_model"], checkpoint)
-        columns = paired_rows(load_strategy(tokenizer, recipe), rows)
-        views = token_views(
+        strategy = load_strategy(dataset_type, tokenizer, recipe)
+        views[name] = token_views(
             model,
             tokenizer,
-            rows,
-            columns,
+            [strategy.prompt_id(row, i) for i, row in enumerate(rows)],
+            paired_rows(strategy, rows),
             delta=delta,
             high_weight=high,
             low_weight=low,
             show_progress=show_progress,
         )
-        differences[name] = log_probability_differences(views)
-        if not primary:
-            primary = views
         del model
+    primary = views[request.name]
     shown = primary[: request.samples]
-    title = f"NextQuill token effects: {request.name} on {data.name}"
+    rates = preference_token_rates(primary, delta)
     paths = {
         "html": out / "tokens.html",
         "histogram": out / "logprob_difference.png",
         "preference_tokens": out / "preference_tokens.png",
+        "summary": out / "summary.json",
     }
-    paths["html"].write_text(render_html(shown, delta=delta, title=title))
+    title = f"NextQuill token effects under {request.name} ({data.name})"
+    write_text_atomic(paths["html"], render_html(shown, delta=delta, title=title))
     if request.terminal:
-        print(render_terminal(shown, delta=delta), end="")
-    plot_difference_histogram(differences, paths["histogram"], f"{data.name}: {len(rows)} samples")
-    plot_preference_tokens(
-        preference_token_counts(primary, delta),
-        paths["preference_tokens"],
-        f"Tokens with effect > {delta:g} under {request.name} ({data.name})",
+        print(render_terminal(shown, delta=delta, colour=use_colour()), end="")
+    plot_difference_histogram(
+        {name: log_probability_differences(v) for name, v in views.items()},
+        paths["histogram"],
+        f"Effect of the history: {' vs '.join(views)} ({data.name}, {len(rows)} samples)",
     )
+    plot_preference_tokens(
+        rates,
+        paths["preference_tokens"],
+        f"Tokens that get lambda (effect > {delta:g}) under {request.name} ({data.name})",
+    )
+    write_text_atomic(paths["summary"], json.dumps(summary(views, rates, delta), indent=2) + "\n")
     return paths

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 METRIC_NAMES = ("rouge1", "rougeL", "meteor", "bleu")
 METRIC_LABELS = {"rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "meteor": "METEOR", "bleu": "BLEU"}
@@ -61,7 +62,9 @@ def word_tokenizer() -> tuple[Callable[[str], list[str]], str]:
     return tokenize, "nltk treebank words, regex sentences (punkt not installed)"
 
 
-def meteor_per_sample(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+def meteor_per_sample(
+    predictions: Sequence[str], references: Sequence[str], show_progress: bool = False
+) -> np.ndarray:
     """METEOR of every pair, as `evaluate`'s meteor computes it for NLTK >= 3.6.5."""
     from nltk.translate.meteor_score import single_meteor_score
 
@@ -69,33 +72,52 @@ def meteor_per_sample(predictions: Sequence[str], references: Sequence[str]) -> 
 
     wordnet = require_wordnet()
     tokenize, _ = word_tokenizer()
+    pairs = tqdm(
+        list(zip(predictions, references, strict=True)), desc="METEOR", disable=not show_progress
+    )
     return np.array(
         [
             single_meteor_score(
                 tokenize(ref), tokenize(pred), wordnet=wordnet, alpha=0.9, beta=3, gamma=0.5
             )
-            for pred, ref in zip(predictions, references, strict=True)
+            for pred, ref in pairs
         ],
         dtype=np.float64,
     )
 
 
 class CorpusBleu:
-    """sacrebleu corpus BLEU over any subset of the samples (for the bootstrap) from sentence
-    statistics extracted once; the same two methods sacrebleu's own paired bootstrap uses."""
+    """sacrebleu corpus BLEU over any subset of the samples (for the bootstrap), from each
+    sample's n-gram statistics taken once, through sacrebleu's public API: a one-sentence
+    ``corpus_score`` gives the statistics, ``BLEU.compute_bleu`` scores their sums."""
 
     def __init__(self, predictions: Sequence[str], references: Sequence[str]):
         from sacrebleu.metrics import BLEU
 
         self.bleu = BLEU()
-        self.stats = np.array(
-            self.bleu._extract_corpus_statistics(list(predictions), [list(references)]),
-            dtype=np.int64,
-        ).reshape(len(predictions), -1)
+        rows = []
+        for prediction, reference in zip(predictions, references, strict=True):
+            one = self.bleu.corpus_score([prediction], [[reference]])
+            rows.append([*one.counts, *one.totals, one.sys_len, one.ref_len])
+        self.order = self.bleu.max_ngram_order
+        self.stats = np.array(rows, dtype=np.int64).reshape(len(rows), 2 * self.order + 2)
 
     def score(self, indices: np.ndarray | None = None) -> float:
-        stats = self.stats if indices is None else self.stats[indices]
-        return float(self.bleu._compute_score_from_stats(stats.sum(axis=0).tolist()).score)
+        from sacrebleu.metrics import BLEU
+
+        total = (self.stats if indices is None else self.stats[indices]).sum(axis=0).tolist()
+        order = self.order
+        return float(
+            BLEU.compute_bleu(
+                correct=total[:order],
+                total=total[order : 2 * order],
+                sys_len=total[2 * order],
+                ref_len=total[2 * order + 1],
+                smooth_method=self.bleu.smooth_method,
+                smooth_value=self.bleu.smooth_value,
+                max_ngram_order=order,
+            ).score
+        )
 
 
 @dataclass
@@ -117,12 +139,15 @@ def bootstrap_interval(
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    description: str = "",
 ) -> tuple[float, float]:
-    """Percentile bootstrap: ``statistic`` of ``resamples`` index draws with replacement."""
+    """Percentile bootstrap: ``statistic`` of ``resamples`` index draws with replacement (a
+    progress bar when ``description`` is given)."""
     if n_samples == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n_samples, n_samples)) for _ in range(resamples)])
+    draws = tqdm(range(resamples), desc=description, disable=not description, leave=False)
+    values = np.array([statistic(rng.integers(0, n_samples, n_samples)) for _ in draws])
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
@@ -143,12 +168,13 @@ def evaluate_texts(
     *,
     resamples: int = 1000,
     seed: int = 0,
+    show_progress: bool = False,
 ) -> Evaluation:
     """All four metrics of the paper's Table 1 with 95% bootstrap confidence intervals."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     per_sample = rouge_per_sample(predictions, references)
-    per_sample["meteor"] = meteor_per_sample(predictions, references)
+    per_sample["meteor"] = meteor_per_sample(predictions, references, show_progress)
     n = len(predictions)
     metrics: dict[str, Estimate] = {}
     for name, values in per_sample.items():
@@ -157,6 +183,12 @@ def evaluate_texts(
         )
         metrics[name] = Estimate(float(values.mean()) if n else float("nan"), low, high)
     bleu = CorpusBleu(predictions, references)
-    low, high = bootstrap_interval(bleu.score, n, resamples=resamples, seed=seed)
+    low, high = bootstrap_interval(
+        bleu.score,
+        n,
+        resamples=resamples,
+        seed=seed,
+        description="BLEU bootstrap" if show_progress else "",
+    )
     metrics["bleu"] = Estimate(bleu.score() if n else float("nan"), low, high)
     return Evaluation(per_sample, {k: metrics[k] for k in METRIC_NAMES}, word_tokenizer()[1])

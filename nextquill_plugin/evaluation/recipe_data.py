@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ import yaml
 
 from dataset_formats.cli_options import option
 from dataset_formats.jsonl import read_jsonl
+from dataset_formats.strategy import EvaluableType
 
-SUPPORTED_TYPE = "dataset_formats.amazon_reviews"
+EVALUABLE_TYPES = ("dataset_formats.amazon_reviews", "dataset_formats.paired")
 
 
 def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -28,25 +30,33 @@ def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     return recipe
 
 
-def split_path(recipe: dict[str, Any], split: str) -> Path:
-    """``<folder of the recipe's training file>/<split>.jsonl``: the builder writes
-    train/validation/test side by side."""
-    datasets = recipe.get("datasets") or []
-    if not datasets or not datasets[0].get("path"):
-        raise ValueError(
-            "the recipe has no datasets[0].path to find the split next to; pass --data"
-        )
-    return Path(datasets[0]["path"]).parent / f"{split}.jsonl"
+def evaluated_dataset(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's first dataset of a NextQuill type (a mixed recipe's other rows have no
+    history to personalize from, so they are not evaluated)."""
+    datasets = [d for d in recipe.get("datasets") or [] if isinstance(d, dict)]
+    for dataset in datasets:
+        if dataset.get("type") in EVALUABLE_TYPES:
+            return dataset
+    raise ValueError(
+        f"nextquill evaluates rows of the types {', '.join(EVALUABLE_TYPES)}; this recipe's "
+        f"datasets have types {sorted(str(d.get('type')) for d in datasets)}."
+    )
 
 
-def check_dataset_type(recipe: dict[str, Any]) -> None:
-    """Refuse recipes whose rows are not ``SUPPORTED_TYPE`` (their prompts cannot be rendered)."""
-    types = {d.get("type") for d in recipe.get("datasets") or []}
-    if types and types != {SUPPORTED_TYPE}:
-        raise ValueError(
-            f"nextquill evaluate renders prompts of `{SUPPORTED_TYPE}` rows; this recipe's "
-            f"datasets have types {sorted(map(str, types))}."
-        )
+def split_path(dataset: dict[str, Any], split: str) -> Path:
+    """``<folder of the dataset's file>/<split>.jsonl``: the builder writes train/validation/test
+    side by side."""
+    if not dataset.get("path"):
+        raise ValueError("the evaluated dataset has no path to find the split next to; pass --data")
+    return Path(dataset["path"]).parent / f"{split}.jsonl"
+
+
+def load_strategy(dataset_type: str, tokenizer, recipe: dict[str, Any]) -> EvaluableType:
+    """The dataset type's strategy for this recipe (what training tokenizes rows with)."""
+    strategy = importlib.import_module(dataset_type).load(tokenizer, recipe)
+    if not isinstance(strategy, EvaluableType):
+        raise TypeError(f"{dataset_type} does not meet the EvaluableType contract")
+    return strategy
 
 
 def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -62,12 +72,6 @@ def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def prompt_id(row: dict[str, Any], index: int) -> str:
-    """``user_id/item_id`` of a built row (the row's index when it names no item)."""
-    target = row.get("target") or {}
-    return f"{row.get('user_id')}/{target.get('item_id') or index}"
-
-
 @dataclass
 class RecipeRowsRequest:
     """A model (a recipe's base model, or a checkpoint) and the rows to run it on; the
@@ -81,9 +85,10 @@ class RecipeRowsRequest:
     data: str | None = option("a JSONL file of built rows instead of --split")
     overrides: dict[str, Any] | None = field(default=None, metadata={"cli": False})
 
-    def load_recipe_and_rows(self, limit: int | None) -> tuple[dict[str, Any], Path, list]:
-        """(the recipe with overrides, the rows' file, its first ``limit`` rows)."""
+    def load_recipe_and_rows(self, limit: int | None) -> tuple[dict[str, Any], str, Path, list]:
+        """(the recipe with overrides, the dataset type, the rows' file, its first ``limit``
+        rows)."""
         recipe = read_recipe(self.recipe, self.overrides)
-        check_dataset_type(recipe)
-        data = Path(self.data) if self.data else split_path(recipe, self.split)
-        return recipe, data, read_rows(data, limit)
+        dataset = evaluated_dataset(recipe)
+        data = Path(self.data) if self.data else split_path(dataset, self.split)
+        return recipe, dataset["type"], data, read_rows(data, limit)

@@ -1,0 +1,114 @@
+"""Is a difference between two methods real? Paired bootstrap over users.
+
+For each metric: the mean over users of (method - baseline), where each user's value is the mean
+over their rows, with a 95% percentile interval from resampling users with replacement, the same
+draw for both methods (paired). BLEU is a corpus metric: its difference is corpus BLEU of the
+method minus corpus BLEU of the baseline on the resampled users' rows. A difference whose
+interval excludes 0 is marked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dataset_formats.jsonl import read_jsonl
+
+from .metrics import METRIC_NAMES, CorpusBleu
+
+PER_SAMPLE_METRICS = tuple(m for m in METRIC_NAMES if m != "bleu")
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """method - baseline for one metric, with its paired bootstrap interval."""
+
+    metric: str
+    mean: float
+    ci_low: float
+    ci_high: float
+    users: int
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0."""
+        return self.ci_low > 0 or self.ci_high < 0
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def user_resamples(n_users: int, resamples: int, seed: int) -> np.ndarray:
+    """``[resamples, n_users]`` user indices drawn with replacement (shared by both methods)."""
+    return np.random.default_rng(seed).integers(0, n_users, (resamples, n_users))
+
+
+def mean_difference(
+    metric: str, per_user_method: np.ndarray, per_user_baseline: np.ndarray, draws: np.ndarray
+) -> PairedDifference:
+    """Mean per-user difference and its interval over the given user draws."""
+    differences = per_user_method - per_user_baseline
+    low, high = percentile_interval(differences[draws].mean(axis=1))
+    return PairedDifference(metric, float(differences.mean()), low, high, len(differences))
+
+
+def read_predictions(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "predictions.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: paired differences need each run's predictions.jsonl"
+        )
+    return read_jsonl(path)
+
+
+def paired_differences(
+    method: Sequence[dict[str, Any]],
+    baseline: Sequence[dict[str, Any]],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> list[PairedDifference]:
+    """Per-metric paired differences of two runs' prediction records (same prompts)."""
+    by_prompt = {r["prompt_id"]: r for r in baseline}
+    if {r["prompt_id"] for r in method} != set(by_prompt):
+        raise ValueError(
+            "the two runs were not evaluated on the same prompts; evaluate both on one split"
+        )
+    users = sorted({str(r.get("user_id") or r["prompt_id"]) for r in method})
+    index = {user: i for i, user in enumerate(users)}
+    row_user = np.array([index[str(r.get("user_id") or r["prompt_id"])] for r in method])
+    paired_baseline = [by_prompt[r["prompt_id"]] for r in method]
+    draws = user_resamples(len(users), resamples, seed)
+
+    def per_user(records: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
+        totals = np.bincount(row_user, [float(r[metric]) for r in records], len(users))
+        return totals / np.bincount(row_user, minlength=len(users))
+
+    results = [
+        mean_difference(metric, per_user(method, metric), per_user(paired_baseline, metric), draws)
+        for metric in PER_SAMPLE_METRICS
+    ]
+
+    bleu_method = CorpusBleu([r["prediction"] for r in method], [r["reference"] for r in method])
+    bleu_base = CorpusBleu(
+        [r["prediction"] for r in paired_baseline], [r["reference"] for r in paired_baseline]
+    )
+    rows_of_user = [np.flatnonzero(row_user == u) for u in range(len(users))]
+    values = []
+    for draw in tqdm(draws, desc="BLEU paired bootstrap", disable=not show_progress, leave=False):
+        rows = np.concatenate([rows_of_user[u] for u in draw])
+        values.append(bleu_method.score(rows) - bleu_base.score(rows))
+    low, high = percentile_interval(np.array(values))
+    results.append(
+        PairedDifference("bleu", bleu_method.score() - bleu_base.score(), low, high, len(users))
+    )
+    return results
