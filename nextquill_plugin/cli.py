@@ -5,7 +5,10 @@ nextquill evaluate RECIPE.yml [--checkpoint DIR]  generate for a split and score
 nextquill compare RUN_DIR RUN_DIR ...             Table-1/2-style comparison of evaluations
 nextquill inspect RECIPE.yml [--checkpoint DIR]   per-token causal effects: HTML, terminal, plots
 nextquill setup-wordnet                           WordNet for METEOR from Debian's packages
+nextquill recipes DEST                            copy the shipped recipes into DEST
 nextquill demo                                    the end-to-end demo (same as `make demo`)
+
+The same commands run as `axolotl nextquill ...`.
 
 Recipe overrides (`--key value`, as `axolotl train` takes them) go after `--` for evaluate and
 inspect, e.g. `nextquill evaluate r.yml --checkpoint out -- --sequence_len 2048`.
@@ -15,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dataset_formats.cli_options import add_dataclass_options, dataclass_from_args
+from dataset_formats.jsonl import write_text_atomic
 
 
 def parse_value(text: str) -> Any:
@@ -188,7 +193,6 @@ def run_inspect(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
 
 
 def run_setup_wordnet(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from pathlib import Path
 
     from .evaluation.wordnet_data import install_wordnet, require_wordnet
 
@@ -197,18 +201,63 @@ def run_setup_wordnet(args: argparse.Namespace, overrides: dict[str, Any]) -> No
     print(f"nextquill setup-wordnet: WordNet 3.0 installed in {target}")
 
 
+def copy_recipes(destination: Path) -> list[Path]:
+    """Copy the recipes shipped with the package into ``destination``; when a file of the same
+    name is already there nothing is copied (and the error names it)."""
+    from importlib.resources import files
+
+    try:  # installed from a wheel: the recipes are the package nextquill_plugin.recipes
+        folder = files("nextquill_plugin.recipes")
+    except ModuleNotFoundError:  # a source checkout (editable install): the recipes/ folder
+        folder = Path(__file__).resolve().parents[1] / "recipes"
+    shipped = sorted(
+        (entry for entry in folder.iterdir() if entry.name.endswith(".yml")),
+        key=lambda entry: entry.name,
+    )
+    if not shipped:
+        raise FileNotFoundError("no recipes are installed with this package")
+    destination.mkdir(parents=True, exist_ok=True)
+    existing = [entry.name for entry in shipped if (destination / entry.name).exists()]
+    if existing:
+        raise FileExistsError(
+            f"{destination} already has {', '.join(existing)}; nothing was copied. Choose "
+            "another folder or move those files away."
+        )
+    copied = []
+    for entry in shipped:
+        write_text_atomic(destination / entry.name, entry.read_text())
+        copied.append(destination / entry.name)
+    return copied
+
+
+def run_recipes(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    copied = copy_recipes(Path(args.destination))
+    print(f"nextquill recipes: copied {len(copied)} recipes into {args.destination}")
+
+
 COMMANDS = {
     "evaluate": run_evaluate,
     "compare": run_compare,
     "inspect": run_inspect,
     "setup-wordnet": run_setup_wordnet,
+    "recipes": run_recipes,
 }
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nextquill-axolotl")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="nextquill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     weights = commands.add_parser(
         "weights", help="compute the theta_0 token weights of a recipe ahead of training"
@@ -223,6 +272,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     wordnet.add_argument("--source", default="/usr/share/wordnet")
     wordnet.add_argument("--nltk-dir", default=None, help="default: <sys.prefix>/nltk_data")
+    recipes = commands.add_parser(
+        "recipes", help="copy the shipped recipes (3 domains x 5 variants, mixed example)"
+    )
+    recipes.add_argument("destination", help="folder to copy them into (created if missing)")
 
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides: dict[str, Any] = {}
@@ -234,10 +287,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "weights":
         compute_weights(args.recipe, {**parse_overrides(extra), **overrides})
-    elif args.command in ("evaluate", "compare", "inspect", "setup-wordnet"):
+    elif args.command in COMMANDS:
         try:
             COMMANDS[args.command](args, overrides)
-        except (FileNotFoundError, ValueError, RuntimeError) as error:
+        except (OSError, ValueError, RuntimeError) as error:
             raise SystemExit(f"nextquill {args.command}: {error}") from None
     elif args.command == "demo":
         if extra:

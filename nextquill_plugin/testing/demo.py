@@ -150,7 +150,7 @@ def main() -> None:
 
 def evaluate_and_inspect(data: Path) -> None:
     """Step 6: `nextquill evaluate`, `compare` and `inspect` on the demo's test users."""
-    from ..evaluation.compare import comparison_table, load_run
+    from ..evaluation.compare import comparison_table, difference_table, load_run
     from ..evaluation.evaluate import EvaluationRequest, run_evaluation
     from ..evaluation.generation import GenerationSettings
     from ..evaluation.inspection import InspectionRequest, run_inspection
@@ -176,10 +176,9 @@ def evaluate_and_inspect(data: Path) -> None:
             show_progress=False,
         )
         say(f"evaluated {name} on {document['n']} test users ({document['out_dir']})")
-    table = comparison_table(
-        [load_run(OUT / "eval" / run[3]) for run in runs.values()], baseline="ContextSFT"
-    )
-    print(table)
+    evaluated = [load_run(OUT / "eval" / run[3]) for run in runs.values()]
+    print(comparison_table(evaluated, baseline="ContextSFT"))
+    print(difference_table(evaluated, "ContextSFT"))
     # Fig. 7: the tokens theta_0 marks (the weights training used); Fig. 3: the trained models.
     common = {"data": str(data / "test.jsonl"), "plot_samples": 200, "terminal": False}
     theta0_views = run_inspection(

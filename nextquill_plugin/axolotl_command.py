@@ -1,0 +1,23 @@
+"""`axolotl nextquill ...`: the `nextquill` command where Axolotl users look for commands.
+
+Axolotl (>= 0.19) adds the click commands of the `axolotl.cli_commands` entry-point group to its
+own CLI; this one hands every argument to `nextquill_plugin.cli.main`, so
+`axolotl nextquill evaluate recipe.yml` is `nextquill evaluate recipe.yml`.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(
+    "nextquill",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+def nextquill(arguments: tuple[str, ...]) -> None:
+    """NextQuill: theta_0 weights, evaluate, compare, inspect, recipes, demo."""
+    from .cli import main
+
+    main(list(arguments))
