@@ -95,3 +95,13 @@ def test_benchmarks_go_offline_before_anything_reads_the_offline_setting():
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.strip() == "True", name
+
+
+def test_generation_throughput_benchmark_compares_one_and_two_processes():
+    output = run_script(
+        "generation_throughput.py", "--rows", "6", "--max-new-tokens", "4", "--rounds", "1"
+    )
+    rows = table_rows(output)
+    assert [row[0] for row in rows[1:]] == ["1", "2"]
+    assert all(float(row[1]) > 0 for row in rows[1:])
+    assert "two / one process:" in output and "(predictions identical)" in output

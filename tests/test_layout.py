@@ -174,3 +174,25 @@ def test_the_readme_code_layout_matches_the_tree():
         for path in (ROOT / folder).glob("*.py"):
             if path.name != "__init__.py":
                 assert f"`{path.name}`" in section_text, path
+
+
+def readme_key_rows() -> dict[str, list[str]]:
+    text = (ROOT / "README.md").read_text().split("### Config keys", 1)[1].split("\n### ", 1)[0]
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`nextquill"):
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_the_readme_key_table_lists_every_key_with_its_default_and_symbol():
+    rows = readme_key_rows()
+    keys = {name for name in NextQuillArgs.model_fields if name.startswith("nextquill")}
+    assert set(rows) == keys
+    for setting in fields(NextQuillSettings):
+        default, paper, _meaning = rows[SETTING_PREFIX + setting.name]
+        value = setting.default
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        assert default == f"`{shown}`", setting.name
+        assert paper.startswith(setting.metadata["symbol"]), setting.name
