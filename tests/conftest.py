@@ -60,3 +60,22 @@ def paired_rows(tiny_tokenizer, synthetic_splits):
         tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_history_k": 2}
     )
     return [strategy.tokenize_prompt(r) for r in synthetic_splits["train"][:5]]
+
+
+@pytest.fixture()
+def load_recipe(tmp_path, tiny_model_dir):
+    """``load_recipe(**overrides)``: the tiny CPU recipe with overrides, through Axolotl's own
+    config loading (validation included) with the plugin registered."""
+    import yaml
+    from axolotl.cli.config import load_cfg
+
+    from nextquill_plugin.testing.local_runs import tiny_recipe
+
+    def _load(**overrides):
+        recipe = tiny_recipe(tiny_model_dir, tmp_path / "train.jsonl", tmp_path, **overrides)
+        (tmp_path / "train.jsonl").write_text("{}\n")
+        path = tmp_path / "recipe.yml"
+        path.write_text(yaml.safe_dump(recipe))
+        return load_cfg(str(path))
+
+    return _load

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import yaml
-
-from nextquill_plugin.testing.local_runs import tiny_recipe
 
 
 @pytest.fixture()
-def load(tmp_path, tiny_model_dir):
-    from axolotl.cli.config import load_cfg
-
-    def _load(**overrides):
-        recipe = tiny_recipe(tiny_model_dir, tmp_path / "train.jsonl", tmp_path, **overrides)
-        (tmp_path / "train.jsonl").write_text("{}\n")
-        path = tmp_path / "recipe.yml"
-        path.write_text(yaml.safe_dump(recipe))
-        return load_cfg(str(path))
-
-    return _load
+def load(load_recipe):
+    return load_recipe
 
 
 def test_defaults_are_the_papers(load):

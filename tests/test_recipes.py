@@ -68,7 +68,7 @@ def load_generator():
 
 def test_recipes_match_their_generator():
     expected = load_generator().expected_recipes()
-    assert len(expected) == 15
+    assert len(expected) == 18  # 3 domains x 5 variants, and NextQuill with QLoRA per domain
     on_disk = {p for p in RECIPES.glob("*.yml") if p.name != "mixed_example.yml"}
     assert on_disk == set(expected)
     for path, text in expected.items():
@@ -109,10 +109,15 @@ def test_every_recipe_validates_with_axolotl(workdir, tiny_model_dir):
         if line.startswith("RECIPE "):
             cfg = json.loads(line[len("RECIPE ") :])
             seen[cfg["recipe"]] = cfg
-    assert set(seen) == {Path(r).name for r in recipes}  # the 15 and the mixed example
+    assert set(seen) == {Path(r).name for r in recipes}  # the 18 and the mixed example
     assert seen.pop("mixed_example.yml")["nextquill"] is True
     variants = sorted(load_generator().VARIANTS, key=len, reverse=True)  # context_sft before sft
     for name, cfg in seen.items():
+        qlora = name.endswith("_qlora.yml")
+        assert (cfg["adapter"], bool(cfg.get("load_in_4bit"))) == (
+            ("qlora", True) if qlora else ("lora", False)
+        ), name
+        name = name.removesuffix("_qlora.yml") + ".yml" if qlora else name
         variant = next(v for v in variants if name.endswith(f"_{v}.yml"))
         assert (
             cfg["learning_rate"] == 5e-6 and cfg["num_epochs"] == 5 and cfg["sequence_len"] == 4096

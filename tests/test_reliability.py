@@ -282,23 +282,6 @@ def test_a_newest_entry_too_long_alone_does_not_drop_the_others(tiny_tokenizer, 
 # ------------------------------------------------------------------------ recipe values
 
 
-@pytest.fixture()
-def load_recipe(tmp_path, tiny_model_dir):
-    import yaml
-    from axolotl.cli.config import load_cfg
-
-    from nextquill_plugin.testing.local_runs import tiny_recipe
-
-    def _load(**overrides):
-        recipe = tiny_recipe(tiny_model_dir, tmp_path / "train.jsonl", tmp_path, **overrides)
-        (tmp_path / "train.jsonl").write_text("{}\n")
-        path = tmp_path / "recipe.yml"
-        path.write_text(yaml.safe_dump(recipe))
-        return load_cfg(str(path))
-
-    return _load
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -40,6 +40,8 @@ def main() -> None:
             "lora_r",
             "sequence_len",
             "deepspeed",
+            "adapter",
+            "load_in_4bit",
         )
         for recipe in recipes:
             # `axolotl train` loads one recipe per process; forget the previous recipe's state

@@ -1,0 +1,101 @@
+"""Axolotl features a user expects to keep working with the plugin: TensorBoard logging,
+resuming from a checkpoint, QLoRA."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dataset_formats.jsonl import write_jsonl
+from nextquill_plugin.testing.local_runs import logged_metrics, run_axolotl, tiny_recipe
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory, synthetic_splits):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", synthetic_splits["train"])
+
+
+def trained(result) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def test_tensorboard_event_files_hold_the_nextquill_scalars(tmp_path, tiny_model_dir, train_file):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path, max_steps=3, use_tensorboard=True)
+    trained(run_axolotl("train", recipe, tmp_path))
+    (events,) = {p.parent for p in (tmp_path / "out").rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    for name in ("normal_loss", "causal_loss", "mean_weight", "preference_token_fraction"):
+        (tag,) = [t for t in tags if t.endswith(f"nextquill/{name}")]
+        assert len(accumulator.Scalars(tag)) == 3, tag
+
+
+def test_resuming_continues_with_the_same_losses_and_the_cached_weights(
+    tmp_path, tiny_model_dir, train_file
+):
+    common = {"max_steps": 6, "lora_dropout": 0.0, "save_strategy": "steps", "save_steps": 3}
+    whole = tiny_recipe(tiny_model_dir, train_file, tmp_path / "whole", **common)
+    reference = logged_metrics(trained(run_axolotl("train", whole, tmp_path / "whole")))
+
+    interrupted = tmp_path / "interrupted"
+    recipe = tiny_recipe(tiny_model_dir, train_file, interrupted, **common)
+    trained(run_axolotl("train", recipe, interrupted))
+    shutil.rmtree(interrupted / "out" / "checkpoint-6")  # as if stopped after step 3's save
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (interrupted / "out" / name).unlink()
+    output = trained(
+        run_axolotl("train", {**recipe, "auto_resume_from_checkpoints": True}, interrupted)
+    )
+    assert "used cached theta_0 effects" in output  # the weights are not computed again
+    resumed = logged_metrics(output)
+    assert len(resumed) == 3  # steps 4-6 only
+    for after, before in zip(resumed, reference[3:], strict=True):
+        assert after["loss"] == pytest.approx(before["loss"], abs=2e-3)
+        assert after["nextquill/causal_loss"] == pytest.approx(
+            before["nextquill/causal_loss"], abs=2e-3
+        )
+
+
+def test_qlora_trains_with_the_lm_head_unquantised(tmp_path, tiny_tokenizer, train_file):
+    """bitsandbytes' CPU 4-bit path; theta_0 weights from the current model (see the README:
+    on CPU the initial-model pass before the first step trips bitsandbytes' CPU kernel)."""
+    from nextquill_plugin.testing.tiny_model import random_qwen2
+
+    model_dir = tmp_path / "model"
+    model = random_qwen2(
+        len(tiny_tokenizer),
+        128,  # a multiple of bitsandbytes' block size
+        2,
+        intermediate_size=256,
+        bos_token_id=None,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    recipe = tiny_recipe(
+        model_dir,
+        train_file,
+        tmp_path,
+        adapter="qlora",
+        load_in_4bit=True,
+        max_steps=2,
+        nextquill_weight_source="current",
+    )
+    steps = logged_metrics(trained(run_axolotl("train", recipe, tmp_path)))
+    assert len(steps) == 2 and all(s["nextquill/causal_loss"] > 0 for s in steps)
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_recipes_name_tensorboard_and_wandb():
+    recipe = (Path(__file__).parents[1] / "recipes" / "books_nextquill.yml").read_text()
+    assert "# use_tensorboard: true" in recipe and "# wandb_project:" in recipe
