@@ -5,6 +5,7 @@ nextquill evaluate RECIPE.yml [--checkpoint DIR]  generate for a split and score
 nextquill compare RUN_DIR RUN_DIR ...             Table-1/2-style comparison of evaluations
 nextquill inspect RECIPE.yml [--checkpoint DIR]   per-token causal effects: HTML, terminal, plots
 nextquill setup-wordnet                           WordNet for METEOR from Debian's packages
+nextquill prompts RECIPE.yml [--limit N]          the exact prompt text evaluate generates from
 nextquill recipes DEST                            copy the shipped recipes into DEST
 nextquill demo                                    the end-to-end demo (same as `make demo`)
 
@@ -230,6 +231,13 @@ def copy_recipes(destination: Path) -> list[Path]:
     return copied
 
 
+def run_prompts(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    from .evaluation.prompts import PromptsRequest, render_prompts
+
+    prompts = render_prompts(dataclass_from_args(PromptsRequest, args, overrides=overrides))
+    print("\n\n".join(prompts))
+
+
 def run_recipes(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     copied = copy_recipes(Path(args.destination))
     print(f"nextquill recipes: copied {len(copied)} recipes into {args.destination}")
@@ -241,6 +249,7 @@ COMMANDS = {
     "inspect": run_inspect,
     "setup-wordnet": run_setup_wordnet,
     "recipes": run_recipes,
+    "prompts": run_prompts,
 }
 
 
@@ -272,6 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     wordnet.add_argument("--source", default="/usr/share/wordnet")
     wordnet.add_argument("--nltk-dir", default=None, help="default: <sys.prefix>/nltk_data")
+    from .evaluation.prompts import PromptsRequest
+
+    prompts = commands.add_parser(
+        "prompts", help="print the exact prompt text `evaluate` generates from (for other tools)"
+    )
+    add_dataclass_options(prompts, PromptsRequest)
     recipes = commands.add_parser(
         "recipes", help="copy the shipped recipes (3 domains x 5 variants, mixed example)"
     )

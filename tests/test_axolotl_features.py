@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dataset_formats.jsonl import write_jsonl
 from nextquill_plugin.testing.local_runs import logged_metrics, run_axolotl, tiny_recipe
@@ -99,3 +100,58 @@ def test_qlora_trains_with_the_lm_head_unquantised(tmp_path, tiny_tokenizer, tra
 def test_recipes_name_tensorboard_and_wandb():
     recipe = (Path(__file__).parents[1] / "recipes" / "books_nextquill.yml").read_text()
     assert "# use_tensorboard: true" in recipe and "# wandb_project:" in recipe
+
+
+def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our_prompt(
+    tmp_path, tiny_model_dir, train_file, synthetic_splits
+):
+    """`axolotl merge-lora` on a NextQuill run gives the model `nextquill evaluate` builds from
+    the adapter (same greedy predictions); `nextquill prompts` feeds `axolotl inference`."""
+    import json
+    import subprocess
+    import sys
+
+    from nextquill_plugin.testing.local_runs import offline_env
+
+    recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path, max_steps=4)
+    trained(run_axolotl("train", recipe, tmp_path))
+    trained(
+        run_axolotl("merge-lora", {**recipe, "lora_model_dir": str(tmp_path / "out")}, tmp_path)
+    )
+    merged = tmp_path / "out" / "merged"
+    assert (merged / "config.json").exists()
+
+    write_jsonl(train_file.parent / "test.jsonl", synthetic_splits["test"][:4])
+    recipe_file = tmp_path / "recipe.yml"
+    predictions = {}
+    for name, checkpoint in (("adapter", tmp_path / "out"), ("merged", merged)):
+        command = [sys.executable, "-m", "nextquill_plugin.cli", "evaluate", str(recipe_file)]
+        command += ["--checkpoint", str(checkpoint), "--out", str(tmp_path / name)]
+        command += ["--max-new-tokens", "12", "--bootstrap", "10"]
+        done = subprocess.run(command, capture_output=True, text=True, env=offline_env())
+        assert done.returncode == 0, done.stderr[-3000:]
+        records = (tmp_path / name / "predictions.jsonl").read_text().splitlines()
+        predictions[name] = [json.loads(r)["prediction"] for r in records]
+    assert predictions["merged"] == predictions["adapter"]
+
+    prompt = subprocess.run(
+        [sys.executable, "-m", "nextquill_plugin.cli", "prompts", str(recipe_file), "--limit", "1"],
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+    )
+    assert prompt.returncode == 0, prompt.stderr[-3000:]
+    plain = {k: v for k, v in recipe.items() if not k.startswith("lora_") and k != "adapter"}
+    inference_recipe = tmp_path / "inference.yml"
+    inference_recipe.write_text(yaml.safe_dump({**plain, "base_model": str(merged)}))
+    inference = subprocess.run(
+        [str(Path(sys.executable).parent / "axolotl"), "inference", str(inference_recipe)],
+        input=prompt.stdout,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        timeout=600,
+    )
+    assert inference.returncode == 0, (inference.stdout + inference.stderr)[-3000:]
+    assert "[Item Title]" in inference.stdout  # the streamer echoes our prompt, then generates
