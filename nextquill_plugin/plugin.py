@@ -81,21 +81,22 @@ class NextQuillPlugin(BasePlugin):
     def post_trainer_create(self, cfg, trainer):
         """Before the first optimizer step: check the prepared rows against the recipe, then
         attach theta_0 token weights to the datasets."""
-        for split in ("train_dataset", "eval_dataset"):
-            dataset = getattr(trainer, split, None)
-            if dataset is not None and hasattr(dataset, "column_names"):
-                check_prompt_settings(cfg, dataset, split)
-        if not nextquill_enabled(cfg):
-            return
         from .args import settings_from
         from .lm_head import resolve_lm_head
         from .settings import WeightSource
 
+        enabled = nextquill_enabled(cfg)
         settings = settings_from(cfg)
-        resolve_lm_head(trainer.model)  # fails now, not at the first step, for unsupported heads
+        if enabled:
+            resolve_lm_head(
+                trainer.model
+            )  # fails now, not at the first step, for unsupported heads
         for split in ("train_dataset", "eval_dataset"):
             dataset = getattr(trainer, split, None)
             if dataset is None or not hasattr(dataset, "column_names"):
+                continue
+            check_prompt_settings(cfg, dataset, split)  # also for ContextSFT recipes
+            if not enabled:
                 continue
             describe_rows(dataset, split)
             if settings.token_weighting and settings.weight_source == WeightSource.initial:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from dataset_formats.contract import (
     EFFECT_INPUT_COLUMNS,
     IGNORE_INDEX,
 )
+from dataset_formats.jsonl import atomic_file
 
 from .batching import length_buckets, pad_sequences, padded_batch
 from .equations import causal_effects, preference_weights
@@ -66,21 +66,14 @@ class TokenEffects:
 
     def save(self, path: Path, meta: dict) -> None:
         """Write atomically: a reader sees the old file or the complete new one."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    p_with=self.p_with,
-                    p_without=self.p_without,
-                    offsets=self.offsets,
-                    meta=np.array(json.dumps(meta, sort_keys=True)),
-                )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(path) as handle:
+            np.savez(
+                handle,
+                p_with=self.p_with,
+                p_without=self.p_without,
+                offsets=self.offsets,
+                meta=np.array(json.dumps(meta, sort_keys=True)),
+            )
 
     @classmethod
     def load(cls, path: Path) -> tuple[TokenEffects, dict]:
