@@ -179,6 +179,12 @@ def test_paired_interval_by_hand():
     (rouge1, *_rest) = paired_differences(records([1.0, 3.0]), baseline, resamples=2000)
     assert (rouge1.mean, rouge1.ci_low, rouge1.ci_high) == (2.0, 1.0, 3.0)
     assert rouge1.significant
+    # Paired: users differ by 10 but every user gains exactly 1, so every resample's mean
+    # difference is 1 (resampling the two methods independently would give a wide interval).
+    (rouge1, *_rest) = paired_differences(
+        records([1.0, 11.0, 1.0, 11.0]), records([0.0, 10.0, 0.0, 10.0]), resamples=500
+    )
+    assert (rouge1.mean, rouge1.ci_low, rouge1.ci_high) == (1.0, 1.0, 1.0)
 
 
 def test_users_are_resampled_jointly_and_rows_of_a_user_are_averaged():
