@@ -26,6 +26,7 @@ from dataset_formats.jsonl import (
 )
 
 from ..batching import length_buckets
+from ..token_effects import distributed_rank_and_size
 from .generation import (
     GenerationSettings,
     generate_continuations,
@@ -101,20 +102,17 @@ def generated_so_far(out: Path, key: str, prompt_ids: list[str]) -> dict[int, li
     return tokens
 
 
-def distributed_rank_and_size() -> tuple[int, int]:
+def join_processes() -> tuple[int, int]:
     """(rank, world size); under torchrun or accelerate launch, joins the process group
     (NCCL on GPUs, gloo on CPU) and puts this process on its own GPU."""
     import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return distributed_rank_and_size()
 
 
 def barrier(world: int) -> None:
@@ -143,8 +141,8 @@ def run_evaluation(
     out = Path(request.out) if request.out else default_out_dir(request, data.stem)
     require_wordnet()  # METEOR needs it: fail now, not after hours of generation
     if request.score_only:
-        return score_existing(out)
-    rank, world = distributed_rank_and_size()
+        return score_existing(out, request.resamples)
+    rank, world = join_processes()
     tokenizer = load_tokenizer(recipe["base_model"], request.checkpoint)
     strategy = load_strategy(dataset_type, tokenizer, recipe)
     sequence_len = strategy.settings.sequence_len
@@ -272,7 +270,7 @@ def write_scored(
     return {**document, "out_dir": str(out)}
 
 
-def score_existing(out: Path, resamples: int | None = None) -> dict[str, Any]:
+def score_existing(out: Path, resamples: int) -> dict[str, Any]:
     """``--score-only``: score ``out/predictions.jsonl`` again (e.g. after a metric fix, or
     after WordNet was installed), keeping what metrics.json says of the run."""
     predictions = out / "predictions.jsonl"
@@ -291,7 +289,6 @@ def score_existing(out: Path, resamples: int | None = None) -> dict[str, Any]:
     if (out / "metrics.json").is_file():
         document = json.loads((out / "metrics.json").read_text())
     document.update(n=len(records), scored_again=True)
-    resamples = resamples or int(document.get("bootstrap_resamples", 1000))
     return write_scored(out, records, document, resamples)
 
 
