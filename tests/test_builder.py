@@ -271,3 +271,57 @@ def test_million_review_build_stays_within_memory_bound(tmp_path):
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["accounted"] and stats["reviews_read"] == n_reviews and stats["users"] > 40_000
     assert peak_mib < MEMORY_BOUND_MIB, f"peak RSS {peak_mib:.0f} MiB"
+
+
+# sha256 of train/validation/test.jsonl and of stats.json (without "seconds", keys sorted) on
+# tests/builder_digest_input.py's input, taken from the Python stage-1 builder (commit b61b230).
+DIGESTS = {
+    "defaults": {
+        "train": "01700f30977fafd7e25ed90a38ee2bab72684e628666db1925f50098b6956a4d",
+        "validation": "7173861e61224244af4baba4f80d43d0c6668ab8ba05c4aa5b4752fbeb67b7c4",
+        "test": "91b8a6556861b4e15c8a375a643883489ce5bd068888a17f54d8f4551934109d",
+        "stats": "956ab3b07900dbc102c786005042cb309098113bd2218bbe693a1606317e88df",
+    },
+    "tight": {
+        "train": "ae4104ce8fe4d0a17978370fa568e7a5618650f7bb1f7912e67c10f96fe2c8be",
+        "validation": "185d011d56bb3a9df80f27bb66494f43828f9326be05a39a6471b3eb44c6cc71",
+        "test": "c0ae34f9c47f0a04ee88ace395c3ed43bd50e1d7df0af871de27c14f8992a787",
+        "stats": "e2c48363a5e9c3954caf57f9b32b65d0756aff974de9f866feba9efa8c9be270",
+    },
+}
+DIGEST_OPTIONS = {
+    "defaults": BuildOptions(show_progress=False),
+    "tight": BuildOptions(
+        show_progress=False,
+        min_item_users=22,
+        max_history=5,
+        min_profile_item_users=9,
+        targets_per_user=6,
+        validation_targets=2,
+        min_profile_reviews=12,
+    ),
+}
+
+
+def output_digests(out: Path) -> dict[str, str]:
+    import hashlib
+
+    stats = json.loads((out / "stats.json").read_text())
+    stats.pop("seconds")
+    digests = {
+        split: hashlib.sha256((out / f"{split}.jsonl").read_bytes()).hexdigest()
+        for split in ("train", "validation", "test")
+    }
+    digests["stats"] = hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()
+    return digests
+
+
+@pytest.mark.parametrize("options", list(DIGESTS))
+def test_output_matches_the_stored_digest_of_the_python_builder(tmp_path, options):
+    """Same bytes and the same accounting as the builder the rewrite replaced, on an input with
+    every kind of bad line, Unicode whitespace, control characters and odd numbers."""
+    from tests.builder_digest_input import write_digest_input
+
+    first, second, meta = write_digest_input(tmp_path / "raw")
+    build([first, second], [meta], tmp_path / "out", DIGEST_OPTIONS[options])
+    assert output_digests(tmp_path / "out") == DIGESTS[options]
