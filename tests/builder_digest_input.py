@@ -38,8 +38,12 @@ def _edit_review(rng: random.Random, review: dict, index: int) -> dict:
         review["timestamp"] = str(review["timestamp"])
     elif kind == 3:
         review["timestamp"] = review["timestamp"] + 0.75
+        if index % 24 == 3:  # JSON text that needs the strict check (but passes it)
+            review["text"] += " NaN, Infinity, 12345678901234567890123 and 1e+300, ]"
     elif kind == 4:
         review["rating"] = int(review["rating"])
+        if index % 24 == 4:
+            review["timestamp"] = f" 000{review['timestamp']}\u3000"
     elif kind == 5:
         review["rating"] = rng.choice([3.25, 1e20, 1e-7, 0.1, -2.5, 123456789.125])
     elif kind == 6:
@@ -72,6 +76,15 @@ BAD_REVIEW_LINES = [
     b'{"user_id": "u", "parent_asin": "p", "rating": 4, "title": 5, "text": "x", "timestamp": 1}',
     b'{"user_id": "u", "parent_asin": "p", "rating": 4, "title": "t", "text": ["x"], "timestamp": 1}',
     b'{"user_id": "u", "parent_asin": "p", "rating": 4, "title": "t", "text": "x", "timestamp": 1',
+    # Lax JSON that DuckDB's parser accepts and strict JSON (orjson) does not:
+    b'{"user_id": "u", "parent_asin": "p", "rating": 4, "title": "t", "text": "x", "timestamp": 1,}',
+    b'{"user_id": "u", "parent_asin": "p", "rating": NaN, "title": "t", "text": "x", "timestamp": 1}',
+    b'{"user_id": "u", "parent_asin": "p", "rating": -Infinity, "title": "t", "text": "x"}',
+    b'{"user_id": "u", "parent_asin": "p", "rating": 1e400, "title": "t", "text": "x"}',
+    b'{"user_id": "u", "parent_asin": "p", "rating": 4, "images": [1,], "text": "x"}',
+    b'{"user_id": "u", "rating": 4, "helpful_vote": ' + b"9" * 400 + b"}",
+    b"\xef\xbb\xbf{}",  # a byte-order mark
+    b'{"user_id": "u", "title": "\\ud800"}',  # a lone surrogate
 ]
 
 BAD_ITEM_LINES = [

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nextquill_plugin.testing.local_runs import offline_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -51,14 +53,23 @@ def test_weight_pass_benchmark_reports_throughput_and_a_warm_cache_without_forwa
     assert not rows["cold cache: seconds, forward passes"].endswith(", 0")
 
 
-def test_builder_benchmark_reports_both_sizes(tmp_path):
+def test_builder_benchmark_reports_sizes_threads_and_bounds(tmp_path):
     rows = table_rows(
-        run_script("builder_throughput.py", "--sizes", "3000", "6000", "--workdir", str(tmp_path))
+        run_script(
+            "builder_throughput.py",
+            *("--sizes", "3000", "6000", "--threads", "1", "2", "--workdir", str(tmp_path)),
+        )
     )
-    assert len(rows) == 3  # header + one row per size
+    assert len(rows) == 5  # header + one row per size and thread count
     reviews = [int(row[0].replace(",", "")) for row in rows[1:]]
-    assert 0 < reviews[0] < reviews[1]
-    assert rows[1][6] == "1.00" and rows[1][7] == "1.00"  # the first size is the reference
+    assert 0 < reviews[0] == reviews[1] < reviews[2] == reviews[3]
+    assert [row[1] for row in rows[1:]] == ["1", "2", "1", "2"]
+    for row in rows[1:]:
+        seconds, engine, disk, ratio = (float(row[i]) for i in (2, 7, 8, 9))
+        assert seconds > 0 and ratio > 0
+        if min(engine, disk) >= 0.1:  # printed with two decimals
+            assert ratio == pytest.approx(seconds / max(engine, disk), rel=0.1)
+    assert list(tmp_path.iterdir()) == []  # generated files and outputs removed
 
 
 def test_planted_preference_benchmark_smoke(tmp_path):

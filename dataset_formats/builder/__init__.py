@@ -2,14 +2,16 @@
 
 Two stages, chosen for scale (Books has 29.5M reviews) and for exact accounting:
 
-1. A streaming pass over every input line (orjson, constant memory) validates it and writes the
-   few columns the protocol needs to Parquet. Every line ends in exactly one bucket: kept, or
-   dropped for a named reason; bad input (malformed JSON, invalid UTF-8, a missing or null
-   field, a wrong type) is also listed by file and line in the report.
-2. DuckDB does the relational work on those Parquet files (de-duplication, the iterative k-core,
-   the target/profile split, joining item metadata, building history lists), streaming and
-   spilling to disk under a memory limit. DuckDB rather than Polars: its out-of-core window
-   functions and joins spill to disk by design, which the per-user windows over 29.5M rows need.
+1. Every input line, cut into numbered blocks of Arrow strings, is parsed and checked by DuckDB
+   (``raw_lines``, with the text rules of ``text_rules``) into the few columns the protocol
+   needs. Every line ends in exactly one bucket: kept, or dropped for a named reason; bad input
+   (malformed JSON, invalid UTF-8, a missing or null field, a wrong type) is also listed by file
+   and line in the report.
+2. DuckDB does the relational work (de-duplication, the iterative k-core, the target/profile
+   split, joining item metadata, each review's JSON) and Python concatenates those JSON bytes
+   into rows (``splits``), streaming and spilling to disk under a memory limit. DuckDB rather
+   than Polars: its out-of-core window functions and joins spill to disk by design, which the
+   per-user windows over 29.5M rows need.
 
 Defaults reproduce the DPL protocol the paper follows (see README, "Data").
 """
@@ -23,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .common import SPLITS, BuildError, BuildOptions, Report
+from .common import SPLITS, BuildError, BuildOptions, Report, sql_text
 from .output import (
     check_out_dir,
     make_work_folder,
@@ -31,8 +33,9 @@ from .output import (
     recover_interrupted_swap,
     remove_stale_work_folders,
 )
-from .raw_lines import iter_json_lines, join_description, read_items, read_reviews
+from .raw_lines import iter_json_lines, read_items, read_reviews
 from .splits import select_users_and_targets, write_splits
+from .text_rules import define_sql_functions, join_description
 
 __all__ = [
     "SPLITS",
@@ -43,11 +46,6 @@ __all__ = [
     "iter_json_lines",
     "join_description",
 ]
-
-
-def sql_text(value: str) -> str:
-    """A SQL string literal (DuckDB's SET takes no parameters): quotes doubled."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 @contextlib.contextmanager
@@ -90,25 +88,33 @@ def build(
     for stale in remove_stale_work_folders(out_dir):
         say(f"removed {stale}, the work folder of an interrupted build")
     work = make_work_folder(out_dir)
+    # In memory, spilling to the work folder beyond --memory-limit: a database file would be
+    # written to disk whole. Closed on every path: a connection that holds Python functions at
+    # exit makes the extension print reference-leak warnings.
+    con = duckdb.connect()
+    stage_started = time.perf_counter()
+
+    def stage_done(name: str) -> None:
+        nonlocal stage_started
+        report.stage_seconds[name] = round(time.perf_counter() - stage_started, 1)
+        stage_started = time.perf_counter()
+
     try:
-        read_items([Path(p) for p in meta], work / "items.parquet", report, options)
-        read_reviews([Path(p) for p in reviews], work / "reviews.parquet", report, options)
-        say(f"read {report.reviews_read} review lines and {report.items_read} item lines")
-        con = duckdb.connect(str(work / "build.duckdb"))
         con.execute(
             f"SET memory_limit = {sql_text(options.memory_limit)}; "
             f"SET temp_directory = {sql_text(str(work / 'spill'))};"
         )
+        if options.threads:
+            con.execute(f"SET threads = {options.threads}")
         con.execute("SET preserve_insertion_order = true")
+        define_sql_functions(con)
+        with database_step("reading the input"):
+            read_items(con, [Path(p) for p in meta], report, options)
+            read_reviews(con, [Path(p) for p in reviews], report, options)
+        say(f"read {report.reviews_read} review lines and {report.items_read} item lines")
+        stage_done("read")
         if options.show_progress:
             con.execute("PRAGMA enable_progress_bar")
-        con.execute(
-            "CREATE TABLE items AS SELECT * FROM read_parquet(?)", [str(work / "items.parquet")]
-        )
-        con.execute(
-            "CREATE TABLE r AS SELECT *, md5(text) AS text_hash FROM read_parquet(?)",
-            [str(work / "reviews.parquet")],
-        )
         with database_step("the database step"):
             select_users_and_targets(con, report, options, say)
         if con.execute("SELECT count(*) FROM r").fetchone()[0] == 0:
@@ -116,11 +122,12 @@ def build(
                 "no user survived the protocol's filters; see the drop counts: "
                 + json.dumps(dict(report.reviews_dropped))
             )
+        stage_done("select")
         result = work / "result"
         result.mkdir()
         with database_step("writing the splits"):
             write_splits(con, result, report, options)
-        con.close()
+        stage_done("write")
         empty = [
             split
             for split, targets in zip(SPLITS, options.targets_per_split(), strict=True)
@@ -137,4 +144,5 @@ def build(
         say(f"wrote {report.rows_per_split} rows of {report.users} users to {out_dir}")
         return report
     finally:
+        con.close()
         shutil.rmtree(work, ignore_errors=True)

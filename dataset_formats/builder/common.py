@@ -11,6 +11,11 @@ SPLITS = ("train", "validation", "test")
 MAX_LOCATIONS_PER_REASON = 200  # bad-input locations listed in the report, per reason
 
 
+def sql_text(value: str) -> str:
+    """A SQL string literal (DuckDB's SET and macros take no parameters): quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 class BuildError(RuntimeError):
     """The input cannot be trusted or the result would be empty: nothing is written."""
 
@@ -33,6 +38,7 @@ class BuildOptions:
     max_history: int = 50
     strict: bool = field(default=False, metadata={"help": "turn every skipped line into an error"})
     memory_limit: str = "8GB"
+    threads: int = field(default=0, metadata={"help": "DuckDB's worker threads (0: one per core)"})
     show_progress: bool = field(
         default=True, metadata={"flag": "--quiet", "help": "no progress output"}
     )
@@ -81,6 +87,7 @@ class Report:
     rows_per_split: dict[str, int] = field(default_factory=dict)
     history_length: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def skip(self, kind: str, reason: str, where: str) -> None:
         (self.reviews_dropped if kind == "review" else self.items_dropped)[reason] += 1

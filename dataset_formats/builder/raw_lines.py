@@ -1,248 +1,323 @@
-"""Stage 1 of the builder: every raw input line, validated, into Parquet columns.
+"""Stage 1 of the builder: every raw input line, classified by DuckDB into kept columns or a reason.
 
-A streaming pass (orjson, constant memory). Every line ends in exactly one bucket: kept, or
-dropped for a named reason; bad input (malformed JSON, invalid UTF-8, a missing or null field, a
-wrong type) is also listed by file and line in the report.
+Python only cuts the (decompressed) files into blocks of lines, numbered, as Arrow strings with
+no per-line Python objects; DuckDB parses and checks them in parallel (``json_valid``, typed
+extraction, the text rules of ``text_rules``). Every line ends in exactly one bucket: kept, or
+dropped for a named reason; bad input (malformed JSON, invalid UTF-8, a missing or null field,
+a wrong type) is also listed by file and line in the report.
 """
 
 from __future__ import annotations
 
 import gzip
-import math
-import re
+import json
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from queue import Full, Queue
 
-import orjson
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .common import BuildError, BuildOptions, Report
+from .common import MAX_LOCATIONS_PER_REASON, BuildError, BuildOptions, Report, sql_text
 
-_WHITESPACE = re.compile(r"\s+")
-MAX_TIMESTAMP_MS = 10**14  # the year 5138; larger values are not timestamps (and overflow int64)
+BLOCK_BYTES = 32 << 20  # decompressed bytes per block: large enough for DuckDB's threads
+BATCH_LINES = 4096
+NEWLINE = 10
+PARSE_REASONS = ("invalid_utf8", "blank_line", "malformed_json")
+
+
+def _open(path: Path):
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, raw bytes) of a JSONL file, gzipped or not; clear errors when unreadable."""
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
-    line_no = 0
+    for first, block in iter_line_blocks(path):
+        for offset, line in enumerate(block.to_pylist()):
+            yield first + offset, line.encode() if isinstance(line, str) else line
+
+
+def iter_line_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, pa.Array]]:
+    """(number of the first line, Arrow strings) blocks of a JSONL file, gzipped or not.
+
+    Lines are split on b"\\n" (kept at the end of each string, as Python's file iteration
+    does); a last line without one counts. Lines that are not valid UTF-8 are null. Raises
+    BuildError for an empty file or a truncated or corrupt gzip stream.
+    """
+    line_no = 1
     try:
-        with opener(path, "rb") as handle:
-            for line_no, line in enumerate(handle, 1):  # noqa: B007 (line_no used after the loop)
-                yield line_no, line
+        with _open(path) as handle:
+            rest = b""
+            while True:
+                chunk = handle.read(block_bytes)
+                if not chunk:
+                    break
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    rest = data
+                    continue
+                body, rest = data[:cut], data[cut:]
+                yield line_no, _strings(body)
+                line_no += body.count(b"\n")
+            if rest:
+                yield line_no, _strings(rest + b"\n")
+                line_no += 1
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise BuildError(
-            f"{path}: the gzip stream is truncated or corrupt after line {line_no} ({error})"
+            f"{path}: the gzip stream is truncated or corrupt after line {line_no - 1} ({error})"
         ) from error
-    if line_no == 0:
+    if line_no == 1:
         raise BuildError(f"{path}: the file is empty")
 
 
-def _bad_input(report: Report, kind: str, reason: str, where: str, strict: bool) -> None:
-    """Count and locate a bad line, or stop on it with --strict."""
-    if strict:
-        raise BuildError(f"{where}: {reason.replace('_', ' ')} (--strict)")
-    report.skip(kind, reason, where)
+def prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """``items``, produced by a background thread up to ``depth`` ahead: decompressing and
+    cutting the next block (which releases the GIL) overlaps DuckDB's work on this one.
+    An exception of the producer is raised here, in order."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((done, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            queue.put((done, error))
+
+    thread = threading.Thread(target=produce, daemon=True, name="nextquill-read")
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
-def _records(
-    paths: list[Path], kind: str, report: Report, options: BuildOptions
-) -> Iterator[tuple[int, int, str, dict]]:
-    """(file index, line number, "file:line", object) of every parseable line, with progress;
-    every line read is counted, unparseable ones as bad input."""
+def _strings(body: bytes) -> pa.Array:
+    """Lines of ``body`` (which ends with a newline) as Arrow strings, without copying them."""
+    ends = np.flatnonzero(np.frombuffer(body, np.uint8) == NEWLINE) + 1
+    offsets = np.concatenate([[0], ends]).astype(np.int64)
+    lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(body))
+    try:
+        lines.validate(full=True)
+        return lines
+    except pa.ArrowInvalid:  # some line is not UTF-8: find which, in Python (rare)
+        decoded = []
+        for line in lines.view(pa.large_binary()).to_pylist():
+            try:
+                decoded.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                decoded.append(None)
+        return pa.array(decoded, pa.large_string())
+
+
+def _fields(fields: dict[str, str]) -> str:
+    """SQL over ``block``: per line, its parse problem (or NULL) and, for parsed lines, the
+    fields' JSON types ``t`` ('NULL' when absent or null) and values ``v`` (a struct of the
+    types in ``fields``: read only where ``t`` says the JSON type fits)."""
+    paths = "[" + ", ".join(sql_text(f"$.{name}") for name in fields) + "]"
+    struct = sql_text(json.dumps(fields))
+    return f"""
+    SELECT line_no, problem,
+           CASE WHEN problem IS NULL THEN list_transform(json_type(line, {paths}),
+                                                         lambda k: coalesce(k, 'NULL')) END AS t,
+           CASE WHEN problem IS NULL THEN json_transform(line, {struct}) END AS v
+    FROM (SELECT line_no, line, CASE
+            WHEN line IS NULL THEN 'invalid_utf8'
+            WHEN nq_blank_line(line) THEN 'blank_line'
+            -- try(): NULL where DuckDB cannot parse the line
+            WHEN try(json_type(line)) IS DISTINCT FROM 'OBJECT' THEN 'malformed_json'
+            WHEN nq_maybe_lax_json(line) AND NOT nq_strict_json(line) THEN 'malformed_json'
+          END AS problem FROM block)"""
+
+
+def _missing(fields: dict[str, str]) -> str:
+    return "\n".join(
+        f"WHEN t[{i}] = 'NULL' THEN 'missing_{name}'" for i, name in enumerate(fields, 1)
+    )
+
+
+NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+# Field -> the SQL type it is read as (JSON: read later, by its JSON type).
+REVIEW_FIELDS = {
+    "user_id": "VARCHAR",
+    "parent_asin": "VARCHAR",
+    "rating": "DOUBLE",
+    "title": "VARCHAR",
+    "text": "VARCHAR",
+    "timestamp": "JSON",
+}
+ITEM_FIELDS = {
+    "parent_asin": "VARCHAR",
+    "title": "VARCHAR",
+    "categories": "JSON",
+    "rating_number": "JSON",
+    "description": "JSON",
+}
+
+
+def _review_sql(o: BuildOptions) -> str:
+    # t[k] follows REVIEW_FIELDS: user_id, parent_asin, rating, title, text, timestamp
+    return f"""
+    SELECT ?::INTEGER AS file_index, line_no, CASE
+        WHEN problem IS NOT NULL THEN problem
+        {_missing(REVIEW_FIELDS)}
+        WHEN t[1] <> 'VARCHAR' OR t[2] <> 'VARCHAR' THEN 'bad_id'
+        WHEN t[3] NOT IN {NUMBER} THEN 'bad_rating'
+        WHEN timestamp IS NULL THEN 'bad_timestamp'
+        WHEN t[4] <> 'VARCHAR' OR t[5] <> 'VARCHAR' THEN 'bad_text'
+        WHEN length(text) < {o.min_text_chars} THEN 'short_text'
+    END AS reason, user_id, parent_asin, rating, title, text, timestamp
+    FROM (
+        SELECT line_no, problem, t, v.user_id, v.parent_asin, v.rating,
+               CASE WHEN t[4] = 'VARCHAR' THEN nq_clean(v.title) END AS title,
+               CASE WHEN t[5] = 'VARCHAR' THEN nq_clean(v.text) END AS text,
+               nq_timestamp_ms(v.timestamp, t[6]) AS timestamp
+        FROM ({_fields(REVIEW_FIELDS)}))"""
+
+
+def _item_sql(o: BuildOptions) -> str:
+    # t[k] follows ITEM_FIELDS: parent_asin, title, categories, rating_number, description
+    return f"""
+    SELECT ?::INTEGER AS file_index, line_no, CASE
+        WHEN problem IS NOT NULL THEN problem
+        {_missing(ITEM_FIELDS)}
+        WHEN t[1] <> 'VARCHAR' THEN 'bad_id'
+        WHEN t[2] <> 'VARCHAR' THEN 'bad_title'
+        WHEN item_description IS NULL THEN 'bad_description'
+        WHEN length(item_description) NOT BETWEEN {o.min_description_chars}
+                                              AND {o.max_description_chars}
+            THEN 'description_length'
+    END AS reason, parent_asin, item_title, item_description
+    FROM (
+        SELECT line_no, problem, t, v.parent_asin,
+               CASE WHEN t[2] = 'VARCHAR' THEN nq_clean(v.title) END AS item_title,
+               CASE WHEN t[5] = 'VARCHAR' THEN nq_clean(v.description ->> '$')
+                    WHEN t[5] = 'ARRAY'
+                         AND list_bool_and(list_transform(json_type(v.description, '$[*]'),
+                                                          lambda k: k = 'VARCHAR')) IS NOT false
+                    THEN nq_description(list_filter(json_extract_string(v.description, '$[*]'),
+                                                    lambda e: NOT nq_blank(e)))
+               END AS item_description
+        FROM ({_fields(ITEM_FIELDS)}))"""
+
+
+# Reasons that are bad input (listed by file and line); the others are the protocol's filters.
+BAD_INPUT = {
+    "review": "reason IN ('invalid_utf8', 'blank_line', 'malformed_json') "
+    "OR reason LIKE 'missing\\_%' ESCAPE '\\' OR reason LIKE 'bad\\_%' ESCAPE '\\'",
+    "item": "reason IN ('invalid_utf8', 'blank_line', 'malformed_json') "
+    "OR reason LIKE 'bad\\_%' ESCAPE '\\'",
+}
+
+
+def _classify(
+    con, kind: str, paths: list[Path], select_sql: str, columns: str, options: BuildOptions
+) -> None:
+    """Every line of ``paths`` into table ``{kind}_lines`` (file, line, reason, kept columns)."""
+    con.execute(
+        f"CREATE TABLE {kind}_lines (file_index INTEGER, line_no BIGINT, reason VARCHAR, {columns})"
+    )
     progress = tqdm(desc=f"reading {kind}s", unit=" lines", disable=not options.show_progress)
     for file_index, path in enumerate(paths):
-        for line_no, raw in iter_json_lines(path):
-            progress.update()
-            if kind == "review":
-                report.reviews_read += 1
-            else:
-                report.items_read += 1
-            where = f"{path.name}:{line_no}"
-            obj = _parse(raw, where, kind, report, options.strict)
-            if obj is not None:
-                yield file_index, line_no, where, obj
+        for first, lines in prefetched(iter_line_blocks(path)):
+            numbers = pa.array(np.arange(first, first + len(lines), dtype=np.int64))
+            # Record batches are DuckDB's unit of parallel work on an Arrow table.
+            block = pa.Table.from_batches(
+                pa.table({"line_no": numbers, "line": lines}).to_batches(BATCH_LINES)
+            )
+            con.register("block", block)
+            con.execute(f"INSERT INTO {kind}_lines {select_sql}", [file_index])
+            con.unregister("block")
+            progress.update(len(lines))
     progress.close()
 
 
-def _parse(raw: bytes, where: str, kind: str, report: Report, strict: bool) -> dict | None:
-    def bad(reason: str) -> None:
-        _bad_input(report, kind, reason, where, strict)
-
-    if not raw.strip():
-        bad("blank_line")
-        return None
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        bad("invalid_utf8")
-        return None
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        bad("malformed_json")
-        return None
-    if not isinstance(obj, dict):
-        bad("malformed_json")
-        return None
-    return obj
-
-
-def _timestamp_ms(value: Any) -> int | None:
-    """Milliseconds since the epoch; seconds (< 1e11, i.e. before 1973 in ms) are converted."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    value = int(value)
-    if not 0 < value < MAX_TIMESTAMP_MS:
-        return None
-    return value * 1000 if value < 100_000_000_000 else value
+def _account(con, kind: str, paths: list[Path], report: Report, options: BuildOptions) -> None:
+    """Counts per reason, bad-input locations (the first ones per reason), --strict."""
+    table = f"{kind}_lines"
+    names = [path.name for path in paths]
+    bad = BAD_INPUT[kind]
+    if options.strict:
+        first = con.execute(
+            f"SELECT file_index, line_no, reason FROM {table} WHERE {bad} "
+            "ORDER BY file_index, line_no LIMIT 1"
+        ).fetchone()
+        if first:
+            file_index, line_no, reason = first
+            raise BuildError(
+                f"{names[file_index]}:{line_no}: {reason.replace('_', ' ')} (--strict)"
+            )
+    read = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    dropped = report.reviews_dropped if kind == "review" else report.items_dropped
+    for reason, count in con.execute(
+        f"SELECT reason, count(*) FROM {table} WHERE reason IS NOT NULL GROUP BY 1 ORDER BY 1"
+    ).fetchall():
+        dropped[reason] += count
+    for reason, locations in con.execute(
+        f"""SELECT reason, list([file_index, line_no] ORDER BY file_index, line_no)
+            FROM (SELECT *, row_number() OVER (
+                      PARTITION BY reason ORDER BY file_index, line_no) AS k
+                  FROM {table} WHERE {bad}) WHERE k <= {MAX_LOCATIONS_PER_REASON}
+            GROUP BY 1 ORDER BY 1"""
+    ).fetchall():
+        report.bad_input[f"{kind}:{reason}"] = [f"{names[f]}:{n}" for f, n in locations]
+    if kind == "review":
+        report.reviews_read += read
+    else:
+        report.items_read += read
 
 
-def clean_text(text: str) -> str:
-    """Collapse whitespace (the protocol compares texts after this)."""
-    return _WHITESPACE.sub(" ", text).strip()
+def read_reviews(con, paths: list[Path], report: Report, options: BuildOptions) -> None:
+    """Stage 1 for review files: table ``r`` holds the valid reviews with the protocol's columns
+    (plus file and line, the tie-break of equal timestamps, and a hash of the text)."""
+    columns = "user_id VARCHAR, parent_asin VARCHAR, rating DOUBLE, title VARCHAR, text VARCHAR, timestamp BIGINT"
+    _classify(con, "review", paths, _review_sql(options), columns, options)
+    _account(con, "review", paths, report, options)
+    con.execute(
+        """CREATE TABLE r AS SELECT user_id, parent_asin, rating, title, text, timestamp,
+                  file_index, line_no, md5(text) AS text_hash
+           FROM review_lines WHERE reason IS NULL ORDER BY file_index, line_no;
+           DROP TABLE review_lines"""
+    )
 
 
-def join_description(value: Any) -> str | None:
-    """A description as one string: lists are joined with spaces after dropping a leading
-    "Product Description" heading entry; strings pass; anything else is None."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        parts = [v for v in value if v.strip()]
-        if parts and parts[0].strip().lower() == "product description":
-            parts = parts[1:]
-        return clean_text(" ".join(parts))
-    return None
-
-
-REVIEW_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("parent_asin", pa.string()),
-        ("rating", pa.float64()),
-        ("title", pa.string()),
-        ("text", pa.string()),
-        ("timestamp", pa.int64()),
-        ("file_index", pa.int32()),
-        ("line_no", pa.int64()),
-    ]
-)
-ITEM_SCHEMA = pa.schema(
-    [("parent_asin", pa.string()), ("item_title", pa.string()), ("item_description", pa.string())]
-)
-
-
-class _ParquetSink:
-    """Buffered rows -> a Parquet file, in bounded batches."""
-
-    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 100_000):
-        self.writer = pq.ParquetWriter(path, schema)
-        self.schema, self.batch_rows = schema, batch_rows
-        self.columns: dict[str, list] = {name: [] for name in schema.names}
-
-    def add(self, row: dict[str, Any]) -> None:
-        for name, column in self.columns.items():
-            column.append(row[name])
-        if len(self.columns[self.schema.names[0]]) >= self.batch_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.columns[self.schema.names[0]]:
-            self.writer.write_table(pa.table(self.columns, schema=self.schema))
-            self.columns = {name: [] for name in self.schema.names}
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
-
-
-def read_reviews(paths: list[Path], sink_path: Path, report: Report, options: BuildOptions) -> None:
-    """Stage 1 for review files: validate each line and keep the protocol's columns."""
-    sink = _ParquetSink(sink_path, REVIEW_SCHEMA)
-    for file_index, line_no, where, obj in _records(paths, "review", report, options):
-        reason, row = _review_row(obj)
-        if reason is not None:
-            if reason.startswith(("missing_", "bad_")):
-                _bad_input(report, "review", reason, where, options.strict)
-            else:  # a protocol filter, not bad input: counted, not listed
-                report.reviews_dropped[reason] += 1
-            continue
-        if len(row["text"]) < options.min_text_chars:
-            report.reviews_dropped["short_text"] += 1
-            continue
-        sink.add({**row, "file_index": file_index, "line_no": line_no})
-    sink.close()
-
-
-def _review_row(obj: dict) -> tuple[str | None, dict]:
-    for name in ("user_id", "parent_asin", "rating", "title", "text", "timestamp"):
-        if obj.get(name) is None:
-            return f"missing_{name}", {}
-    if not isinstance(obj["user_id"], str) or not isinstance(obj["parent_asin"], str):
-        return "bad_id", {}
-    rating = obj["rating"]
-    if isinstance(rating, bool) or not isinstance(rating, int | float):
-        return "bad_rating", {}
-    timestamp = _timestamp_ms(obj["timestamp"])
-    if timestamp is None:
-        return "bad_timestamp", {}
-    if not isinstance(obj["title"], str) or not isinstance(obj["text"], str):
-        return "bad_text", {}
-    return None, {
-        "user_id": obj["user_id"],
-        "parent_asin": obj["parent_asin"],
-        "rating": float(rating),
-        "title": clean_text(obj["title"]),
-        "text": clean_text(obj["text"]),
-        "timestamp": timestamp,
-    }
-
-
-def read_items(paths: list[Path], sink_path: Path, report: Report, options: BuildOptions) -> None:
-    """Stage 1 for metadata files: keep items with title, categories, rating_number and a
-    description of the allowed length; the first record of a parent_asin wins."""
-    sink = _ParquetSink(sink_path, ITEM_SCHEMA)
-    seen: set[str] = set()
-    required = ("parent_asin", "title", "categories", "rating_number", "description")
-    for _, _, where, obj in _records(paths, "item", report, options):
-        missing = next((name for name in required if obj.get(name) is None), None)
-        if missing:
-            report.items_dropped[f"missing_{missing}"] += 1
-            continue
-        if not isinstance(obj["parent_asin"], str):
-            _bad_input(report, "item", "bad_id", where, options.strict)
-            continue
-        if not isinstance(obj["title"], str):
-            _bad_input(report, "item", "bad_title", where, options.strict)
-            continue
-        description = join_description(obj["description"])
-        if description is None:
-            _bad_input(report, "item", "bad_description", where, options.strict)
-            continue
-        if not options.min_description_chars <= len(description) <= options.max_description_chars:
-            report.items_dropped["description_length"] += 1
-            continue
-        if obj["parent_asin"] in seen:
-            report.items_dropped["duplicate_item"] += 1
-            continue
-        seen.add(obj["parent_asin"])
-        report.items_kept += 1
-        sink.add(
-            {
-                "parent_asin": obj["parent_asin"],
-                "item_title": clean_text(obj["title"]),
-                "item_description": description,
-            }
-        )
-    sink.close()
+def read_items(con, paths: list[Path], report: Report, options: BuildOptions) -> None:
+    """Stage 1 for metadata files: table ``items`` holds items with title, categories,
+    rating_number and a description of the allowed length; the first record of a parent_asin
+    wins."""
+    columns = "parent_asin VARCHAR, item_title VARCHAR, item_description VARCHAR"
+    _classify(con, "item", paths, _item_sql(options), columns, options)
+    _account(con, "item", paths, report, options)
+    con.execute(
+        """CREATE TABLE items AS SELECT parent_asin, item_title, item_description FROM (
+               SELECT *, row_number() OVER (
+                   PARTITION BY parent_asin ORDER BY file_index, line_no) AS k
+               FROM item_lines WHERE reason IS NULL) WHERE k = 1;
+           DROP TABLE item_lines"""
+    )
+    report.items_kept = con.execute("SELECT count(*) FROM items").fetchone()[0]
+    duplicates = report.items_read - sum(report.items_dropped.values()) - report.items_kept
+    if duplicates:
+        report.items_dropped["duplicate_item"] += duplicates

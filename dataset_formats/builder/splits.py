@@ -9,10 +9,10 @@ windows over 29.5M rows (Books) need.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-
-import orjson
+from queue import Queue
 
 from .common import SPLITS, BuildError, BuildOptions, Report
 
@@ -95,72 +95,126 @@ def select_users_and_targets(con, report: Report, o: BuildOptions, say) -> None:
             break
 
 
-_REVIEW_COLUMNS = (
-    "item_id",
-    "item_title",
-    "item_description",
-    "rating",
-    "title",
-    "text",
-    "timestamp",
-)
+class BackgroundWriter:
+    """Files written by a background thread in large chunks, so that building the next rows
+    overlaps the (slower) writing of the last ones. An error of the writer is raised here."""
+
+    def __init__(self, paths: dict[str, Path], chunk_bytes: int = 8 << 20):
+        self.paths, self.chunk_bytes = paths, chunk_bytes
+        self.pending: dict[str, list[bytes]] = {name: [] for name in paths}
+        self.pending_bytes = dict.fromkeys(paths, 0)
+        self.queue: Queue = Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="nextquill-write")
+
+    def _run(self) -> None:
+        try:
+            with contextlib.ExitStack() as stack:
+                handles = {
+                    name: stack.enter_context(open(path, "wb")) for name, path in self.paths.items()
+                }
+                while (item := self.queue.get()) is not None:
+                    handles[item[0]].write(item[1])
+        except BaseException as error:  # raised in the building thread
+            self.error = error
+            while self.queue.get() is not None:  # keep the producer from blocking
+                pass
+
+    def add(self, name: str, data: bytes) -> None:
+        self.pending[name].append(data)
+        self.pending_bytes[name] += len(data)
+        if self.pending_bytes[name] >= self.chunk_bytes:
+            self._hand_over(name)
+
+    def _hand_over(self, name: str) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((name, b"".join(self.pending[name])))
+        self.pending[name], self.pending_bytes[name] = [], 0
+
+    def __enter__(self) -> BackgroundWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                for name in self.paths:
+                    self._hand_over(name)
+        finally:
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
 
 
-def _user_reviews(con, batch_rows: int = 50_000) -> Iterator[list[dict]]:
-    """Each kept user's reviews in time order, one user at a time (bounded memory)."""
+def _ordered_reviews(con, batch_rows: int = 65_536) -> Iterator[tuple[bytes, bytes, int]]:
+    """(user id as JSON, review as JSON, target index) of every kept review, by user and time."""
     reader = con.sql(
-        f"""SELECT user_id, target_index, parent_asin AS item_id, {", ".join(_REVIEW_COLUMNS[1:])}
-            FROM final ORDER BY user_id, pos"""
+        """SELECT encode(nq_string_json(user_id)), encode(nq_review_json(to_json({
+                  item_id: parent_asin, item_title: item_title,
+                  item_description: item_description, rating: rating, title: title,
+                  text: text, timestamp: timestamp}), rating)), target_index
+           FROM final ORDER BY user_id, pos"""
     ).to_arrow_reader(batch_rows)
-    current: list[dict] = []
     for batch in reader:
-        for row in batch.to_pylist():
-            if current and row["user_id"] != current[0]["user_id"]:
-                yield current
-                current = []
-            current.append(row)
-    if current:
-        yield current
+        yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
 
 
 def write_splits(con, out_tmp: Path, report: Report, o: BuildOptions) -> None:
-    """One row per target review: the target and up to ``max_history`` earlier reviews."""
+    """One row per target review: the target and up to ``max_history`` earlier reviews.
+
+    DuckDB writes each review's JSON once (as orjson would, see text_rules) and sorts; Python
+    only concatenates those bytes into rows, so a review repeated in 50 histories is serialised
+    once, not 50 times.
+    """
     con.execute(
-        "CREATE TABLE final AS SELECT r.*, i.item_title, i.item_description FROM r JOIN items i USING (parent_asin)"
+        "CREATE TABLE final AS SELECT r.*, i.item_title, i.item_description "
+        "FROM r JOIN items i USING (parent_asin)"
     )
     first_valid = o.targets_per_user - o.validation_targets - o.test_targets + 1
     first_test = o.targets_per_user - o.test_targets + 1
-    lengths: dict[str, list[int]] = {split: [] for split in SPLITS}
-    users = 0
-    with contextlib.ExitStack() as stack:
-        handles = {
-            split: stack.enter_context(open(out_tmp / f"{split}.jsonl", "wb")) for split in SPLITS
-        }
-        for reviews in _user_reviews(con):
-            users += 1
-            public = [{k: r[k] for k in _REVIEW_COLUMNS} for r in reviews]
-            for i, review in enumerate(reviews):
-                t = review["target_index"]
-                if t <= 0:
-                    continue
-                split = "test" if t >= first_test else "validation" if t >= first_valid else "train"
-                history = public[max(0, i - o.max_history) : i]
-                lengths[split].append(len(history))
-                row = {"user_id": review["user_id"], "target": public[i], "history": history}
-                handles[split].write(orjson.dumps(row) + b"\n")
+    with BackgroundWriter({split: out_tmp / f"{split}.jsonl" for split in SPLITS}) as writer:
+        current_user, history = None, []
+        for user, review, target_index in _ordered_reviews(con):
+            if user != current_user:
+                current_user, history = user, []
+            if target_index > 0:
+                split = (
+                    "test"
+                    if target_index >= first_test
+                    else "validation"
+                    if target_index >= first_valid
+                    else "train"
+                )
+                shown = b",".join(history[max(0, len(history) - o.max_history) :])
+                writer.add(
+                    split, b'{"user_id":%b,"target":%b,"history":[%b]}\n' % (user, review, shown)
+                )
+            history.append(review)
+    lengths = con.execute(
+        f"""SELECT CASE WHEN target_index >= {first_test} THEN 'test'
+                        WHEN target_index >= {first_valid} THEN 'validation' ELSE 'train' END,
+                   count(*), min(h), max(h), sum(h), list_sort(list(h))[count(*) // 2 + 1]
+            FROM (SELECT target_index, least(pos - 1, {o.max_history}) AS h
+                  FROM final WHERE target_index > 0) GROUP BY 1"""
+    ).fetchall()
+    by_split = {
+        split: (n, low, high, total, median) for split, n, low, high, total, median in lengths
+    }
     for split in SPLITS:
-        values = sorted(lengths[split])
-        report.rows_per_split[split] = len(values)
+        n, low, high, total, median = by_split.get(split, (0, 0, 0, 0, 0))
+        report.rows_per_split[split] = n
         report.history_length[split] = (
             {
-                "min": float(values[0]),
-                "median": float(values[len(values) // 2]),
-                "mean": round(sum(values) / len(values), 2),
-                "max": float(values[-1]),
+                "min": float(low),
+                "median": float(median),
+                "mean": round(total / n, 2),
+                "max": float(high),
             }
-            if values
+            if n
             else {}
         )
     report.reviews_kept = con.execute("SELECT count(*) FROM r").fetchone()[0]
-    report.users = users
+    report.users = con.execute("SELECT count(DISTINCT user_id) FROM final").fetchone()[0]
     report.items_used = con.execute("SELECT count(DISTINCT parent_asin) FROM r").fetchone()[0]
