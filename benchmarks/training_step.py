@@ -17,8 +17,10 @@ counterfactual prompt of 300, a target of 256. Forward+backward steps of:
   target_only plus about this (a second transformer pass and LM-head product over the same
   targets), so (target_only + target_only_cf) / target_only is, measured rather than assumed,
   about the least NextQuill / target_only can be at this shape.
-Times: one process runs the variants in turn, round after round (this machine is noisy; a drift
-hits every variant alike), and reports each one's median. Peak memory: each variant in its own
+Times: one process runs the variants in turn, round after round, each round in a rotated order
+(this machine is noisy; a drift hits every variant alike, and no variant always runs first), and
+reports each one's median and its fastest and slowest step. A NextQuill / target_only ratio under
+its two-step floor is flagged as a measurement problem. Peak memory: each variant in its own
 process (one step after a warm-up), so the peak above the model and batch is its own; glibc's
 mmap threshold is fixed there so that peak RSS follows live tensors, not heap fragmentation.
 """
@@ -188,19 +190,48 @@ def measure_memory(args: argparse.Namespace) -> dict:
     return {"peak_mib": (status_kib("VmHWM") - baseline_kib) / 1024}
 
 
+def rotated(variants: list[str], round_index: int) -> list[str]:
+    """The variants in round ``round_index``'s order: each round starts one later, so no variant
+    always runs first (or right after the same one)."""
+    shift = round_index % len(variants)
+    return variants[shift:] + variants[:shift]
+
+
 def measure_times(args: argparse.Namespace) -> dict:
-    """Runs in a child: median step time of each of ``args.variants``, interleaved by round."""
+    """Runs in a child: per variant, the median, fastest and slowest step time over
+    ``args.repeats`` rounds (after a warm-up round), the order rotating from round to round."""
     model, batch = child_setup(args)
     times: dict[str, list[float]] = {variant: [] for variant in args.variants}
     for round_index in range(args.repeats + 1):  # round 0 is the warm-up
-        for variant in args.variants:
+        for variant in rotated(list(args.variants), round_index):
             model.zero_grad(set_to_none=True)
             gc.collect()
             started = time.perf_counter()
             step(variant, model, batch)
             if round_index:
                 times[variant].append(time.perf_counter() - started)
-    return {variant: statistics.median(seconds) for variant, seconds in times.items()}
+    return {
+        variant: {"median": statistics.median(s), "min": min(s), "max": max(s)}
+        for variant, s in times.items()
+    }
+
+
+def two_step_line(history: int, vocab: int, seconds: dict[str, float]) -> str:
+    """NextQuill / target-only next to its floor, (target_only + target_only_cf) / target_only;
+    a ratio under the floor is flagged: a method doing strictly more work cannot beat it, so
+    such a number says the machine was noisy, not that the step got cheaper."""
+    ratio = seconds["nextquill"] / seconds["target_only"]
+    floor = 1 + seconds["target_only_cf"] / seconds["target_only"]
+    line = (
+        f"- {history}/{vocab}: nextquill / target_only {ratio:.2f}; "
+        f"(target_only + target_only_cf) / target_only {floor:.2f}"
+    )
+    if ratio < floor:
+        line += (
+            " -- MEASUREMENT PROBLEM: under the two-step floor, which no step doing that work"
+            " can beat; not a result (rerun on a quiet machine or with more --repeats)"
+        )
+    return line
 
 
 def status_kib(field: str) -> int:
@@ -331,8 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.repeats} interleaved forward+backward steps after a warm-up round",
         "",
         "| history | vocab | variant | step s | peak MiB | time / stock | mem / stock | "
-        "time / target-only | mem / target-only |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "time / target-only | mem / target-only | step s, fastest-slowest |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     references = []
     for history in args.history:
@@ -341,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
             chosen = [v for v in VARIANTS if v in args.run_variants or v == "target_only"]
             variants = [v for v in chosen if v != "naive" or fits]  # too big: reported, not run
 
-            seconds = run_child(args, history, vocab, "--time-variants", *variants)
+            spread = run_child(args, history, vocab, "--time-variants", *variants)
+            seconds = {variant: spread[variant]["median"] for variant in variants}
             peak = {v: float("nan") for v in variants}
             if not args.no_memory:
                 peak = {
@@ -352,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
                 if variant not in variants:
                     lines.append(
                         f"| {history} | {vocab} | {variant} | not run: needs about "
-                        f"{naive_bytes(history, args.target, vocab) / 2**30:.0f} GiB | | | | | |"
+                        f"{naive_bytes(history, args.target, vocab) / 2**30:.0f} GiB | | | | | | |"
                     )
                     continue
                 lines.append(
@@ -360,15 +392,11 @@ def main(argv: list[str] | None = None) -> None:
                     f"{peak[variant]:.0f} | {seconds[variant] / reference[0]:.2f} | "
                     f"{peak[variant] / max(reference[1], 1):.2f} | "
                     f"{seconds[variant] / seconds['target_only']:.2f} | "
-                    f"{peak[variant] / max(peak['target_only'], 1):.2f} |"
+                    f"{peak[variant] / max(peak['target_only'], 1):.2f} | "
+                    f"{spread[variant]['min']:.3f}-{spread[variant]['max']:.3f} |"
                 )
             if "nextquill" in seconds and "target_only_cf" in seconds:
-                two_steps = 1 + seconds["target_only_cf"] / seconds["target_only"]
-                references.append(
-                    f"- {history}/{vocab}: nextquill / target_only "
-                    f"{seconds['nextquill'] / seconds['target_only']:.2f}; "
-                    f"(target_only + target_only_cf) / target_only {two_steps:.2f}"
-                )
+                references.append(two_step_line(history, vocab, seconds))
             print(f"measured history {history}, vocab {vocab}", file=sys.stderr, flush=True)
     heading = "Time against two separate target-only steps (one per prompt):"
     print("\n".join([*lines, "", heading, *references] if references else lines))

@@ -41,6 +41,9 @@ def test_training_step_benchmark_reports_every_variant():
         assert float(row[3]) > 0 and float(row[5]) > 0  # step seconds, time / stock
     assert rows[1][5] == "1.00" and rows[2][7] == "1.00"  # each baseline against itself
     nextquill_ratio = float(rows[3][7])
+    for row in rows[1:]:  # fastest-slowest around the median
+        fastest, slowest = (float(x) for x in row[9].split("-"))
+        assert fastest <= float(row[3]) <= slowest
     reference = output.split("Time against two separate target-only steps")[1]
     assert f"nextquill / target_only {nextquill_ratio:.2f}" in reference
 
@@ -116,3 +119,31 @@ def test_generation_throughput_benchmark_compares_one_and_two_processes():
     assert [row[0] for row in rows[1:]] == ["1", "2"]
     assert all(float(row[1]) > 0 for row in rows[1:])
     assert "two / one process:" in output and "(predictions identical)" in output
+
+
+def training_step_module():
+    import runpy
+
+    return runpy.run_path(str(BENCHMARKS / "training_step.py"), run_name="imported")
+
+
+def test_training_step_rotates_the_order_of_the_variants():
+    rotated = training_step_module()["rotated"]
+    variants = ["stock", "target_only", "nextquill"]
+    orders = [rotated(variants, r) for r in range(4)]
+    assert orders[0] == variants and orders[3] == variants
+    assert [order[0] for order in orders[:3]] == variants  # each runs first once in 3 rounds
+    assert all(sorted(order) == sorted(variants) for order in orders)
+
+
+def test_training_step_flags_a_ratio_under_the_two_step_floor():
+    two_step_line = training_step_module()["two_step_line"]
+    plausible = two_step_line(
+        64, 1000, {"target_only": 1.0, "target_only_cf": 0.2, "nextquill": 1.3}
+    )
+    assert "nextquill / target_only 1.30" in plausible and "1.20" in plausible
+    assert "MEASUREMENT PROBLEM" not in plausible
+    too_cheap = two_step_line(
+        64, 1000, {"target_only": 1.0, "target_only_cf": 0.2, "nextquill": 1.1}
+    )
+    assert "MEASUREMENT PROBLEM" in too_cheap

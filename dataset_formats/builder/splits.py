@@ -9,10 +9,14 @@ windows over 29.5M rows (Books) need.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from queue import Queue
+
+import numpy as np
+import pyarrow as pa
 
 from .common import SPLITS, BuildError, BuildOptions, Report
 
@@ -96,13 +100,12 @@ def select_users_and_targets(con, report: Report, o: BuildOptions, say) -> None:
 
 
 class BackgroundWriter:
-    """Files written by a background thread in large chunks, so that building the next rows
-    overlaps the (slower) writing of the last ones. An error of the writer is raised here."""
+    """Files written by a background thread straight from lists of byte pieces (slices of the
+    batches' buffers) with ``os.writev``: the kernel's copy is the only one, and building the
+    next rows overlaps writing the last ones. An error of the writer is raised here."""
 
-    def __init__(self, paths: dict[str, Path], chunk_bytes: int = 8 << 20):
-        self.paths, self.chunk_bytes = paths, chunk_bytes
-        self.pending: dict[str, list[bytes]] = {name: [] for name in paths}
-        self.pending_bytes = dict.fromkeys(paths, 0)
+    def __init__(self, paths: dict[str, Path]):
+        self.paths = paths
         self.queue: Queue = Queue(maxsize=4)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name="nextquill-write")
@@ -111,96 +114,148 @@ class BackgroundWriter:
         try:
             with contextlib.ExitStack() as stack:
                 handles = {
-                    name: stack.enter_context(open(path, "wb")) for name, path in self.paths.items()
+                    name: stack.enter_context(open(path, "wb", buffering=0))
+                    for name, path in self.paths.items()
                 }
                 while (item := self.queue.get()) is not None:
-                    handles[item[0]].write(item[1])
+                    name, pieces = item
+                    _write_pieces(handles[name].fileno(), pieces)
         except BaseException as error:  # raised in the building thread
             self.error = error
             while self.queue.get() is not None:  # keep the producer from blocking
                 pass
 
-    def add(self, name: str, data: bytes) -> None:
-        self.pending[name].append(data)
-        self.pending_bytes[name] += len(data)
-        if self.pending_bytes[name] >= self.chunk_bytes:
-            self._hand_over(name)
-
-    def _hand_over(self, name: str) -> None:
+    def add(self, name: str, pieces: list) -> None:
+        """Queue ``pieces`` (bytes-like, kept alive until written) for the file ``name``."""
         if self.error is not None:
             raise self.error
-        self.queue.put((name, b"".join(self.pending[name])))
-        self.pending[name], self.pending_bytes[name] = [], 0
+        self.queue.put((name, pieces))
 
     def __enter__(self) -> BackgroundWriter:
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            if exc[0] is None:
-                for name in self.paths:
-                    self._hand_over(name)
-        finally:
-            self.queue.put(None)
-            self.thread.join()
+        self.queue.put(None)
+        self.thread.join()
         if self.error is not None and exc[0] is None:
             raise self.error
 
 
-def _ordered_reviews(con, batch_rows: int = 65_536) -> Iterator[tuple[bytes, bytes, int]]:
-    """(user id as JSON, review as JSON, target index) of every kept review, by user and time."""
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _write_pieces(fd: int, pieces: list) -> None:
+    """Write every piece, in order, in as few system calls as the OS allows."""
+    for start in range(0, len(pieces), IOV_MAX):
+        group = pieces[start : start + IOV_MAX]
+        written = os.writev(fd, group)
+        expected = sum(len(piece) for piece in group)
+        if written < expected:  # a short write (rare on files): write the rest plainly
+            rest = memoryview(b"".join(group))[written:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+
+
+MIN_BATCH_ROWS = 65_536
+ROW_PARTS = (b'{"user_id":', b',"target":', b',"history":[', b"]}\n")
+
+
+def _ordered_reviews(con, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Every kept review by user and time: its user id and review as JSON bytes (the review
+    followed by a comma, so that consecutive reviews are a history already), its position in
+    the user's reviews (1-based) and its split (0: profile, 1-3: SPLITS), in batches that end
+    where a user ends."""
     reader = con.sql(
-        """SELECT encode(nq_string_json(user_id)), encode(nq_review_json(to_json({
-                  item_id: parent_asin, item_title: item_title,
-                  item_description: item_description, rating: rating, title: title,
-                  text: text, timestamp: timestamp}), rating)), target_index
+        """SELECT encode(nq_string_json(user_id)) AS user_json,
+                  encode(nq_review_json(to_json({
+                      item_id: parent_asin, item_title: item_title,
+                      item_description: item_description, rating: rating, title: title,
+                      text: text, timestamp: timestamp}), rating) || ',') AS review_json,
+                  pos, split_code AS split
            FROM final ORDER BY user_id, pos"""
     ).to_arrow_reader(batch_rows)
+    carry = None
     for batch in reader:
-        yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
+        if batch.num_rows == 0:
+            continue
+        if carry is not None:
+            batch = pa.Table.from_batches([carry, batch]).combine_chunks().to_batches()[0]
+        pos = batch.column("pos").to_numpy()
+        last_user_start = len(pos) - int(pos[-1])  # where the batch's last user begins
+        if last_user_start > 0:
+            yield batch.slice(0, last_user_start)
+            carry = batch.slice(last_user_start)
+        else:
+            carry = batch
+    if carry is not None:
+        yield carry
+
+
+def _offsets(values: pa.Array) -> list[int]:
+    """Where each value of a binary array starts in its data buffer (and where the last ends)."""
+    width = np.int64 if pa.types.is_large_binary(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], width)
+    return offsets[values.offset : values.offset + len(values) + 1].tolist()
+
+
+def _rows(batch: pa.RecordBatch, max_history: int) -> dict[int, list]:
+    """The JSONL rows of one batch's target reviews, per split code, as byte pieces: constants
+    and slices of the batch's JSON buffers (nothing is copied)."""
+    users, reviews = batch.column("user_json"), batch.column("review_json")
+    user_offsets, review_offsets = _offsets(users), _offsets(reviews)
+    user_bytes, review_bytes = memoryview(users.buffers()[2]), memoryview(reviews.buffers()[2])
+    pos, split = batch.column("pos").to_numpy(), batch.column("split").to_numpy()
+    targets = np.flatnonzero(split > 0)
+    starts = targets - np.minimum(pos[targets] - 1, max_history)
+    pieces: dict[int, list] = {code: [] for code in range(1, len(SPLITS) + 1)}
+    head, target, history, tail = ROW_PARTS
+    for i, first, code in zip(
+        targets.tolist(), starts.tolist(), split[targets].tolist(), strict=True
+    ):
+        end = review_offsets[i]
+        pieces[code] += (
+            head,
+            user_bytes[user_offsets[i] : user_offsets[i + 1]],
+            target,
+            review_bytes[end : review_offsets[i + 1] - 1],
+            history,
+            review_bytes[review_offsets[first] : max(end - 1, review_offsets[first])],
+            tail,
+        )
+    return {code: parts for code, parts in pieces.items() if parts}
 
 
 def write_splits(con, out_tmp: Path, report: Report, o: BuildOptions) -> None:
     """One row per target review: the target and up to ``max_history`` earlier reviews.
 
     DuckDB writes each review's JSON once (as orjson would, see text_rules) and sorts; Python
-    only concatenates those bytes into rows, so a review repeated in 50 histories is serialised
-    once, not 50 times.
+    only concatenates slices of those bytes into rows (a review repeated in 50 histories is
+    serialised once, not 50 times) while a second thread writes them.
     """
-    con.execute(
-        "CREATE TABLE final AS SELECT r.*, i.item_title, i.item_description "
-        "FROM r JOIN items i USING (parent_asin)"
-    )
     first_valid = o.targets_per_user - o.validation_targets - o.test_targets + 1
     first_test = o.targets_per_user - o.test_targets + 1
+    con.execute(
+        f"""CREATE TABLE final AS SELECT r.*, i.item_title, i.item_description,
+                   CASE WHEN target_index >= {first_test} THEN 3
+                        WHEN target_index >= {first_valid} THEN 2
+                        WHEN target_index > 0 THEN 1 ELSE 0 END::TINYINT AS split_code
+            FROM r JOIN items i USING (parent_asin)"""
+    )
+    batch_rows = max(MIN_BATCH_ROWS, 2 * o.max_user_reviews)  # holds any one user whole
     with BackgroundWriter({split: out_tmp / f"{split}.jsonl" for split in SPLITS}) as writer:
-        current_user, history = None, []
-        for user, review, target_index in _ordered_reviews(con):
-            if user != current_user:
-                current_user, history = user, []
-            if target_index > 0:
-                split = (
-                    "test"
-                    if target_index >= first_test
-                    else "validation"
-                    if target_index >= first_valid
-                    else "train"
-                )
-                shown = b",".join(history[max(0, len(history) - o.max_history) :])
-                writer.add(
-                    split, b'{"user_id":%b,"target":%b,"history":[%b]}\n' % (user, review, shown)
-                )
-            history.append(review)
+        for batch in _ordered_reviews(con, batch_rows):
+            for code, pieces in _rows(batch, o.max_history).items():
+                writer.add(SPLITS[code - 1], pieces)
     lengths = con.execute(
-        f"""SELECT CASE WHEN target_index >= {first_test} THEN 'test'
-                        WHEN target_index >= {first_valid} THEN 'validation' ELSE 'train' END,
-                   count(*), min(h), max(h), sum(h), list_sort(list(h))[count(*) // 2 + 1]
-            FROM (SELECT target_index, least(pos - 1, {o.max_history}) AS h
-                  FROM final WHERE target_index > 0) GROUP BY 1"""
+        f"""SELECT split_code, count(*), min(h), max(h), sum(h),
+                   list_sort(list(h))[count(*) // 2 + 1]
+            FROM (SELECT split_code, least(pos - 1, {o.max_history}) AS h
+                  FROM final WHERE split_code > 0) GROUP BY 1"""
     ).fetchall()
     by_split = {
-        split: (n, low, high, total, median) for split, n, low, high, total, median in lengths
+        SPLITS[code - 1]: (n, low, high, total, median)
+        for code, n, low, high, total, median in lengths
     }
     for split in SPLITS:
         n, low, high, total, median = by_split.get(split, (0, 0, 0, 0, 0))
