@@ -288,6 +288,12 @@ DIGESTS = {
         "test": "01c61429a1818aa07f0c5c88327e29dbfc8ed2b57ad6d4e933bfca4891126673",
         "stats": "1c0e68fe844016a62d6e8c99b4ab53ffc54496e115a8c69b3a3aa55097769195",
     },
+    "profile_filter": {  # profile_item_rare drops reviews between a user's kept ones
+        "train": "2baa358a05f0ad07cf94fe7d30e19c26043038c7e0649367627053b41aeacdeb",
+        "validation": "6a85926a1cdee2da5f77a0bdc142461755b06fbace74c6e26737426253a7aced",
+        "test": "a31a6dba2bd678930b93ee498ad9cb67d05005dd24cf69218e58412affdabbd4",
+        "stats": "b7544bc2d479dc69c26ca53b4d9a16744a4a3da518d22487e2cc85130149284a",
+    },
 }
 DIGEST_OPTIONS = {
     "defaults": BuildOptions(show_progress=False),
@@ -299,6 +305,13 @@ DIGEST_OPTIONS = {
         targets_per_user=6,
         validation_targets=2,
         min_profile_reviews=12,
+    ),
+    "profile_filter": BuildOptions(
+        show_progress=False,
+        min_item_users=10,
+        min_profile_item_users=13,
+        min_profile_reviews=12,
+        max_history=30,
     ),
 }
 

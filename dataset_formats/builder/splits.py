@@ -236,11 +236,14 @@ def write_splits(con, out_tmp: Path, report: Report, o: BuildOptions) -> None:
     first_valid = o.targets_per_user - o.validation_targets - o.test_targets + 1
     first_test = o.targets_per_user - o.test_targets + 1
     con.execute(
-        f"""CREATE TABLE final AS SELECT r.*, i.item_title, i.item_description,
-                   CASE WHEN target_index >= {first_test} THEN 3
-                        WHEN target_index >= {first_valid} THEN 2
-                        WHEN target_index > 0 THEN 1 ELSE 0 END::TINYINT AS split_code
-            FROM r JOIN items i USING (parent_asin)"""
+        f"""CREATE TABLE final AS SELECT * EXCLUDE (pos),
+                   -- 1-based among the kept reviews (the profile filter leaves gaps in pos)
+                   row_number() OVER (PARTITION BY user_id ORDER BY pos) AS pos
+            FROM (SELECT r.*, i.item_title, i.item_description,
+                         CASE WHEN target_index >= {first_test} THEN 3
+                              WHEN target_index >= {first_valid} THEN 2
+                              WHEN target_index > 0 THEN 1 ELSE 0 END::TINYINT AS split_code
+                  FROM r JOIN items i USING (parent_asin))"""
     )
     batch_rows = max(MIN_BATCH_ROWS, 2 * o.max_user_reviews)  # holds any one user whole
     with BackgroundWriter({split: out_tmp / f"{split}.jsonl" for split in SPLITS}) as writer:
