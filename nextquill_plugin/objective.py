@@ -122,7 +122,10 @@ def compute_batch_loss(
     if needs_counterfactual:
         paired_ids = token_ids if all_paired else token_ids[causal_token_mask]
         hidden_without = counterfactual_hidden_states(
-            model, {**extras, HAS_COUNTERFACTUAL: has_cf}, paired_ids, settings.causal_loss
+            model,
+            {**extras, HAS_COUNTERFACTUAL: has_cf},
+            paired_ids,
+            settings.causal_loss and settings.counterfactual_gradient,
         )
     hidden_with, _, outputs = target_hidden_states(
         model, batch.pop("input_ids"), batch.pop("attention_mask", None), labels, **batch

@@ -62,3 +62,10 @@ class NextQuillSettings:
     weight_causal_loss: bool = setting(
         True, "omega in eq. 6", "True: Lp weighted by omega (eq. 6); False: the authors' code."
     )
+    counterfactual_gradient: bool = setting(
+        True,
+        "f(x,0) in eq. 6",
+        "True: Lp's gradient flows through both passes (the paper); False (not in the paper): "
+        "not through the counterfactual pass (the transformer on the no-history prompt; the "
+        "shared LM head still learns from Lp), so the pass needs no backward.",
+    )

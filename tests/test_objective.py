@@ -47,6 +47,11 @@ def slow_loss(model, features, weights, settings: NextQuillSettings, normalizer)
                     total = total - torch.log_softmax(out_with[p], -1)[row["labels"][p + 1]]
             continue
         out_cf = model(input_ids=torch.tensor([row["cf_input_ids"]])).logits[0]
+        if not settings.counterfactual_gradient:  # the pass is a constant; the head is not
+            run = model(input_ids=torch.tensor([row["cf_input_ids"]]), output_hidden_states=True)
+            final_hidden = run.hidden_states[-1][0].detach()
+            assert torch.allclose(model.lm_head(final_hidden), run.logits[0], atol=1e-5)
+            out_cf = model.lm_head(final_hidden)
         pos_with = [
             p for p in range(len(row["labels"]) - 1) if row["labels"][p + 1] != IGNORE_INDEX
         ]
@@ -114,8 +119,9 @@ def fast_and_slow(model, collated, features, weights, settings, normalizer):
         NextQuillSettings(alpha=0.3),
         NextQuillSettings(alpha=0.3, weight_causal_loss=False),
         NextQuillSettings(alpha=0.3, weight_source="current"),
+        NextQuillSettings(alpha=0.3, counterfactual_gradient=False),
     ],
-    ids=["paper", "unweighted_lp", "current_weights"],
+    ids=["paper", "unweighted_lp", "current_weights", "no_counterfactual_gradient"],
 )
 @pytest.mark.parametrize("head_chunk_rows", [None, 3], ids=["one_chunk", "chunks_of_3"])
 def test_loss_and_gradients_equal_slow_reference(
