@@ -128,6 +128,7 @@ def test_the_plugin_passes_every_setting_to_the_trainer():
         "nextquill_causal_loss": False,
         "nextquill_weight_source": "current",
         "nextquill_weight_causal_loss": False,
+        "nextquill_counterfactual_gradient": False,
     }
     assert set(changed) == {SETTING_PREFIX + f.name for f in fields(NextQuillSettings)}
     cfg = NextQuillArgs.model_validate({"nextquill": True, **changed})
@@ -145,6 +146,7 @@ def test_the_plugin_passes_every_setting_to_the_trainer():
         causal_loss=False,
         weight_source="current",
         weight_causal_loss=False,
+        counterfactual_gradient=False,
     )
 
 
