@@ -265,6 +265,23 @@ def test_token_chart_counts_shares_and_leaves_out_special_tokens():
     assert rates[1].rate == 0.25  # "The" is frequent but rarely marked; "once" is seen once
 
 
+def test_summary_traces_lambda_tokens_back_to_rows_and_reports_each_model():
+    from nextquill_plugin.evaluation.inspection import preference_token_rates, summary
+
+    first = [view([" The", " jazz"], [0.0, 0.3]), view([" once", " more"], [0.9, 0.01])]
+    first[1].prompt_id = "u/2"
+    other = [view([" The", " jazz"], [0.0, 0.0]), view([" once", " more"], [0.0, 0.0])]
+    numbers = summary(
+        {"theta_0": first, "other": other}, preference_token_rates(first, 0.05, 1), 0.05
+    )
+    assert numbers["rows"] == [
+        {"row": 0, "prompt_id": "u/1", "lambda_tokens": [" jazz"]},
+        {"row": 1, "prompt_id": "u/2", "lambda_tokens": [" once"]},
+    ]
+    assert numbers["models"]["theta_0"]["lambda_share"] == 0.5  # 2 of 4 tokens
+    assert numbers["models"]["other"]["lambda_share"] == 0.0
+
+
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
 

@@ -283,7 +283,9 @@ def summary(
     views: dict[str, list[TokenView]], rates: Sequence[TokenRate], delta: float, top: int = 20
 ) -> dict[str, Any]:
     """The numbers behind the pictures, for a machine: per model the mean log-probability gap
-    and the lambda share; the top tokens of the first model with their rates."""
+    and the lambda share; the top tokens of the first model with their rates; and, per
+    inspected row (its position among the data file's rows, and its prompt id), the tokens
+    that get lambda under the first model, so that they can be traced back to the data."""
     models = {}
     for name, model_views in views.items():
         effects = np.concatenate([v.effects for v in model_views] or [np.zeros(0)])
@@ -293,9 +295,20 @@ def summary(
             "mean_log_prob_gap": float(gaps.mean()) if len(gaps) else None,
             "lambda_share": float((effects > delta).mean()) if len(effects) else None,
         }
+    first = next(iter(views.values()), [])
     return {
         "delta": delta,
         "models": models,
+        "rows": [
+            {
+                "row": index,
+                "prompt_id": view.prompt_id,
+                "lambda_tokens": [
+                    t for t, e in zip(view.tokens, view.effects, strict=True) if e > delta
+                ],
+            }
+            for index, view in enumerate(first)
+        ],
         "top_tokens": [
             {"token": r.token, "rate": r.rate, "lambda": r.preference, "occurrences": r.occurrences}
             for r in rates[:top]
