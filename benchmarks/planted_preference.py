@@ -38,9 +38,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset_formats.jsonl import read_jsonl, write_jsonl  # noqa: E402
+from nextquill_plugin.testing import theta0 as theta0_script  # noqa: E402
 from nextquill_plugin.testing.local_runs import (  # noqa: E402
-    build_benchmark_model,
-    half_without_history,
     logged_metrics,
     run_axolotl,
     tiny_recipe,
@@ -57,43 +56,29 @@ VARIANTS = {
     "NextQuill": {"nextquill": True},
 }
 PENALTIES = {"penalty 1.2 on all tokens (authors)": "all", "penalty 1.2 on new tokens": "generated"}
-FULL_FINETUNE = {
-    "adapter": None,
-    "lora_r": None,
-    "lora_alpha": None,
-    "lora_dropout": None,
-    "lora_target_linear": None,
-}
 
 
 def say(message: str) -> None:
     print(f"[planted] {message}", flush=True)
 
 
-def build_populations(out: Path, n_users: int) -> dict[str, object]:
-    """Raw files for two disjoint populations, built by our builder; theta_0's rows mixed."""
+def build_population(out: Path, n_users: int) -> tuple[Path, dict]:
+    """The benchmark's users (raw files through our builder) and their planted truth."""
     from dataset_formats.builder import BuildOptions, build
     from dataset_formats.synthetic import synthetic_raw_amazon, synthetic_users
 
-    quiet = BuildOptions(show_progress=False)
-    folders = {}
-    for name, seed in (("users", 11), ("theta0_users", 12)):
-        reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed)
-        write_jsonl(out / f"raw_{name}" / "reviews.jsonl.gz", reviews, sort_keys=True)
-        write_jsonl(out / f"raw_{name}" / "meta.jsonl.gz", meta, sort_keys=True)
-        report = build(
-            [out / f"raw_{name}" / "reviews.jsonl.gz"],
-            [out / f"raw_{name}" / "meta.jsonl.gz"],
-            out / name,
-            quiet,
-        )
-        folders[name] = out / name
-        say(f"{name}: {report.rows_per_split} rows of {report.users} users (builder)")
-    theta0_train = read_jsonl(folders["theta0_users"] / "train.jsonl")
-    mixed = half_without_history(theta0_train)
-    write_jsonl(folders["theta0_users"] / "train_mixed.jsonl", mixed)
-    truth = {u.user_id: u for u in synthetic_users(n_users, 11)}
-    return {"folders": folders, "truth": truth}
+    seed = theta0_script.MEASURE_SEED
+    reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed)
+    write_jsonl(out / "raw_users" / "reviews.jsonl.gz", reviews, sort_keys=True)
+    write_jsonl(out / "raw_users" / "meta.jsonl.gz", meta, sort_keys=True)
+    report = build(
+        [out / "raw_users" / "reviews.jsonl.gz"],
+        [out / "raw_users" / "meta.jsonl.gz"],
+        out / "users",
+        BuildOptions(show_progress=False),
+    )
+    say(f"users: {report.rows_per_split} rows of {report.users} users (builder)")
+    return out / "users", {u.user_id: u for u in synthetic_users(n_users, seed)}
 
 
 def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float]:
@@ -111,71 +96,6 @@ def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float
         f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"
     )
     return workdir / "out", time.time() - started
-
-
-def planted_spans(text: str, user) -> list[tuple[int, int]]:
-    """Character spans of the user's planted words, phrase and sign-off in ``text``."""
-    word_a, word_b, phrase = user.taste
-    spans = []
-    for needle in (f" {word_a} ", f" {word_b},", phrase, user.sign_off):
-        start = text.find(needle)
-        if start >= 0:
-            stripped = needle.strip(" ,")
-            start = text.find(stripped, start)
-            spans.append((start, start + len(stripped)))
-    return spans
-
-
-def weight_precision_recall(theta0: Path, rows: list[dict], truth: dict, recipe: dict) -> dict:
-    """theta_0's lambda tokens against the planted tokens (all of them, and first tokens)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dataset_formats.amazon_reviews import load
-    from nextquill_plugin.evaluation.inspection import paired_rows, token_views
-
-    tokenizer = AutoTokenizer.from_pretrained(theta0)
-    model = AutoModelForCausalLM.from_pretrained(theta0)
-    strategy = load(tokenizer, {**recipe, "nextquill": True})
-    delta = 0.05
-    views = token_views(
-        model,
-        tokenizer,
-        [strategy.prompt_id(row, i) for i, row in enumerate(rows)],
-        paired_rows(strategy, rows),
-        delta=delta,
-        high_weight=0.9,
-        low_weight=0.1,
-        batch_size=8,
-        show_progress=False,
-    )
-    marked = planted = hits = first_total = first_hits = total = 0
-    for row, view in zip(rows, views, strict=True):
-        text = row["target"]["text"]
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
-            "offset_mapping"
-        ][: len(view.effects)]
-        spans = planted_spans(text, truth[row["user_id"]])
-        lam = view.effects[: len(offsets)] > delta
-        in_span = np.array([any(s < e2 and e1 < e for s, e in spans) for e1, e2 in offsets])
-        first = np.zeros_like(in_span)
-        for s, e in spans:
-            idx = [i for i, (e1, e2) in enumerate(offsets) if s < e2 and e1 < e]
-            if idx:
-                first[idx[0]] = True
-        total += len(lam)
-        marked += int(lam.sum())
-        planted += int(in_span.sum())
-        hits += int((lam & in_span).sum())
-        first_total += int(first.sum())
-        first_hits += int((lam & first).sum())
-    return {
-        "tokens": total,
-        "lambda_share": marked / max(total, 1),
-        "planted_share": planted / max(total, 1),
-        "precision": hits / max(marked, 1),
-        "recall": hits / max(planted, 1),
-        "first_token_recall": first_hits / max(first_total, 1),
-    }
 
 
 def personalization(predictions: list[dict], truth: dict) -> dict[str, float]:
@@ -226,7 +146,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--users", type=int, default=120)
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--theta0-steps", type=int, default=160)
+    parser.add_argument(
+        "--theta0",
+        choices=["shipped", "train"],
+        default="shipped",
+        help="the shipped theta_0 (nextquill_plugin/testing/theta0_model) or train one here",
+    )
+    parser.add_argument("--theta0-history-steps", type=int, default=400)
+    parser.add_argument("--theta0-mixed-steps", type=int, default=150)
     parser.add_argument("--jobs", type=int, default=2, help="trainings run side by side")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--out", type=Path, default=Path("benchmark_runs/planted"))
@@ -236,35 +163,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.smoke:
-        args.seeds, args.users, args.steps, args.theta0_steps = [0], 24, 2, 4
+        args.seeds, args.users, args.steps = [0], 24, 2
+        args.theta0_history_steps, args.theta0_mixed_steps = 2, 2
         args.max_new_tokens, args.variants = 8, ["ContextSFT", "NextQuill"]
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    data = build_populations(out, args.users)
-    folders, truth = data["folders"], data["truth"]
-    train_rows = read_jsonl(folders["users"] / "train.jsonl")
-    theta0_rows = read_jsonl(folders["theta0_users"] / "train.jsonl")
-    base = build_benchmark_model(out / "base_model", train_rows, theta0_rows)
-    common = {"sequence_len": 1024, "nextquill_history_k": 3, "micro_batch_size": 4}
-    theta0, _ = train(
-        "theta0",
-        tiny_recipe(
-            base,
-            folders["theta0_users"] / "train_mixed.jsonl",
-            out / "runs" / "theta0",
-            nextquill=False,
-            max_steps=args.theta0_steps,
-            learning_rate=0.003,
-            **FULL_FINETUNE,
-            **common,
-        ),
-        out,
-        threads=2,
-    )
-    weights = weight_precision_recall(theta0, train_rows[:200], truth, common)
-    say(f"theta_0 weights vs planted tokens: {weights}")
+    users, truth = build_population(out, args.users)
+    train_rows = read_jsonl(users / "train.jsonl")
+    common = dict(theta0_script.PROMPT)
+    if args.theta0 == "shipped":
+        theta0 = theta0_script.THETA0_DIR
+        theta0_script.load_report(theta0)  # the model is the one its report measured
+    else:
+        theta0 = out / "theta0"
+        theta0_script.make_theta0(
+            theta0, args.theta0_history_steps, args.theta0_mixed_steps, out / "theta0_work"
+        )
+    weights = theta0_script.planted_token_scores(theta0, train_rows[:200], truth)
+    say(f"theta_0 weights vs planted tokens on this run's rows: {weights}")
 
     jobs = []
     for seed in args.seeds:
@@ -273,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             name = f"{variant}-seed{seed}"
             recipe = tiny_recipe(
                 theta0,
-                folders["users"] / "train.jsonl",
+                users / "train.jsonl",
                 out / "runs" / name,
                 max_steps=args.steps,
                 learning_rate=0.002,
@@ -293,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
             document, predictions = evaluate_run(
                 checkpoint,
                 out / "runs" / name / f"{name}.yml",
-                folders["users"] / "test.jsonl",
+                users / "test.jsonl",
                 out / "eval" / scope / name,
                 scope,
                 args.max_new_tokens,

@@ -1,14 +1,14 @@
 """The end-to-end demo (`make demo`): tiny local model, shipped data, `axolotl train`.
 
 1. Builds train/validation/test rows from the shipped raw Amazon-Reviews-2023-schema demo files
-   with the builder (`nextquill-data build`), and rows of a disjoint population for theta_0.
-2. Builds a tiny random-init Qwen2 and a tokenizer from the demo corpus (no hub).
-3. theta_0: trains it (full fine-tuning) on the other population, half of the rows without
-   history, so that it knows both the with-history and the counterfactual prompt
-   (a theta_0 trained from scratch on one kind of prompt only reads the other as noise).
-4. From theta_0, trains ContextSFT and NextQuill on the demo users with the same budget.
-5. Prints what happened: the share of preference-bearing tokens theta_0 found, the loss parts.
-6. Evaluates theta_0, ContextSFT and NextQuill on the test users (`nextquill evaluate`), prints
+   with the builder (`nextquill-data build`).
+2. theta_0: the shipped tiny Qwen2 that reads the history (``testing/theta0_model``, made by
+   ``python -m nextquill_plugin.testing.theta0`` on another population of synthetic users:
+   with-history steps, then mixed steps with half of the rows without history), checked
+   against the report that measured it.
+3. From theta_0, trains ContextSFT and NextQuill on the demo users with the same budget.
+4. Prints what happened: the share of preference-bearing tokens theta_0 found, the loss parts.
+5. Evaluates theta_0, ContextSFT and NextQuill on the test users (`nextquill evaluate`), prints
    the comparison table (`nextquill compare`) and writes the token views and plots
    (`nextquill inspect`) to OUT/inspect.
 """
@@ -16,19 +16,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from dataset_formats.jsonl import read_jsonl, write_jsonl
-
-from .local_runs import (
-    build_benchmark_model,
-    half_without_history,
-    logged_metrics,
-    run_axolotl,
-    tiny_recipe,
-)
+from .local_runs import logged_metrics, run_axolotl, tiny_recipe
 
 OUT = Path(os.environ.get("NEXTQUILL_DEMO_DIR", "demo_runs")).resolve()
 STEPS = int(os.environ.get("NEXTQUILL_DEMO_STEPS", "80"))
@@ -56,62 +49,53 @@ def train(name: str, recipe: dict) -> list[dict]:
     return steps
 
 
-def build_data() -> tuple[Path, list[dict]]:
-    """Demo rows from the shipped raw files; theta_0 rows from another generated population."""
+def build_data() -> Path:
+    """Demo rows from the shipped raw files."""
     from dataset_formats.builder import BuildOptions, build
     from dataset_formats.demo_data import DEMO_META, DEMO_REVIEWS
-    from dataset_formats.synthetic import synthetic_raw_amazon
 
-    quiet = BuildOptions(show_progress=False)
     data = OUT / "data"
-    report = build([DEMO_REVIEWS], [DEMO_META], data, quiet)
+    report = build([DEMO_REVIEWS], [DEMO_META], data, BuildOptions(show_progress=False))
     say(
         f"built {report.rows_per_split} rows of {report.users} users from {DEMO_REVIEWS.name} "
         f"({report.reviews_read} reviews read, {report.reviews_kept} kept; {data / 'stats.json'})"
     )
-    raw = OUT / "theta0_raw"
-    reviews, meta = synthetic_raw_amazon(n_users=120, seed=1)
-    write_jsonl(raw / "reviews.jsonl.gz", reviews, sort_keys=True)
-    write_jsonl(raw / "meta.jsonl.gz", meta, sort_keys=True)
-    build([raw / "reviews.jsonl.gz"], [raw / "meta.jsonl.gz"], OUT / "theta0_data", quiet)
-    theta0_train = read_jsonl(OUT / "theta0_data" / "train.jsonl")
-    # Every other theta_0 row without history: exactly the counterfactual prompt.
-    mixed = half_without_history(theta0_train)
-    write_jsonl(data / "theta0_train.jsonl", mixed)
-    say(f"theta_0 data: {len(mixed)} rows of 120 other users, half of them without history")
-    return data, theta0_train
+    return data
+
+
+def theta0_prompt() -> dict:
+    """The prompt settings theta_0 was trained and measured with."""
+    from . import theta0 as theta0_script
+
+    return dict(theta0_script.PROMPT)
+
+
+def shipped_theta0() -> Path:
+    """The shipped theta_0, checked against its report and copied to OUT/theta0/out."""
+    from . import theta0 as theta0_script
+
+    report = theta0_script.load_report()
+    target = OUT / "theta0" / "out"
+    if target.exists():
+        shutil.rmtree(target)  # a copy an earlier demo run made
+    shutil.copytree(theta0_script.THETA0_DIR, target)
+    scores = report["scores"]
+    say(
+        f"theta_0: the shipped checkpoint ({report['history_steps']} with-history + "
+        f"{report['mixed_steps']} mixed steps); on another population's planted words it marks "
+        f"{scores['first_token_recall']:.0%} of first tokens, and {scores['precision']:.0%} of "
+        "the tokens it marks are planted"
+    )
+    return target
 
 
 def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     say(f"working in {OUT}")
-    data, theta0_train = build_data()
-    base = build_benchmark_model(OUT / "base_model", theta0_train, read_jsonl(data / "train.jsonl"))
-    say(f"tiny Qwen2 built in {base}")
-
-    common = {"sequence_len": 1024, "nextquill_history_k": 4, "micro_batch_size": 4}
-    full_finetune = {
-        "adapter": None,
-        "lora_r": None,
-        "lora_alpha": None,
-        "lora_dropout": None,
-        "lora_target_linear": None,
-    }
-    train(
-        "theta0",
-        tiny_recipe(
-            base,
-            data / "theta0_train.jsonl",
-            OUT / "theta0",
-            nextquill=False,
-            max_steps=STEPS * 2,
-            learning_rate=0.003,
-            **full_finetune,
-            **common,
-        ),
-    )
-    theta0 = OUT / "theta0" / "out"
+    data = build_data()
+    theta0 = shipped_theta0()
+    common = theta0_prompt()
     context_sft = train(
         "context_sft",
         tiny_recipe(
@@ -149,7 +133,7 @@ def main() -> None:
 
 
 def evaluate_and_inspect(data: Path) -> None:
-    """Step 6: `nextquill evaluate`, `compare` and `inspect` on the demo's test users."""
+    """Step 5: `nextquill evaluate`, `compare` and `inspect` on the demo's test users."""
     from ..evaluation.compare import comparison_table, difference_table, load_run
     from ..evaluation.evaluate import EvaluationRequest, run_evaluation
     from ..evaluation.generation import GenerationSettings
