@@ -44,14 +44,18 @@ def engine_seconds(reviews: Path, threads: int) -> float:
 
 
 def disk_seconds(folder: Path, n_bytes: int) -> float:
-    """Write ``n_bytes`` to a file in ``folder`` as the builder does (buffered, no fsync)."""
-    chunk = os.urandom(CHUNK)
+    """Write ``n_bytes`` to a file in ``folder`` as the builder does (no fsync), in 8 MiB chunks
+    that all differ (slices of a random buffer at odd offsets), so that no layer below can
+    shortcut repeated blocks."""
+    pool = os.urandom(8 * CHUNK)
     path = folder / "disk_bound.tmp"
     started = time.perf_counter()
-    with open(path, "wb") as handle:
-        for _ in range(n_bytes // CHUNK):
-            handle.write(chunk)
-        handle.write(chunk[: n_bytes % CHUNK])
+    with open(path, "wb", buffering=0) as handle:
+        written, index = 0, 0
+        while written < n_bytes:
+            start = (index * 4099) % (len(pool) - CHUNK)
+            written += handle.write(memoryview(pool)[start : start + min(CHUNK, n_bytes - written)])
+            index += 1
     seconds = time.perf_counter() - started
     path.unlink()
     return seconds
