@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from typing_extensions import override
 
@@ -9,6 +10,35 @@ from dataset_formats.contract import COUNTERFACTUAL_IDS, ROW_COLUMNS
 
 from .args import settings_from
 from .objective import BatchLoss, compute_batch_loss
+
+# The per-micro-batch metrics the trainer logs (each rank stores its own).
+NEXTQUILL_METRICS = (
+    "nextquill/normal_loss",
+    "nextquill/causal_loss",
+    "nextquill/mean_weight",
+    "nextquill/preference_token_fraction",
+)
+
+
+def mean_over_ranks(
+    values: dict[str, list[float]], names: tuple[str, ...], device: torch.device | str = "cpu"
+) -> dict[str, float | None]:
+    """Per name, the mean of every rank's stored values (None where no rank has one).
+
+    Every rank must call this at the same point (it is one all-reduce of sums and counts, of
+    the same shape on every rank, whatever each rank stored): Axolotl averages ``loss`` over
+    the ranks, and a rank-0-only mean of these would describe a different set of batches."""
+    totals = torch.tensor(
+        [[float(sum(values.get(n, []))), float(len(values.get(n, [])))] for n in names],
+        dtype=torch.float64,
+        device=device,
+    )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    return {
+        name: (total / count if count else None)
+        for name, (total, count) in zip(names, totals.tolist(), strict=True)
+    }
 
 
 class NextQuillTrainer(AxolotlTrainer):
@@ -56,10 +86,27 @@ class NextQuillTrainer(AxolotlTrainer):
         if self.nextquill_settings.token_weighting and bool(paired.any()):
             high = self.nextquill_settings.high_weight
             preference_share = (result.weights[paired] >= high).float().mean().item()
-        metrics = {
-            "nextquill/normal_loss": result.loss.normal.item() * scale,
-            "nextquill/causal_loss": result.loss.causal.item() * scale,
-            "nextquill/mean_weight": result.weights.mean().item(),
-            "nextquill/preference_token_fraction": preference_share,
-        }
+        values = (
+            result.loss.normal.item() * scale,
+            result.loss.causal.item() * scale,
+            result.weights.mean().item(),
+            preference_share,
+        )
+        metrics = dict(zip(NEXTQUILL_METRICS, values, strict=True))
         self.store_metrics(metrics, train_eval="train" if training else "eval")
+
+    @override
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Every rank logs at the same step (the Trainer has just averaged the loss over them):
+        # replace each rank's stored NextQuill values by their mean over all ranks.
+        stored = getattr(self, "_stored_metrics", {}).get("train" if "loss" in logs else "eval")
+        if stored is None:  # an Axolotl without stored metrics: nothing of ours to reduce
+            return super().log(logs, start_time)
+        local = {name: stored[name]["values"] for name in NEXTQUILL_METRICS if name in stored}
+        for name, mean in mean_over_ranks(local, NEXTQUILL_METRICS, self.args.device).items():
+            if mean is None:
+                stored.pop(name, None)
+            else:
+                stored[name]["values"] = [mean]
+                stored[name]["reduction"] = "mean"
+        return super().log(logs, start_time)

@@ -146,3 +146,34 @@ def test_two_processes_split_the_rows_and_agree(rows, tiny_model_dir, tmp_path):
     assert reports[0]["p_with"] == reports[1]["p_with"]
     assert reports[0]["offsets"] == reports[1]["offsets"]
     assert len(list((tmp_path / "cache").glob("effects-*.npz"))) == 1
+
+
+def test_logged_nextquill_metrics_are_means_over_all_ranks(tmp_path):
+    """Two gloo processes store different values; both log the mean over every stored value."""
+    script = __import__("pathlib").Path(__file__).parent / "scripts" / "mean_over_ranks.py"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29534",
+            str(script),
+            str(tmp_path / "means"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"means.{rank}").read_text()) for rank in (0, 1)]
+    assert (
+        reports[0]
+        == reports[1]
+        == {
+            "nextquill/normal_loss": (1 + 2 + 3 + 5) / 4,
+            "nextquill/causal_loss": 0.5,  # rank 1 stored none
+            "nextquill/mean_weight": (0.1 + 0.3 + 0.5) / 3,
+            "nextquill/preference_token_fraction": None,  # no rank stored any
+        }
+    )
