@@ -244,9 +244,10 @@ def cached_token_effects(
 ) -> tuple[TokenEffects, Path, bool]:
     """theta_0 effects for ``dataset``: from the cache, or computed once across all ranks.
 
-    Returns ``(effects, cache file, computed_now)``. In a multi-process run each rank computes
-    a disjoint share of the rows, the shares are gathered, the main process writes the cache
-    and every rank returns the same result.
+    Returns ``(effects, cache file, computed_now)``. In a multi-process run the ranks decide
+    together: if any of them can read the cache, it is broadcast to all; otherwise each rank
+    computes a disjoint share of the rows, the shares are gathered, and the first process of
+    each node writes the cache. Every rank returns the same result.
     """
     columns = EFFECT_INPUT_COLUMNS
     key = hashlib.sha256(
@@ -260,12 +261,16 @@ def cached_token_effects(
         ).encode()
     ).hexdigest()[:24]
     path = Path(cache_dir) / f"effects-{key}.npz"
-    if path.exists():
-        cached = load_checked(path, key, expected_target_counts(dataset))
-        if cached is not None:
-            return cached, path, False
-
+    meta = {"key": key, "model": model_name, "rows": len(dataset)}
+    cached = load_checked(path, key, expected_target_counts(dataset)) if path.exists() else None
     rank, world_size = distributed_rank_and_size()
+    if world_size > 1:  # one decision for all ranks, whatever each node's disk holds
+        cached = shared_cache_hit(cached, rank, world_size)
+    if cached is not None:
+        if not path.exists() and node_writes_cache():
+            cached.save(path, meta)  # a node without a shared disk keeps its own copy
+        return cached, path, False
+
     n_rows = len(dataset)
     shares = np.array_split(np.arange(n_rows), world_size)
     mine = shares[rank].tolist()
@@ -291,11 +296,37 @@ def cached_token_effects(
         parts = [None] * world_size
         torch.distributed.all_gather_object(parts, part)
     effects = TokenEffects.concatenate(parts)
-    if rank == 0:
-        effects.save(path, {"key": key, "model": model_name, "rows": n_rows})
+    if node_writes_cache():
+        effects.save(path, meta)
     if world_size > 1:
         torch.distributed.barrier()
     return effects, path, True
+
+
+def node_writes_cache() -> bool:
+    """The first process of each node writes the cache (atomically): on a shared disk they
+    write the same bytes; on nodes without one, each node gets its own copy."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def shared_cache_hit(cached: TokenEffects | None, rank: int, world_size: int):
+    """The cache decision of all ranks: if any rank read a valid cache, the lowest such rank
+    broadcasts it and every rank uses it; otherwise every rank gets None (all compute). Ranks
+    that decided alone would run different collectives and hang."""
+    dist = torch.distributed
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    source = torch.tensor([rank if cached is not None else world_size], device=device)
+    dist.all_reduce(source, op=dist.ReduceOp.MIN)
+    source_rank = int(source.item())
+    if source_rank == world_size:
+        return None
+    box = [cached if rank == source_rank else None]
+    dist.broadcast_object_list(box, src=source_rank)
+    return box[0]
 
 
 def expected_target_counts(dataset) -> np.ndarray:

@@ -177,3 +177,49 @@ def test_logged_nextquill_metrics_are_means_over_all_ranks(tmp_path):
             "nextquill/preference_token_fraction": None,  # no rank stored any
         }
     )
+
+
+def run_two_nodes(script, args, port):
+    """Two torchrun "nodes" of one process each on this machine (static rendezvous)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+    nodes = [
+        subprocess.Popen(
+            [*command, f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+            + [str(script), *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=300)
+        assert node.returncode == 0, stderr[-3000:]
+
+
+def test_nodes_without_a_shared_disk_agree_on_the_cache(rows, tiny_model_dir, tmp_path):
+    """Each node has its own cache folder. First run: both compute their share and each node
+    keeps a copy. Then node 1 loses its copy: node 0's is broadcast, nobody computes (deciding
+    per rank, node 1 alone would compute and wait forever for node 0)."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = __import__("pathlib").Path(__file__).parent / "scripts" / "distributed_effects.py"
+    args = [tiny_model_dir, data, tmp_path / "cache-node{node}", tmp_path / "report"]
+
+    def reports():
+        return [json.loads((tmp_path / f"report.{rank}").read_text()) for rank in (0, 1)]
+
+    run_two_nodes(script, args, 29535)
+    first = reports()
+    assert [r["computed"] for r in first] == [True, True]
+    assert sum(r["rows_computed"] for r in first) == len(rows)
+    (copy0,), (copy1,) = (list((tmp_path / f"cache-node{n}").glob("*.npz")) for n in (0, 1))
+    assert copy0.name == copy1.name
+
+    copy1.unlink()
+    run_two_nodes(script, args, 29536)
+    second = reports()
+    assert [r["computed"] for r in second] == [False, False]
+    assert [r["rows_computed"] for r in second] == [0, 0]
+    assert second[0]["p_with"] == second[1]["p_with"] == first[0]["p_with"]
+    assert copy1.exists()  # node 1 keeps the broadcast copy for the next run

@@ -1,6 +1,9 @@
-"""Run under torchrun: every rank calls cached_token_effects on the same data and reports."""
+"""Run under torchrun: every rank calls cached_token_effects on the same data and reports.
+A "{node}" in the cache folder becomes the node's rank (torchrun's GROUP_RANK): nodes that
+share no disk."""
 
 import json
+import os
 import sys
 
 import torch
@@ -11,6 +14,7 @@ import nextquill_plugin.token_effects as weights
 
 torch.distributed.init_process_group("gloo")  # what a launcher does before the trainer exists
 model_dir, data_file, cache_dir, report = sys.argv[1:5]
+cache_dir = cache_dir.replace("{node}", os.environ.get("GROUP_RANK", "0"))
 with open(data_file) as handle:
     rows = [json.loads(line) for line in handle]
 dataset = Dataset.from_list(rows)
