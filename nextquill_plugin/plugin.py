@@ -220,8 +220,7 @@ def attach_initial_weights(cfg, trainer, dataset):
         effects_cache_dir(cfg),
         model_name=str(cfg.base_model),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        batch_size=cfg.nextquill_weight_batch_size,
-        autocast=trainer.autocast_smart_context_manager,
+        batch_size=cfg.nextquill_weight_batch_size,  # autocast: the model's mixed precision
     )
     LOG.info(
         "NextQuill: %s theta_0 effects for %d rows (%s).",

@@ -162,14 +162,16 @@ def compute_token_effects(
     *,
     pad_token_id: int,
     batch_size: int = 4,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     show_progress: bool = True,
 ) -> TokenEffects:
     """Target-token probabilities with and without history for every row, under ``model``.
 
     ``rows`` holds the columns ``input_ids``, ``labels``, ``cf_input_ids`` and ``cf_labels``.
-    Rows without a counterfactual prompt get no effects (zero target tokens).
+    Rows without a counterfactual prompt get no effects (zero target tokens). ``autocast``
+    (a context factory) defaults to ``mixed_precision_autocast(model)``.
     """
+    autocast = autocast or mixed_precision_autocast(model)
     lm_head = resolve_lm_head(model)
     device = lm_head.weight.device
     n_rows = len(rows["input_ids"])
@@ -223,6 +225,22 @@ def compute_token_effects(
     )
 
 
+def mixed_precision_autocast(model: nn.Module) -> Callable[[], contextlib.AbstractContextManager]:
+    """Autocast to the model's half-precision dtype when its parameters mix it with float32.
+
+    For bf16 training Axolotl keeps some modules in float32 and relies on the Trainer's
+    autocast; the theta_0 pass runs before and outside the Trainer's step (transformers' own
+    autocast helper is a no-op there), so without this it multiplies bf16 by float32 and fails.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    half = dtypes & {torch.bfloat16, torch.float16}
+    if len(half) != 1 or torch.float32 not in dtypes:
+        return contextlib.nullcontext
+    dtype = half.pop()
+    device_type = next(p for p in model.parameters() if p.dtype == dtype).device.type
+    return lambda: torch.autocast(device_type=device_type, dtype=dtype)
+
+
 def initial_model_context(model: nn.Module) -> contextlib.AbstractContextManager:
     """theta_0: with LoRA, the base model with adapters disabled; otherwise the model as loaded."""
     base = unwrap_model(model)
@@ -239,7 +257,7 @@ def cached_token_effects(
     model_name: str,
     pad_token_id: int,
     batch_size: int = 4,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     extra_key: str = "",
 ) -> tuple[TokenEffects, Path, bool]:
     """theta_0 effects for ``dataset``: from the cache, or computed once across all ranks.

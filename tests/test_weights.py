@@ -58,6 +58,29 @@ def test_effects_equal_full_logit_probabilities(model, rows):
     assert np.abs(effects.p_with - effects.p_without).max() > 1e-3  # the history matters
 
 
+def test_bf16_model_with_float32_modules_gets_autocast(tiny_model_dir, rows):
+    """Axolotl's bf16 full fine-tuning keeps some modules in float32; the theta_0 pass runs
+    outside the Trainer's autocast. Without one it fails on mixed dtypes; by default it
+    autocasts to bf16 and gives the float32 model's probabilities within bf16's precision."""
+    import contextlib
+
+    reference = sharpened_tiny_model(tiny_model_dir, 6.0)
+    mixed = sharpened_tiny_model(tiny_model_dir, 6.0).to(torch.bfloat16)
+    for name, module in mixed.named_modules():
+        if name.endswith("norm"):  # RMSNorms kept in float32, as Axolotl does for bf16
+            module.float()
+    columns = as_columns(rows)
+    with pytest.raises(RuntimeError, match="dtype"):
+        compute_token_effects(
+            mixed, columns, pad_token_id=0, autocast=contextlib.nullcontext, show_progress=False
+        )
+    got = compute_token_effects(mixed, columns, pad_token_id=0, show_progress=False)
+    expected = compute_token_effects(reference, columns, pad_token_id=0, show_progress=False)
+    assert np.array_equal(got.offsets, expected.offsets)
+    assert np.abs(got.p_with - expected.p_with).max() < 0.05
+    assert np.abs(got.p_without - expected.p_without).max() < 0.05
+
+
 def test_row_weights_threshold_by_hand():
     effects = TokenEffects(
         np.array([0.5, 0.2, 0.9], np.float32),
