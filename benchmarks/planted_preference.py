@@ -40,9 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset_formats.jsonl import read_jsonl, write_jsonl  # noqa: E402
 from nextquill_plugin.testing import theta0 as theta0_script  # noqa: E402
 from nextquill_plugin.testing.local_runs import (  # noqa: E402
-    logged_metrics,
-    run_axolotl,
     tiny_recipe,
+    train_logged,
     use_offline_mode,
 )
 
@@ -54,6 +53,18 @@ VARIANTS = {
     "CausalOnly": {"nextquill": True, "nextquill_token_weighting": False},
     "NormOnly": {"nextquill": True, "nextquill_causal_loss": False},
     "NextQuill": {"nextquill": True},
+    # Not in the paper: Lp's gradient stops at the counterfactual pass.
+    "NextQuill-cf-const": {"nextquill": True, "nextquill_counterfactual_gradient": False},
+}
+BASELINE = "ContextSFT"
+# Per-prediction metrics compared with the baseline user by user (BLEU is a corpus metric).
+PAIRED = {
+    "rouge1": "ROUGE-1",
+    "rougeL": "ROUGE-L",
+    "meteor": "METEOR",
+    "own_phrase": "own phrase",
+    "sign_off": "sign-off",
+    "other_phrase": "other's phrase",
 }
 PENALTIES = {"penalty 1.2 on all tokens (authors)": "all", "penalty 1.2 on new tokens": "generated"}
 
@@ -86,11 +97,7 @@ def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float
     workdir = out / "runs" / name
     started = time.time()
     os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the child (offline_env copies)
-    result = run_axolotl("train", recipe, workdir, timeout=3600, name=f"{name}.yml")
-    (workdir / "train.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise RuntimeError(f"{name} failed; see {workdir / 'train.log'}:\n{result.stderr[-2000:]}")
-    steps = logged_metrics(result.stdout + result.stderr)
+    steps = train_logged(name, recipe, workdir)
     say(
         f"trained {name} in {time.time() - started:.0f}s: "
         f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"
@@ -98,19 +105,43 @@ def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float
     return workdir / "out", time.time() - started
 
 
-def personalization(predictions: list[dict], truth: dict) -> dict[str, float]:
-    """Share of predictions with the user's own phrase / sign-off, and with another's phrase."""
+def personalization(record: dict, truth: dict) -> dict[str, float]:
+    """1.0/0.0: the prediction holds the user's own phrase, their sign-off, another's phrase."""
     from dataset_formats.synthetic import TASTES
 
-    own = sign = wrong = 0
-    for record in predictions:
-        user = truth[record["user_id"]]
-        text = record["prediction"]
-        own += user.taste[2] in text
-        sign += user.sign_off in text
-        wrong += any(t[2] in text for t in TASTES if t != user.taste)
-    n = max(len(predictions), 1)
-    return {"own_phrase": own / n, "sign_off": sign / n, "other_phrase": wrong / n}
+    user, text = truth[record["user_id"]], record["prediction"]
+    return {
+        "own_phrase": float(user.taste[2] in text),
+        "sign_off": float(user.sign_off in text),
+        "other_phrase": float(any(t[2] in text for t in TASTES if t != user.taste)),
+    }
+
+
+def log_prob_means(checkpoint: Path, recipe_path: Path, rows: list[dict]) -> dict[str, float]:
+    """Mean log p(y_t | x, h) and log p(y_t | x) over the rows' target tokens under a model."""
+    import yaml
+
+    from dataset_formats.amazon_reviews import load
+    from nextquill_plugin.evaluation.generation import load_model_for_generation
+    from nextquill_plugin.evaluation.inspection import paired_rows, token_views
+
+    recipe = yaml.safe_load(recipe_path.read_text())
+    model, tokenizer, _ = load_model_for_generation(recipe["base_model"], str(checkpoint))
+    strategy = load(tokenizer, {**theta0_script.PROMPT, "nextquill": True})
+    views = token_views(
+        model,
+        tokenizer,
+        [strategy.prompt_id(row, i) for i, row in enumerate(rows)],
+        paired_rows(strategy, rows),
+        delta=0.05,
+        high_weight=0.9,
+        low_weight=0.1,
+        batch_size=8,
+        show_progress=False,
+    )
+    with_history = np.log(np.clip(np.concatenate([v.p_with for v in views]), 1e-30, None))
+    without = np.log(np.clip(np.concatenate([v.p_without for v in views]), 1e-30, None))
+    return {"with": float(with_history.mean()), "without": float(without.mean())}
 
 
 def evaluate_run(
@@ -204,61 +235,100 @@ def main(argv: list[str] | None = None) -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         trained = list(pool.map(lambda job: train(job[0], job[3], out, threads), jobs))
 
+    # results[penalty][variant][seed]: corpus metrics; predictions[...]: records with flags
     results: dict[str, dict[str, dict[int, dict]]] = {p: {} for p in PENALTIES}
-    per_user: dict[str, dict[str, dict[int, np.ndarray]]] = {p: {} for p in PENALTIES}
+    predictions: dict[str, dict[str, dict[int, list]]] = {p: {} for p in PENALTIES}
+    log_probs: dict[str, dict[int, dict]] = {}
+    test_rows = read_jsonl(users / "test.jsonl")
     for (name, variant, seed, _), (checkpoint, _) in zip(jobs, trained, strict=True):
+        recipe_path = out / "runs" / name / f"{name}.yml"
+        log_probs.setdefault(variant, {})[seed] = log_prob_means(checkpoint, recipe_path, test_rows)
         for label, scope in PENALTIES.items():
-            document, predictions = evaluate_run(
+            document, records = evaluate_run(
                 checkpoint,
-                out / "runs" / name / f"{name}.yml",
+                recipe_path,
                 users / "test.jsonl",
                 out / "eval" / scope / name,
                 scope,
                 args.max_new_tokens,
             )
+            records = [{**r, **personalization(r, truth)} for r in records]
             row = {m: v["value"] for m, v in document["metrics"].items()}
-            row.update(personalization(predictions, truth))
+            row.update({m: float(np.mean([r[m] for r in records])) for m in PAIRED})
             results[label].setdefault(variant, {})[seed] = row
-            per_user[label].setdefault(variant, {})[seed] = np.array(
-                [p["rouge1"] for p in predictions]
-            )
-    report = render_report(results, per_user, weights, args, time.time() - started)
+            predictions[label].setdefault(variant, {})[seed] = records
+    report = render_report(results, predictions, log_probs, weights, args, time.time() - started)
     (out / "report.md").write_text(report)
     print(report)
 
 
-def render_report(results, per_user, weights, args, seconds: float) -> str:
+def pooled_difference(method: dict[int, list], baseline: dict[int, list], metric: str):
+    """Per user, (method - baseline) averaged over the seeds both have, with a 95% paired
+    bootstrap interval over users."""
+    from nextquill_plugin.evaluation.significance import mean_difference, user_resamples
+
+    seeds = sorted(set(method) & set(baseline))
+
+    def per_user(records_by_seed: dict[int, list]) -> np.ndarray:
+        by_user: dict[str, list[float]] = {}
+        for seed in seeds:
+            for record in records_by_seed[seed]:
+                by_user.setdefault(record["user_id"], []).append(record[metric])
+        return np.array([np.mean(by_user[user]) for user in sorted(by_user)])
+
+    method_values, baseline_values = per_user(method), per_user(baseline)
+    draws = user_resamples(len(method_values), 2000, seed=0)
+    return mean_difference(metric, method_values, baseline_values, draws)
+
+
+def render_report(results, predictions, log_probs, weights, args, seconds: float) -> str:
     columns = ["rouge1", "rougeL", "meteor", "bleu", "own_phrase", "sign_off", "other_phrase"]
     labels = ["ROUGE-1", "ROUGE-L", "METEOR", "BLEU", "own phrase", "sign-off", "other's phrase"]
     lines = [
         f"# Planted-preference benchmark: {len(args.seeds)} seed(s) {args.seeds}, "
-        f"{args.steps} steps per model, {args.users} users per population, "
+        f"{args.steps} steps per model, {args.users} users, theta_0 {args.theta0}, "
         f"{seconds / 60:.1f} min",
         "",
         "theta_0's lambda tokens (effect > 0.05) against the planted tokens, 200 training rows: "
         f"{weights['lambda_share']:.1%} of target tokens get lambda "
         f"({weights['planted_share']:.1%} are planted); precision {weights['precision']:.3f}, "
         f"recall {weights['recall']:.3f}, first-token recall {weights['first_token_recall']:.3f}.",
+        "",
+        "## Log-probability of the test targets (mean over tokens and seeds)",
+        "",
+        "| Method | log p(y|x,h) | log p(y|x) | gap |",
+        "|---|---|---|---|",
     ]
+    for variant, by_seed in log_probs.items():
+        with_h = statistics.mean(v["with"] for v in by_seed.values())
+        without = statistics.mean(v["without"] for v in by_seed.values())
+        lines.append(f"| {variant} | {with_h:.4f} | {without:.4f} | {with_h - without:+.3f} |")
     for label in results:
         lines += ["", f"## {label} (mean ± sd over seeds)", ""]
         lines += ["| Method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
         for variant, by_seed in results[label].items():
             cells = [mean_spread([by_seed[s][c] for s in sorted(by_seed)]) for c in columns]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        base = per_user[label].get("ContextSFT", {})
-        lines += ["", "ROUGE-1 paired per-user difference against ContextSFT (mean ± SE):", ""]
-        for variant, by_seed in per_user[label].items():
-            if variant == "ContextSFT":
+        base = predictions[label].get(BASELINE)
+        if not base:
+            continue
+        lines += [
+            "",
+            f"Paired per-user difference against {BASELINE} (averaged over seeds; 95% paired "
+            "bootstrap interval over users; * = the interval excludes 0):",
+            "",
+            "| Method | " + " | ".join(PAIRED.values()) + " |",
+            "|---" * (len(PAIRED) + 1) + "|",
+        ]
+        for variant, by_seed in predictions[label].items():
+            if variant == BASELINE:
                 continue
-            diffs = [
-                f"seed {s}: {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
-                for s in sorted(by_seed)
-                if s in base
-                for d in [by_seed[s] - base[s]]
-                if len(d) > 1
-            ]
-            lines.append(f"- {variant}: " + "; ".join(diffs))
+            cells = []
+            for metric in PAIRED:
+                d = pooled_difference(by_seed, base, metric)
+                mark = "*" if d.significant else ""
+                cells.append(f"{d.mean:+.4f}{mark} [{d.ci_low:+.4f}, {d.ci_high:+.4f}]")
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -79,7 +79,10 @@ def test_planted_preference_benchmark_smoke(tmp_path):
     output = run_script("planted_preference.py", "--smoke", "--out", str(tmp_path), timeout=1200)
     assert "theta_0's lambda tokens" in output
     methods = [row[0] for row in table_rows(output) if row[0] in ("ContextSFT", "NextQuill")]
-    assert methods == ["ContextSFT", "NextQuill"] * 2  # both penalty settings
+    # log-probabilities; then per penalty setting: means, and NextQuill's paired differences
+    assert methods == ["ContextSFT", "NextQuill"] + ["ContextSFT", "NextQuill", "NextQuill"] * 2
+    differences = next(row for row in table_rows(output) if row[0] == "NextQuill" and "[" in row[1])
+    assert len(differences) == 7 and all("[" in cell for cell in differences[1:])
     assert (tmp_path / "report.md").read_text() in output
 
 

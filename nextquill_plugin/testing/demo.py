@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .local_runs import logged_metrics, run_axolotl, tiny_recipe
+from .local_runs import TrainingFailed, tiny_recipe, train_logged
 
 OUT = Path(os.environ.get("NEXTQUILL_DEMO_DIR", "demo_runs")).resolve()
 STEPS = int(os.environ.get("NEXTQUILL_DEMO_STEPS", "80"))
@@ -35,13 +35,11 @@ def train(name: str, recipe: dict) -> list[dict]:
     """One `axolotl train` run; its full log goes to OUT/name/train.log."""
     workdir = OUT / name
     started = time.time()
-    result = run_axolotl("train", recipe, workdir, timeout=1800, name=f"{name}.yml")
-    (workdir / "train.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        say(f"{name} failed; the end of its log ({workdir / 'train.log'}):")
-        print((result.stdout + result.stderr)[-4000:])
-        sys.exit(result.returncode)
-    steps = logged_metrics(result.stdout + result.stderr)
+    try:
+        steps = train_logged(name, recipe, workdir, timeout=1800)
+    except TrainingFailed as failure:
+        say(str(failure))
+        sys.exit(1)
     say(
         f"{name}: {len(steps)} steps in {time.time() - started:.0f}s, "
         f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"

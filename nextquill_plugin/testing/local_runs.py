@@ -110,6 +110,21 @@ def run_axolotl(
     )
 
 
+class TrainingFailed(RuntimeError):
+    """`axolotl train` exited with an error; the message ends with its log's tail."""
+
+
+def train_logged(name: str, recipe: dict, workdir: Path, timeout: int = 3600) -> list[dict]:
+    """`axolotl train` on ``recipe`` in ``workdir``, its whole log kept in workdir/train.log;
+    returns the logged per-step metrics, or raises TrainingFailed with the log's tail."""
+    result = run_axolotl("train", recipe, workdir, timeout=timeout, name=f"{name}.yml")
+    log = result.stdout + result.stderr
+    (workdir / "train.log").write_text(log)
+    if result.returncode != 0:
+        raise TrainingFailed(f"{name} failed; the end of {workdir / 'train.log'}:\n{log[-4000:]}")
+    return logged_metrics(log)
+
+
 def logged_metrics(output: str) -> list[dict[str, float]]:
     """The per-step metric dicts the Trainer prints, e.g. {'loss': '0.68', ...}."""
     steps = []
@@ -119,16 +134,18 @@ def logged_metrics(output: str) -> list[dict[str, float]]:
     return steps
 
 
-def build_benchmark_model(out_dir: Path, *row_sets: list[dict]) -> Path:
-    """The demo's and the benchmark's tiny Qwen2 (2 layers, hidden 96, 1000-token vocabulary),
-    its tokenizer trained on the texts of up to 400 rows of each set."""
+def build_benchmark_model(
+    out_dir: Path, *row_sets: list[dict], hidden_size: int = 96, num_layers: int = 2
+) -> Path:
+    """A tiny Qwen2 for the demo and the benchmarks (by default 2 layers, hidden 96) with a
+    1000-token vocabulary, its tokenizer trained on the texts of up to 400 rows of each set."""
     from dataset_formats.synthetic import corpus_texts
 
     from .tiny_model import build_tiny_model
 
     rows = [row for row_set in row_sets for row in row_set[:400]]
     return build_tiny_model(
-        out_dir, corpus_texts(rows), vocab_size=1000, hidden_size=96, num_layers=2
+        out_dir, corpus_texts(rows), vocab_size=1000, hidden_size=hidden_size, num_layers=num_layers
     )
 
 

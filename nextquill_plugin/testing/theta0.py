@@ -1,0 +1,292 @@
+"""A theta_0 that reads the history: the checkpoint the demo and the planted benchmark start
+from (shipped in ``theta0_model/``, 2 MB), and the script that makes it.
+
+    python -m nextquill_plugin.testing.theta0 [--out DIR] [--history-steps N] [--mixed-steps M]
+
+NextQuill's weights are only as good as theta_0's reading of the history: a token gets lambda
+when the history raises its probability by more than delta. The paper's theta_0 is a pretrained
+LLM that copies from its context; ours is a tiny Qwen2 trained from scratch, in two stages:
+1. with-history rows only, so that it learns to copy a user's recurring phrases from the
+   history (trained on mixed rows from the start, it never did: see benchmarks/README.md);
+2. mixed rows, every other one without history, so that it knows the counterfactual prompt
+   too and the tokens the history does not change get the same probability under both.
+It is trained on its own population of synthetic users and then measured on another, the
+planted benchmark's: the share of first tokens of planted spans (a user's opinion words,
+favourite phrase and sign-off) whose effect exceeds delta, and the share of lambda tokens
+that are planted. Both go to ``report.json`` beside the model, with the model's sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dataset_formats.jsonl import read_jsonl, write_jsonl
+
+from .local_runs import build_benchmark_model, half_without_history, tiny_recipe, train_logged
+
+THETA0_DIR = Path(__file__).resolve().parent / "theta0_model"
+REPORT = "report.json"
+MODEL_FILE = "model.safetensors"
+THETA0_SEED, MEASURE_SEED = 12, 11  # populations: theta_0's own, the planted benchmark's
+USERS = 120
+# The prompt settings theta_0 is trained and measured with (and the demo and benchmark use).
+PROMPT = {"sequence_len": 1024, "nextquill_history_k": 4, "micro_batch_size": 4}
+FULL_FINETUNE = {
+    "adapter": None,
+    "lora_r": None,
+    "lora_alpha": None,
+    "lora_dropout": None,
+    "lora_target_linear": None,
+}
+DELTA = 0.05  # the default nextquill_delta
+# Files of Axolotl's output folder that the shipped checkpoint leaves out (logs, model card).
+NOT_SHIPPED = frozenset({"debug.log", "README.md", "training_args.bin", "trainer_state.json"})
+TARGET_FIRST_TOKEN_RECALL, TARGET_PRECISION = 0.8, 0.5
+
+
+def say(message: str) -> None:
+    print(f"[theta0] {message}", flush=True)
+
+
+def population_rows(out: Path, seed: int, n_users: int = USERS) -> list[dict]:
+    """Train rows of a synthetic population (raw Amazon schema, through our builder)."""
+    from dataset_formats.builder import BuildOptions, build
+    from dataset_formats.synthetic import synthetic_raw_amazon
+
+    reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed)
+    raw = out / f"raw_{seed}"
+    write_jsonl(raw / "reviews.jsonl.gz", reviews, sort_keys=True)
+    write_jsonl(raw / "meta.jsonl.gz", meta, sort_keys=True)
+    build(
+        [raw / "reviews.jsonl.gz"],
+        [raw / "meta.jsonl.gz"],
+        out / f"rows_{seed}",
+        BuildOptions(show_progress=False),
+    )
+    return read_jsonl(out / f"rows_{seed}" / "train.jsonl")
+
+
+def train_stage(name: str, model: Path, rows_file: Path, out: Path, steps: int) -> Path:
+    """Full fine-tuning of ``model`` on ``rows_file`` (ContextSFT); returns the checkpoint."""
+    started = time.time()
+    recipe = tiny_recipe(
+        model,
+        rows_file,
+        out / name,
+        nextquill=False,
+        max_steps=steps,
+        learning_rate=0.003,
+        **FULL_FINETUNE,
+        **PROMPT,
+    )
+    losses = train_logged(name, recipe, out / name)
+    say(
+        f"{name}: {steps} steps in {time.time() - started:.0f}s, "
+        f"loss {losses[0]['loss']:.3f} -> {losses[-1]['loss']:.3f}"
+    )
+    return out / name / "out"
+
+
+def planted_spans(text: str, user) -> list[tuple[int, int, bool]]:
+    """(start, end, history_only) character spans of the user's planted words, phrase and
+    sign-off in ``text``. Only the sign-off is history-only: the generator names the taste's
+    first word in the review title, which the prompt shows (and the taste's other words and
+    phrase follow from it), so without history the prompt already predicts the taste."""
+    word_a, word_b, phrase = user.taste
+    spans = []
+    for needle in (f" {word_a} ", f" {word_b},", phrase, user.sign_off):
+        start = text.find(needle)
+        if start >= 0:
+            stripped = needle.strip(" ,")
+            start = text.find(stripped, start)
+            spans.append((start, start + len(stripped), needle == user.sign_off))
+    return spans
+
+
+def planted_token_scores(model_dir: Path, rows: list[dict], truth: dict, delta: float = DELTA):
+    """theta_0's lambda tokens (effect > delta) against the planted tokens of ``rows``: shares;
+    precision (lambda tokens that are planted); recall over all planted tokens, over the first
+    token of each planted span (later tokens of a phrase follow from its first, with or
+    without history), and over the first tokens of the history-only spans (the sign-offs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dataset_formats.amazon_reviews import load
+
+    from ..evaluation.inspection import paired_rows, token_views
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    strategy = load(tokenizer, {**PROMPT, "nextquill": True})
+    views = token_views(
+        model,
+        tokenizer,
+        [strategy.prompt_id(row, i) for i, row in enumerate(rows)],
+        paired_rows(strategy, rows),
+        delta=delta,
+        high_weight=0.9,
+        low_weight=0.1,
+        batch_size=8,
+        show_progress=False,
+    )
+    counts = dict.fromkeys(
+        ("tokens", "marked", "planted", "hits", "first", "first_hits", "only", "only_hits"), 0
+    )
+    for row, view in zip(rows, views, strict=True):
+        text = row["target"]["text"]
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ][: len(view.effects)]
+        spans = planted_spans(text, truth[row["user_id"]])
+        lam = view.effects[: len(offsets)] > delta
+        in_span = np.array([any(s < e2 and e1 < e for s, e, _ in spans) for e1, e2 in offsets])
+        counts["tokens"] += len(lam)
+        counts["marked"] += int(lam.sum())
+        counts["planted"] += int(in_span.sum())
+        counts["hits"] += int((lam & in_span).sum())
+        for s, e, history_only in spans:
+            inside = [i for i, (e1, e2) in enumerate(offsets) if s < e2 and e1 < e]
+            if inside:
+                counts["first"] += 1
+                counts["first_hits"] += int(lam[inside[0]])
+                counts["only"] += history_only
+                counts["only_hits"] += int(history_only and lam[inside[0]])
+    return {
+        "rows": len(rows),
+        "tokens": counts["tokens"],
+        "lambda_share": counts["marked"] / max(counts["tokens"], 1),
+        "planted_share": counts["planted"] / max(counts["tokens"], 1),
+        "precision": counts["hits"] / max(counts["marked"], 1),
+        "recall": counts["hits"] / max(counts["planted"], 1),
+        "first_token_recall": counts["first_hits"] / max(counts["first"], 1),
+        "history_only_first_token_recall": counts["only_hits"] / max(counts["only"], 1),
+    }
+
+
+def measurement_rows(work: Path, n_rows: int = 200) -> tuple[list[dict], dict]:
+    """The planted benchmark's users (not theta_0's): rows and each user's planted truth."""
+    from dataset_formats.synthetic import synthetic_users
+
+    rows = population_rows(work, MEASURE_SEED)[:n_rows]
+    return rows, {user.user_id: user for user in synthetic_users(USERS, MEASURE_SEED)}
+
+
+def meets_target(scores: dict) -> bool:
+    """The history-only planted spans' first tokens cross delta for >= 80% of their
+    occurrences, and >= 50% of the lambda tokens are planted."""
+    return (
+        scores["history_only_first_token_recall"] >= TARGET_FIRST_TOKEN_RECALL
+        and scores["precision"] >= TARGET_PRECISION
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_report(model_dir: Path = THETA0_DIR) -> dict:
+    """The shipped report, checked against the model file it describes."""
+    report = json.loads((model_dir / REPORT).read_text())
+    if sha256(model_dir / MODEL_FILE) != report["model_sha256"]:
+        raise ValueError(f"{model_dir / MODEL_FILE} is not the model {model_dir / REPORT} measured")
+    return report
+
+
+def make_theta0(
+    out: Path,
+    history_steps: int,
+    mixed_steps: int,
+    work: Path,
+    hidden_size: int = 96,
+    num_layers: int = 2,
+) -> dict:
+    """Train theta_0 (both stages), measure it, and write model, tokenizer and report to out
+    (replacing only an earlier theta_0: a folder with this script's report)."""
+    if out.exists() and any(out.iterdir()) and not (out / REPORT).exists():
+        raise SystemExit(f"--out {out} holds files this script did not write; choose another")
+    own = population_rows(work, THETA0_SEED)
+    measured_rows, truth = measurement_rows(work)
+    base = build_benchmark_model(
+        work / "base_model", own, measured_rows, hidden_size=hidden_size, num_layers=num_layers
+    )
+    write_jsonl(work / "with_history.jsonl", own)
+    write_jsonl(work / "mixed.jsonl", half_without_history(own))
+    stage1 = train_stage("with_history", base, work / "with_history.jsonl", work, history_steps)
+    stage2 = train_stage("mixed", stage1, work / "mixed.jsonl", work, mixed_steps)
+    scores = planted_token_scores(stage2, measured_rows, truth)
+    say(f"measured on {scores['rows']} rows of the planted benchmark's users: {scores}")
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    for path in stage2.iterdir():
+        if path.is_file() and path.name not in NOT_SHIPPED:
+            shutil.copy2(path, staging / path.name)
+    report = {
+        "hidden_size": hidden_size,
+        "layers": num_layers,
+        "history_steps": history_steps,
+        "mixed_steps": mixed_steps,
+        "delta": DELTA,
+        "prompt": PROMPT,
+        "populations": {"trained_on_seed": THETA0_SEED, "measured_on_seed": MEASURE_SEED},
+        "scores": scores,
+        "meets_target": meets_target(scores),
+        "model_sha256": sha256(staging / MODEL_FILE),
+    }
+    (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return report
+
+
+def remeasure(out: Path, work: Path) -> dict:
+    """Measure an existing theta_0 again (after a change of the measurement) and rewrite its
+    report; the model must be the one the report names."""
+    from dataset_formats.jsonl import write_text_atomic
+
+    report = load_report(out)
+    rows, truth = measurement_rows(work, report["scores"]["rows"])
+    report["scores"] = planted_token_scores(out, rows, truth, report["delta"])
+    report["meets_target"] = meets_target(report["scores"])
+    write_text_atomic(out / REPORT, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=THETA0_DIR)
+    parser.add_argument("--history-steps", type=int, default=600)
+    parser.add_argument("--mixed-steps", type=int, default=150)
+    parser.add_argument("--hidden-size", type=int, default=160)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None, help="kept when given")
+    parser.add_argument(
+        "--remeasure", action="store_true", help="measure --out's theta_0 again, no training"
+    )
+    args = parser.parse_args(argv)
+    started = time.time()
+    if args.remeasure:
+        with tempfile.TemporaryDirectory() as work:
+            say(f"remeasured {args.out}: {json.dumps(remeasure(args.out, Path(work)))}")
+        return
+    shape = (args.hidden_size, args.layers)
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        work = args.workdir
+        report = make_theta0(args.out, args.history_steps, args.mixed_steps, work, *shape)
+    else:
+        with tempfile.TemporaryDirectory() as work:
+            report = make_theta0(args.out, args.history_steps, args.mixed_steps, Path(work), *shape)
+    say(f"wrote {args.out} in {(time.time() - started) / 60:.1f} min: {json.dumps(report)}")
+
+
+if __name__ == "__main__":
+    main()
