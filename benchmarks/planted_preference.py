@@ -9,19 +9,19 @@ their history and targets; the rest of each review is boilerplate shared by ever
 populations go through our builder (the DPL protocol).
 
 Protocol (see benchmarks/README.md for why each step is there):
-1. theta_0: a tiny Qwen2 fully fine-tuned (ContextSFT) on a disjoint population, half of the rows
-   without history, so that it knows the counterfactual prompt too.
+1. theta_0: the shipped checkpoint that reads the history (nextquill_plugin/testing/theta0.py:
+   a tiny Qwen2 trained on another population, with-history steps then mixed steps), checked
+   against its report; or, with --theta0 train, one made here the same way.
 2. From theta_0, with the same budget and seed: SFT, ContextSFT, CausalOnly, NormOnly, NextQuill
-   (LoRA), for every seed.
+   and NextQuill with no gradient through the counterfactual pass (not in the paper), LoRA, for
+   every seed.
 3. Every model generates the test users' reviews (greedy; repetition penalty 1.2 on all tokens as
    the authors, and 1.2 on generated tokens only) and is scored with ROUGE-1/L, METEOR, BLEU, and
    directly on personalization: the share of predictions with the user's own phrase and sign-off,
-   and with another user's phrase.
-4. theta_0's token weights against the planted tokens: precision and recall of the tokens that
-   get lambda (delta = 0.05), over all planted tokens and over the first token of each planted
-   span (later tokens of a phrase are predictable from its first, with or without history).
+   and with another user's phrase; and its mean log p(y|x,h) and log p(y|x) on the test targets.
+4. theta_0's token weights against the planted tokens (nextquill_plugin/testing/theta0.py).
 Prints markdown tables (mean and spread over seeds; paired per-user differences against
-ContextSFT with standard errors) and writes them to OUT/report.md.
+ContextSFT, averaged over seeds, with 95% bootstrap intervals) and writes them to OUT/report.md.
 """
 
 from __future__ import annotations
@@ -292,7 +292,9 @@ def render_report(results, predictions, log_probs, weights, args, seconds: float
         "theta_0's lambda tokens (effect > 0.05) against the planted tokens, 200 training rows: "
         f"{weights['lambda_share']:.1%} of target tokens get lambda "
         f"({weights['planted_share']:.1%} are planted); precision {weights['precision']:.3f}, "
-        f"recall {weights['recall']:.3f}, first-token recall {weights['first_token_recall']:.3f}.",
+        f"recall {weights['recall']:.3f}, first-token recall {weights['first_token_recall']:.3f}"
+        " (history-only spans, the sign-offs: "
+        f"{weights['history_only_first_token_recall']:.3f}).",
         "",
         "## Log-probability of the test targets (mean over tokens and seeds)",
         "",
