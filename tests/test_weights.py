@@ -141,28 +141,29 @@ def test_cache_is_written_once_and_keyed_by_model_and_data(model, rows, tmp_path
     assert computed4 and path4 not in (path, path3)
 
 
-def test_two_processes_split_the_rows_and_agree(rows, tiny_model_dir, tmp_path):
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    script = __import__("pathlib").Path(__file__).parent / "scripts" / "distributed_effects.py"
+SCRIPTS = __import__("pathlib").Path(__file__).parent / "scripts"
+
+
+def run_two_processes(script: str, args: list, port: int) -> None:
+    """``tests/scripts/<script>`` under torchrun, 2 processes on this node (gloo)."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29533",
-            str(script),
-            str(tiny_model_dir),
-            str(data),
-            str(tmp_path / "cache"),
-            str(tmp_path / "report"),
-        ],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+        + [f"--master_port={port}", str(SCRIPTS / script), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_split_the_rows_and_agree(rows, tiny_model_dir, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_two_processes(
+        "distributed_effects.py",
+        [tiny_model_dir, data, tmp_path / "cache", tmp_path / "report"],
+        port=29533,
+    )
     reports = [json.loads((tmp_path / f"report.{rank}").read_text()) for rank in (0, 1)]
     assert sum(r["rows_computed"] for r in reports) == len(rows)  # each row once in total
     assert all(r["rows_computed"] > 0 for r in reports)
@@ -173,22 +174,7 @@ def test_two_processes_split_the_rows_and_agree(rows, tiny_model_dir, tmp_path):
 
 def test_logged_nextquill_metrics_are_means_over_all_ranks(tmp_path):
     """Two gloo processes store different values; both log the mean over every stored value."""
-    script = __import__("pathlib").Path(__file__).parent / "scripts" / "mean_over_ranks.py"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29534",
-            str(script),
-            str(tmp_path / "means"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_processes("mean_over_ranks.py", [tmp_path / "means"], port=29534)
     reports = [json.loads((tmp_path / f"means.{rank}").read_text()) for rank in (0, 1)]
     assert (
         reports[0]
@@ -226,7 +212,7 @@ def test_nodes_without_a_shared_disk_agree_on_the_cache(rows, tiny_model_dir, tm
     per rank, node 1 alone would compute and wait forever for node 0)."""
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    script = __import__("pathlib").Path(__file__).parent / "scripts" / "distributed_effects.py"
+    script = SCRIPTS / "distributed_effects.py"
     args = [tiny_model_dir, data, tmp_path / "cache-node{node}", tmp_path / "report"]
 
     def reports():

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from queue import Full, Queue
 
 import numpy as np
 import pyarrow as pa
@@ -74,44 +72,6 @@ def iter_line_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tup
         ) from error
     if line_no == 1:
         raise BuildError(f"{path}: the file is empty")
-
-
-def prefetched(items: Iterator, depth: int = 2) -> Iterator:
-    """``items``, produced by a background thread up to ``depth`` ahead: decompressing and
-    cutting the next block (which releases the GIL) overlaps DuckDB's work on this one.
-    An exception of the producer is raised here, in order."""
-    queue: Queue = Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        queue.put((item, None), timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
-                    return
-            queue.put((done, None))
-        except BaseException as error:  # handed to the consumer, raised there
-            queue.put((done, error))
-
-    thread = threading.Thread(target=produce, daemon=True, name="nextquill-read")
-    thread.start()
-    try:
-        while True:
-            item, error = queue.get()
-            if error is not None:
-                raise error
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _strings(body: bytes) -> pa.Array:
@@ -241,7 +201,7 @@ def _classify(
     )
     progress = tqdm(desc=f"reading {kind}s", unit=" lines", disable=not options.show_progress)
     for file_index, path in enumerate(paths):
-        for first, lines in prefetched(iter_line_blocks(path)):
+        for first, lines in iter_line_blocks(path):
             numbers = pa.array(np.arange(first, first + len(lines), dtype=np.int64))
             # Record batches are DuckDB's unit of parallel work on an Arrow table.
             block = pa.Table.from_batches(
