@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         default="shipped",
         help="the shipped theta_0 (nextquill_plugin/testing/theta0_model) or train one here",
     )
-    parser.add_argument("--theta0-history-steps", type=int, default=400)
-    parser.add_argument("--theta0-mixed-steps", type=int, default=150)
+    parser.add_argument("--theta0-history-steps", type=int, default=theta0_script.HISTORY_STEPS)
+    parser.add_argument("--theta0-mixed-steps", type=int, default=theta0_script.MIXED_STEPS)
     parser.add_argument("--jobs", type=int, default=2, help="trainings run side by side")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--out", type=Path, default=Path("benchmark_runs/planted"))
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         theta0 = out / "theta0"
         theta0_script.make_theta0(
-            theta0, args.theta0_history_steps, args.theta0_mixed_steps, out / "theta0_work"
+            theta0, out / "theta0_work", args.theta0_history_steps, args.theta0_mixed_steps
         )
     weights = theta0_script.planted_token_scores(theta0, train_rows[:200], truth)
     say(f"theta_0 weights vs planted tokens on this run's rows: {weights}")

@@ -80,9 +80,10 @@ def shipped_theta0() -> Path:
     scores = report["scores"]
     say(
         f"theta_0: the shipped checkpoint ({report['history_steps']} with-history + "
-        f"{report['mixed_steps']} mixed steps); on another population's planted words it marks "
-        f"{scores['first_token_recall']:.0%} of first tokens, and {scores['precision']:.0%} of "
-        "the tokens it marks are planted"
+        f"{report['mixed_steps']} mixed steps); on another population it marks "
+        f"{scores['history_only_first_token_recall']:.0%} of the sign-offs' first tokens (the "
+        f"planted words only the history predicts), and {scores['precision']:.0%} of the tokens "
+        "it marks are planted"
     )
     return target
 

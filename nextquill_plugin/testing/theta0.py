@@ -50,6 +50,8 @@ DELTA = 0.05  # the default nextquill_delta
 # Files of Axolotl's output folder that the shipped checkpoint leaves out (logs, model card).
 NOT_SHIPPED = frozenset({"debug.log", "README.md", "training_args.bin", "trainer_state.json"})
 TARGET_FIRST_TOKEN_RECALL, TARGET_PRECISION = 0.8, 0.5
+# The recipe of the shipped checkpoint (its report.json records what was used).
+HISTORY_STEPS, MIXED_STEPS, HIDDEN_SIZE, LAYERS = 600, 150, 160, 2
 
 
 def say(message: str) -> None:
@@ -201,11 +203,11 @@ def load_report(model_dir: Path = THETA0_DIR) -> dict:
 
 def make_theta0(
     out: Path,
-    history_steps: int,
-    mixed_steps: int,
     work: Path,
-    hidden_size: int = 96,
-    num_layers: int = 2,
+    history_steps: int = HISTORY_STEPS,
+    mixed_steps: int = MIXED_STEPS,
+    hidden_size: int = HIDDEN_SIZE,
+    num_layers: int = LAYERS,
 ) -> dict:
     """Train theta_0 (both stages), measure it, and write model, tokenizer and report to out
     (replacing only an earlier theta_0: a folder with this script's report)."""
@@ -263,10 +265,10 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=THETA0_DIR)
-    parser.add_argument("--history-steps", type=int, default=600)
-    parser.add_argument("--mixed-steps", type=int, default=150)
-    parser.add_argument("--hidden-size", type=int, default=160)
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--history-steps", type=int, default=HISTORY_STEPS)
+    parser.add_argument("--mixed-steps", type=int, default=MIXED_STEPS)
+    parser.add_argument("--hidden-size", type=int, default=HIDDEN_SIZE)
+    parser.add_argument("--layers", type=int, default=LAYERS)
     parser.add_argument("--workdir", type=Path, default=None, help="kept when given")
     parser.add_argument(
         "--remeasure", action="store_true", help="measure --out's theta_0 again, no training"
@@ -277,14 +279,14 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as work:
             say(f"remeasured {args.out}: {json.dumps(remeasure(args.out, Path(work)))}")
         return
-    shape = (args.hidden_size, args.layers)
+    recipe = (args.history_steps, args.mixed_steps, args.hidden_size, args.layers)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
         work = args.workdir
-        report = make_theta0(args.out, args.history_steps, args.mixed_steps, work, *shape)
+        report = make_theta0(args.out, work, *recipe)
     else:
         with tempfile.TemporaryDirectory() as work:
-            report = make_theta0(args.out, args.history_steps, args.mixed_steps, Path(work), *shape)
+            report = make_theta0(args.out, Path(work), *recipe)
     say(f"wrote {args.out} in {(time.time() - started) / 60:.1f} min: {json.dumps(report)}")
 
 
