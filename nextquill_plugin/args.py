@@ -9,10 +9,8 @@ plugin itself.
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import Field, fields, make_dataclass
 from dataclasses import field as dataclass_field
-from pathlib import Path
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ValidationError, create_model, model_validator
@@ -195,62 +193,18 @@ def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def deepspeed_stage(config: Any) -> int | None:
-    """The ZeRO stage of a recipe's ``deepspeed`` key (a dict, or the path of a JSON file);
-    None when it cannot be read here."""
-    if isinstance(config, str):
-        try:
-            config = json.loads(Path(config).read_text())
-        except (OSError, ValueError):
-            return None
-    if not isinstance(config, dict):
-        return None
-    stage = (config.get("zero_optimization") or {}).get("stage")
-    return stage if isinstance(stage, int) else None
-
-
 def distributed_problems(data: dict[str, Any], settings: NextQuillSettings) -> list[str]:
-    """Distributed and precision settings known not to work with NextQuill yet, each with the
-    key and the fix (seen with 2 CPU processes; see the README's known limitations)."""
+    """Distributed settings that cannot work with NextQuill, each with the key and the fix
+    (the others are tested with 2 CPU processes: see the README's table)."""
     initial = settings.token_weighting and settings.weight_source == WeightSource.initial
-    problems = []
-    if initial and deepspeed_stage(data.get("deepspeed")) == 3:
-        problems.append(
-            f"deepspeed: {data['deepspeed']} is ZeRO-3, whose partitioned weights the theta_0 "
-            "pass (before the first step) cannot use yet; use zero2.json or zero1.json, or "
-            "nextquill_weight_source: current."
-        )
     fsdp = data.get("fsdp_config") if isinstance(data.get("fsdp_config"), dict) else {}
-
-    def fsdp_key(name: str) -> Any:
-        return fsdp.get(name, fsdp.get(f"fsdp_{name}"))
-
-    if (
-        fsdp
-        and str(data.get("fsdp_version")) == "2"
-        and fsdp_key("reshard_after_forward") is not False
-    ):
-        problems.append(
-            "FSDP2 with fsdp_config.reshard_after_forward: true (accelerate's default) stops at "
-            "the first step: NextQuill applies the LM head after the model's forward, when the "
-            "root module is already resharded; set fsdp_config.reshard_after_forward: false."
-        )
-    if fsdp and initial and fsdp_key("cpu_ram_efficient_loading"):
-        problems.append(
+    ram_efficient = fsdp.get(
+        "cpu_ram_efficient_loading", fsdp.get("fsdp_cpu_ram_efficient_loading")
+    )
+    if initial and ram_efficient:
+        return [
             "fsdp_config.cpu_ram_efficient_loading: true leaves every rank but the first with "
-            "uninitialised weights when the theta_0 pass runs; set it to false, or "
-            "nextquill_weight_source: current."
-        )
-    if (
-        initial
-        and data.get("bf16") is True
-        and not data.get("adapter")
-        and not data.get("flash_attention")
-    ):
-        problems.append(
-            "bf16 full fine-tuning without flash_attention and with theta_0 weights is not "
-            "supported yet (it has no end-to-end test; it once stopped in the theta_0 pass on "
-            "modules Axolotl keeps in float32); set flash_attention: true, train a LoRA "
-            "adapter, or nextquill_weight_source: current."
-        )
-    return problems
+            "uninitialised weights when the theta_0 pass runs (before FSDP copies rank 0's); "
+            "set it to false, or nextquill_weight_source: current."
+        ]
+    return []

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from .equations import (
@@ -81,6 +82,26 @@ def resolve_lm_head(model: nn.Module) -> nn.Module:
     if head is None:
         raise AttributeError(f"could not find the LM head of {type(base).__name__}")
     return head
+
+
+def gather_head_after_forward(model: nn.Module, lm_head: nn.Module) -> None:
+    """Gather the LM head's FSDP2 shards again when the model's forward has freed them.
+
+    With ``reshard_after_forward`` (accelerate's FSDP2 default) a module frees its gathered
+    parameters when its forward returns, and our target-only head runs after the forward.
+    Unsharding the innermost FSDP module that holds the head keeps it whole until that
+    module's post-backward, which reduce-scatters its gradient and reshards it as usual."""
+    if not isinstance(lm_head.weight, DTensor):
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    owners = [
+        module
+        for module in model.modules()
+        if isinstance(module, FSDPModule) and any(sub is lm_head for sub in module.modules())
+    ]
+    if owners:
+        owners[-1].unshard()
 
 
 def target_hidden_states(

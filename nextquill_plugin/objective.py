@@ -31,6 +31,7 @@ from .equations import (
     targets_per_row,
 )
 from .lm_head import (
+    gather_head_after_forward,
     head_cross_entropy_sum,
     head_token_log_probs,
     resolve_lm_head,
@@ -131,6 +132,7 @@ def compute_batch_loss(
         model, batch.pop("input_ids"), batch.pop("attention_mask", None), labels, **batch
     )
 
+    gather_head_after_forward(model, lm_head)
     hidden_difference = None  # z_h - z_0; Lp's logits are W (z_h - z_0)
     if needs_counterfactual:
         paired_hidden = hidden_with if all_paired else hidden_with[causal_token_mask]

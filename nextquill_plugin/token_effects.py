@@ -267,58 +267,75 @@ def cached_token_effects(
     computes a disjoint share of the rows, the shares are gathered, and the first process of
     each node writes the cache. Every rank returns the same result.
     """
-    columns = EFFECT_INPUT_COLUMNS
-    key = hashlib.sha256(
-        "|".join(
-            [
-                CACHE_FORMAT_VERSION,
-                model_fingerprint(model, model_name),
-                data_fingerprint(dataset, columns),
-                extra_key,
-            ]
-        ).encode()
-    ).hexdigest()[:24]
-    path = Path(cache_dir) / f"effects-{key}.npz"
-    meta = {"key": key, "model": model_name, "rows": len(dataset)}
-    cached = load_checked(path, key, expected_target_counts(dataset)) if path.exists() else None
-    rank, world_size = distributed_rank_and_size()
-    if world_size > 1:  # one decision for all ranks, whatever each node's disk holds
-        cached = shared_cache_hit(cached, rank, world_size)
-    if cached is not None:
-        if not path.exists() and node_writes_cache():
-            cached.save(path, meta)  # a node without a shared disk keeps its own copy
-        return cached, path, False
+    with full_parameters(model):  # the key and the pass see ZeRO-3's whole weights
+        columns = EFFECT_INPUT_COLUMNS
+        key = hashlib.sha256(
+            "|".join(
+                [
+                    CACHE_FORMAT_VERSION,
+                    model_fingerprint(model, model_name),
+                    data_fingerprint(dataset, columns),
+                    extra_key,
+                ]
+            ).encode()
+        ).hexdigest()[:24]
+        path = Path(cache_dir) / f"effects-{key}.npz"
+        meta = {"key": key, "model": model_name, "rows": len(dataset)}
+        cached = load_checked(path, key, expected_target_counts(dataset)) if path.exists() else None
+        rank, world_size = distributed_rank_and_size()
+        if world_size > 1:  # one decision for all ranks, whatever each node's disk holds
+            cached = shared_cache_hit(cached, rank, world_size)
+        if cached is not None:
+            if not path.exists() and node_writes_cache():
+                cached.save(path, meta)  # a node without a shared disk keeps its own copy
+            return cached, path, False
 
-    n_rows = len(dataset)
-    shares = np.array_split(np.arange(n_rows), world_size)
-    mine = shares[rank].tolist()
-    subset = dataset.select(mine) if mine else None
-    rows = subset.select_columns(list(columns)).to_dict() if subset is not None else None
-    with initial_model_context(model):
-        part = (
-            compute_token_effects(
-                model,
-                rows,
-                pad_token_id=pad_token_id,
-                batch_size=batch_size,
-                autocast=autocast,
-                show_progress=int(os.environ.get("LOCAL_RANK", "0")) == 0,
+        n_rows = len(dataset)
+        shares = np.array_split(np.arange(n_rows), world_size)
+        mine = shares[rank].tolist()
+        subset = dataset.select(mine) if mine else None
+        rows = subset.select_columns(list(columns)).to_dict() if subset is not None else None
+        with initial_model_context(model):
+            part = (
+                compute_token_effects(
+                    model,
+                    rows,
+                    pad_token_id=pad_token_id,
+                    batch_size=batch_size,
+                    autocast=autocast,
+                    show_progress=int(os.environ.get("LOCAL_RANK", "0")) == 0,
+                )
+                if rows
+                else TokenEffects(
+                    np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(1, np.int64)
+                )
             )
-            if rows
-            else TokenEffects(
-                np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(1, np.int64)
-            )
-        )
-    parts = [part]
-    if world_size > 1:
-        parts = [None] * world_size
-        torch.distributed.all_gather_object(parts, part)
-    effects = TokenEffects.concatenate(parts)
-    if node_writes_cache():
-        effects.save(path, meta)
-    if world_size > 1:
-        torch.distributed.barrier()
-    return effects, path, True
+        parts = [part]
+        if world_size > 1:
+            parts = [None] * world_size
+            torch.distributed.all_gather_object(parts, part)
+        effects = TokenEffects.concatenate(parts)
+        if node_writes_cache():
+            effects.save(path, meta)
+        if world_size > 1:
+            torch.distributed.barrier()
+        return effects, path, True
+
+
+def full_parameters(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Every parameter whole, on every rank, while the context lasts (ZeRO-3); else nothing.
+
+    ZeRO-3 loads the model already partitioned: outside a gather each rank holds shape-(0,)
+    tensors. The theta_0 pass runs before the DeepSpeed engine exists, and ranks run different
+    numbers of batches, so DeepSpeed's per-module fetching would leave ranks waiting for each
+    other: gather everything once, on every rank (a whole copy of the weights per process for
+    the pass), and release it after."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
 
 def node_writes_cache() -> bool:

@@ -106,48 +106,16 @@ def test_math_and_tools_import_without_axolotl_and_the_plugin_loads_by_its_recip
     assert result.stdout.split("\n")[:2] == ["[]", "True True"]
 
 
-def test_zero3_with_initial_weights_is_refused_at_load_with_the_fix(load, tmp_path):
-    import json
-
-    zero3 = tmp_path / "zero3.json"
-    zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
-    with pytest.raises(Exception) as error:
-        load(deepspeed=str(zero3))
-    assert "is ZeRO-3" in str(error.value) and "nextquill_weight_source: current" in str(
-        error.value
-    )
-
-
-@pytest.mark.parametrize(
-    ("recipe", "message"),
-    [
-        (
-            {"fsdp_version": 2, "fsdp_config": {"offload_params": False}},
-            "reshard_after_forward: false",
-        ),
-        (
-            {"fsdp_version": 2, "fsdp_config": {"fsdp_reshard_after_forward": True}},
-            "reshard_after_forward: false",
-        ),
-        (
-            {
-                "fsdp_version": 2,
-                "fsdp_config": {"reshard_after_forward": False, "cpu_ram_efficient_loading": True},
-            },
-            "cpu_ram_efficient_loading: true leaves",
-        ),
-        ({"bf16": True}, "flash_attention: true, train a LoRA adapter"),
-    ],
-)
-def test_distributed_and_precision_settings_known_not_to_work_are_named(recipe, message):
+@pytest.mark.parametrize("key", ["cpu_ram_efficient_loading", "fsdp_cpu_ram_efficient_loading"])
+def test_fsdp_ram_efficient_loading_with_theta0_weights_is_refused_with_the_fix(key):
     from nextquill_plugin.args import nextquill_config_problems
 
-    problems = " ".join(nextquill_config_problems({"nextquill": True, **recipe}))
-    assert message in problems
-    # each has a way out: the weights from the current model, or the named setting
-    fixed = {**recipe, "nextquill_weight_source": "current"}
-    if "reshard" not in message:
-        assert nextquill_config_problems({"nextquill": True, **fixed}) == []
+    recipe = {"nextquill": True, "fsdp_version": 2, "fsdp_config": {key: True}}
+    problems = " ".join(nextquill_config_problems(recipe))
+    assert "cpu_ram_efficient_loading: true leaves" in problems
+    assert "set it to false, or nextquill_weight_source: current" in problems
+    assert nextquill_config_problems({**recipe, "nextquill_weight_source": "current"}) == []
+    assert nextquill_config_problems({**recipe, "fsdp_config": {key: False}}) == []
 
 
 def test_settings_that_work_are_not_refused():
@@ -155,6 +123,10 @@ def test_settings_that_work_are_not_refused():
 
     for recipe in (
         {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": False}},
+        {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}},
+        {"fsdp_version": 2, "fsdp_config": {"offload_params": False}},
+        {"deepspeed": {"zero_optimization": {"stage": 3}}},
+        {"bf16": True},
         {"bf16": True, "adapter": "lora"},
         {"bf16": True, "flash_attention": True},
         {"deepspeed": {"zero_optimization": {"stage": 2}}},

@@ -14,6 +14,8 @@ import pytest
 from dataset_formats.jsonl import write_jsonl
 from nextquill_plugin.testing.local_runs import offline_env
 
+from .stock_configs import write_zero_config
+
 ROOT = Path(__file__).parent.parent
 RECIPES = ROOT / "recipes"
 HELPER = Path(__file__).parent / "scripts" / "gloo_axolotl.py"
@@ -36,27 +38,6 @@ CPU_OVERRIDES = [
     "--sequence-len=1024",
     "--dataset-processes=1",
 ]
-# The shape of Axolotl's stock deepspeed_configs (zero1.json; zero2.json offloads the optimizer).
-ZERO = {
-    1: {"zero_optimization": {"stage": 1, "overlap_comm": True}},
-    2: {
-        "zero_optimization": {
-            "stage": 2,
-            "offload_optimizer": {"device": "cpu"},
-            "contiguous_gradients": True,
-            "overlap_comm": True,
-        }
-    },
-}
-ZERO_COMMON = {
-    "bf16": {"enabled": "auto"},
-    "fp16": {"enabled": "auto", "auto_cast": False, "loss_scale": 0},
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "train_batch_size": "auto",
-    "train_micro_batch_size_per_gpu": "auto",
-    "wall_clock_breakdown": False,
-}
 
 
 def load_generator():
@@ -82,10 +63,8 @@ def workdir(tmp_path_factory, synthetic_splits):
     for domain in ("books", "movies_tv", "cds_vinyl"):
         write_jsonl(root / "data" / domain / "train.jsonl", synthetic_splits["train"][:24])
         write_jsonl(root / "data" / domain / "validation.jsonl", synthetic_splits["validation"])
-    for stage, config in ZERO.items():
-        path = root / "deepspeed_configs" / f"zero{stage}.json"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({**config, **ZERO_COMMON}, indent=2))
+    for stage in (1, 2):
+        write_zero_config(root / "deepspeed_configs", stage)
     return root
 
 

@@ -1,0 +1,222 @@
+"""Every multi-process path Axolotl offers for SFT, with NextQuill on, against one process.
+
+Two CPU processes (torchrun, gloo) run `axolotl train` through tests/scripts/torchrun_axolotl.py,
+which holds every shim a CPU needs and a GPU does not. Each run starts from the shipped theta_0
+(it reads the history, so some target tokens get weight lambda and the weights matter) and
+trains 6 steps with SGD: SGD keeps float rounding differences between reduction orders at
+rounding size, where Adam's first steps turn them into sign flips.
+
+- 2-process paths against DDP: the same losses, NextQuill parts and weights, step by step.
+- DDP against one process with gradient accumulation 2 (the same rows per step): close, not
+  equal, because Axolotl divides each rank's loss by that rank's own target tokens
+  (average_tokens_across_devices off) while one process divides by the window's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dataset_formats.jsonl import write_jsonl
+from nextquill_plugin.testing.local_runs import offline_env, tiny_recipe
+from nextquill_plugin.testing.theta0 import PROMPT, THETA0_DIR
+
+from .stock_configs import ZERO, ZERO_COMMON, write_zero_config
+
+pytestmark = pytest.mark.distributed
+
+HARNESS = Path(__file__).parent / "scripts" / "torchrun_axolotl.py"
+STEPS = 6
+FULL_FINETUNE = {
+    "adapter": None,
+    "lora_r": None,
+    "lora_alpha": None,
+    "lora_dropout": None,
+    "lora_target_linear": None,
+}
+ADAPTERS = {
+    "lora": {"lora_dropout": 0.0, "learning_rate": 1.0},  # no dropout: ranks draw other masks
+    "full": {**FULL_FINETUNE, "learning_rate": 0.1},
+}
+NEXTQUILL_PARTS = (
+    "nextquill/normal_loss",
+    "nextquill/causal_loss",
+    "nextquill/mean_weight",
+    "nextquill/preference_token_fraction",
+)
+
+
+def fsdp2(reshard_after_forward: bool) -> dict:
+    return {
+        "fsdp_version": 2,
+        "fsdp_config": {
+            "reshard_after_forward": reshard_after_forward,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "transformer_layer_cls_to_wrap": "Qwen2DecoderLayer",
+            # FULL_STATE_DICT's final save stops in transformers' tied-weight check on gloo
+            # (Axolotl's save, after training; not NextQuill's).
+            "state_dict_type": "SHARDED_STATE_DICT",
+        },
+    }
+
+
+# name: recipe keys (a "deepspeed" stage number is written out as Axolotl's stock config)
+PATHS = {
+    "ZeRO-1": {"deepspeed": 1},
+    # zero2.json offloads the optimizer, which puts DeepSpeed's CPU Adam in SGD's place:
+    # compared here without the offload, and trained as shipped in the test below.
+    "ZeRO-2": {"deepspeed": "2-no-offload"},
+    "ZeRO-3": {"deepspeed": 3},
+    "FSDP2 reshard_after_forward": fsdp2(True),
+    "FSDP2 no reshard": fsdp2(False),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Runs:
+    """`axolotl train` runs by name, each made once per test module."""
+
+    def __init__(self, root: Path, train_file: Path):
+        self.root, self.train_file = root, train_file
+        self.done: dict[str, list[dict]] = {}
+
+    def deepspeed_config(self, stage: int | str) -> str:
+        if stage == "2-no-offload":
+            path = self.root / "deepspeed_configs" / "zero2_no_offload.json"
+            zero = {k: v for k, v in ZERO[2]["zero_optimization"].items() if "offload" not in k}
+            path.write_text(json.dumps({"zero_optimization": zero, **ZERO_COMMON}))
+            return str(path)
+        return str(write_zero_config(self.root / "deepspeed_configs", stage))
+
+    def __call__(self, name: str, processes: int = 2, **overrides) -> list[dict]:
+        """The logged steps of a run (full precision, from rank 0)."""
+        if name in self.done:
+            return self.done[name]
+        workdir = self.root / name.replace(" ", "_")
+        if "deepspeed" in overrides:
+            overrides["deepspeed"] = self.deepspeed_config(overrides["deepspeed"])
+        recipe = tiny_recipe(
+            THETA0_DIR,
+            self.train_file,
+            workdir,
+            **{
+                **PROMPT,
+                "micro_batch_size": 2,
+                "max_steps": STEPS,
+                "optimizer": "sgd",
+                **overrides,
+            },
+        )
+        workdir.mkdir(parents=True)
+        config = workdir / "recipe.yml"
+        config.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        metrics = workdir / "metrics.jsonl"
+        command = [sys.executable, "-m", "torch.distributed.run"]
+        command += [f"--nproc_per_node={processes}", f"--master_port={free_port()}"]
+        result = subprocess.run(
+            [*command, str(HARNESS), str(config), str(metrics)],
+            cwd=workdir,
+            env=offline_env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        log = result.stdout + result.stderr
+        (workdir / "train.log").write_text(log)
+        assert result.returncode == 0, f"{name} failed:\n{log[-5000:]}"
+        steps = [json.loads(line) for line in metrics.read_text().splitlines()]
+        steps = [step for step in steps if "loss" in step]
+        assert len(steps) == STEPS, log[-3000:]
+        assert all(math.isfinite(step["loss"]) for step in steps)
+        self.done[name] = steps
+        return steps
+
+    def effects(self, name: str) -> tuple[str, dict[str, np.ndarray]]:
+        """(file name, arrays) of the theta_0 cache a run wrote."""
+        (path,) = (self.root / name.replace(" ", "_")).glob("prepared/nextquill/effects-*.npz")
+        with np.load(path) as cache:
+            return path.name, {key: cache[key] for key in ("p_with", "p_without", "offsets")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, synthetic_splits):
+    root = tmp_path_factory.mktemp("distributed")
+    return Runs(root, write_jsonl(root / "train.jsonl", synthetic_splits["train"]))
+
+
+def column(steps: list[dict], key: str) -> np.ndarray:
+    return np.array([step[key] for step in steps])
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_ddp_matches_one_process_with_the_same_rows_per_step(runs, adapter):
+    ddp = runs(f"{adapter} DDP", **ADAPTERS[adapter])
+    one = runs(f"{adapter} 1 process", 1, gradient_accumulation_steps=2, **ADAPTERS[adapter])
+    assert column(ddp, "loss")[0] == pytest.approx(column(one, "loss")[0], abs=2e-3)
+    assert np.abs(column(ddp, "loss") - column(one, "loss")).max() < 5e-3
+    # the weights matter: theta_0 gives some target tokens lambda
+    assert column(ddp, "nextquill/preference_token_fraction").max() > 0
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_every_parallel_path_trains_as_ddp_does(runs, adapter, path):
+    ddp = runs(f"{adapter} DDP", **ADAPTERS[adapter])
+    other = runs(f"{adapter} {path}", **ADAPTERS[adapter], **PATHS[path])
+    for key in ("loss", *NEXTQUILL_PARTS):
+        np.testing.assert_allclose(column(other, key), column(ddp, key), atol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_zero3_theta0_cache_is_the_unpartitioned_models(runs, adapter):
+    """The theta_0 pass and the cache key see ZeRO-3's gathered weights: the same file name
+    (a cache `nextquill weights` filled is found) and the same effects as DDP's."""
+    runs(f"{adapter} DDP", **ADAPTERS[adapter])
+    runs(f"{adapter} ZeRO-3", **ADAPTERS[adapter], **PATHS["ZeRO-3"])
+    name, ddp = runs.effects(f"{adapter} DDP")
+    zero3_name, zero3 = runs.effects(f"{adapter} ZeRO-3")
+    assert zero3_name == name
+    np.testing.assert_array_equal(zero3["offsets"], ddp["offsets"])
+    for key in ("p_with", "p_without"):
+        np.testing.assert_allclose(zero3[key], ddp[key], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "adapter", "path"),
+    [
+        ("lora bf16 DDP", "lora", {}),
+        ("full bf16 DDP", "full", {}),  # Axolotl keeps some modules in float32 here
+        ("full bf16 ZeRO-3", "full", PATHS["ZeRO-3"]),
+    ],
+)
+def test_bf16_trains_close_to_float32(runs, name, adapter, path):
+    """bf16 (default attention, no flash attention): theta_0 pass and training."""
+    float32 = runs(f"{adapter} DDP", **ADAPTERS[adapter])
+    bf16 = runs(name, bf16=True, **ADAPTERS[adapter], **path)
+    assert np.abs(column(bf16, "loss") - column(float32, "loss")).max() < 0.02
+    _, effects32 = runs.effects(f"{adapter} DDP")
+    _, effects16 = runs.effects(name)
+    effect = effects16["p_with"] - effects16["p_without"]
+    assert np.abs(effect - (effects32["p_with"] - effects32["p_without"])).max() < 0.05
+
+
+def test_stock_zero2_with_optimizer_offload_trains(runs):
+    """zero2.json as shipped (DeepSpeed's CPU Adam): the first step, before any update, logs
+    DDP's loss; every step is finite."""
+    ddp = runs("lora DDP", **ADAPTERS["lora"])
+    adam = {**ADAPTERS["lora"], "optimizer": "adamw_torch", "learning_rate": 0.005}
+    offload = runs("lora stock zero2", deepspeed=2, **adam)
+    assert column(offload, "loss")[0] == pytest.approx(column(ddp, "loss")[0], abs=1e-5)
