@@ -194,17 +194,26 @@ def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
 
 
 def distributed_problems(data: dict[str, Any], settings: NextQuillSettings) -> list[str]:
-    """Distributed settings that cannot work with NextQuill, each with the key and the fix
-    (the others are tested with 2 CPU processes: see the README's table)."""
+    """Distributed settings NextQuill refuses, each with the key and the fix (the others are
+    tested with 2 CPU processes: see the README's table)."""
     initial = settings.token_weighting and settings.weight_source == WeightSource.initial
     fsdp = data.get("fsdp_config") if isinstance(data.get("fsdp_config"), dict) else {}
+    problems = []
+    # Axolotl's rule: FSDP1 unless fsdp_version (top level or in fsdp_config) says 2.
+    version = data.get("fsdp_version") or fsdp.get("fsdp_version") or 1
+    if (fsdp or data.get("fsdp")) and str(version) != "2":
+        problems.append(
+            f"fsdp_version: {version} (FSDP1, Axolotl's default when no fsdp_version is given, "
+            "deprecated by Axolotl) has no multi-process test with NextQuill; set "
+            "fsdp_version: 2 (tested, with reshard_after_forward true or false)."
+        )
     ram_efficient = fsdp.get(
         "cpu_ram_efficient_loading", fsdp.get("fsdp_cpu_ram_efficient_loading")
     )
     if initial and ram_efficient:
-        return [
+        problems.append(
             "fsdp_config.cpu_ram_efficient_loading: true leaves every rank but the first with "
             "uninitialised weights when the theta_0 pass runs (before FSDP copies rank 0's); "
             "set it to false, or nextquill_weight_source: current."
-        ]
-    return []
+        )
+    return problems

@@ -118,6 +118,28 @@ def test_fsdp_ram_efficient_loading_with_theta0_weights_is_refused_with_the_fix(
     assert nextquill_config_problems({**recipe, "fsdp_config": {key: False}}) == []
 
 
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"fsdp_config": {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}},
+        {"fsdp_version": 1, "fsdp_config": {"reshard_after_forward": True}},
+        {"fsdp_config": {"fsdp_version": 1}},
+        {"fsdp": ["full_shard", "auto_wrap"]},
+    ],
+)
+def test_fsdp1_is_refused_with_the_fix(recipe):
+    from nextquill_plugin.args import nextquill_config_problems
+
+    problems = " ".join(nextquill_config_problems({"nextquill": True, **recipe}))
+    assert "(FSDP1" in problems and "set fsdp_version: 2" in problems
+
+
+def test_fsdp1_is_refused_when_axolotl_loads_the_recipe(load):
+    with pytest.raises(Exception) as error:
+        load(fsdp_config={"auto_wrap_policy": "TRANSFORMER_BASED_WRAP"})
+    assert "set fsdp_version: 2" in str(error.value)
+
+
 def test_settings_that_work_are_not_refused():
     from nextquill_plugin.args import nextquill_config_problems
 
@@ -125,6 +147,7 @@ def test_settings_that_work_are_not_refused():
         {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": False}},
         {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}},
         {"fsdp_version": 2, "fsdp_config": {"offload_params": False}},
+        {"fsdp_config": {"fsdp_version": 2}},
         {"deepspeed": {"zero_optimization": {"stage": 3}}},
         {"bf16": True},
         {"bf16": True, "adapter": "lora"},
