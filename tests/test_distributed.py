@@ -175,9 +175,11 @@ def test_ddp_matches_one_process_with_the_same_rows_per_step(runs, adapter):
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_every_parallel_path_trains_as_ddp_does(runs, adapter, path):
     ddp = runs(f"{adapter} DDP", **ADAPTERS[adapter])
+    one = runs(f"{adapter} 1 process", 1, gradient_accumulation_steps=2, **ADAPTERS[adapter])
     other = runs(f"{adapter} {path}", **ADAPTERS[adapter], **PATHS[path])
     for key in ("loss", *NEXTQUILL_PARTS):
         np.testing.assert_allclose(column(other, key), column(ddp, key), atol=1e-4, err_msg=key)
+    assert np.abs(column(other, "loss") - column(one, "loss")).max() < 5e-3
 
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
