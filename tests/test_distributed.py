@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from dataset_formats.jsonl import write_jsonl
-from nextquill_plugin.testing.local_runs import offline_env, tiny_recipe
+from nextquill_plugin.testing.local_runs import FULL_FINETUNE, offline_env, tiny_recipe
 from nextquill_plugin.testing.theta0 import PROMPT, THETA0_DIR
 
 from .stock_configs import ZERO, ZERO_COMMON, write_zero_config
@@ -35,13 +35,6 @@ pytestmark = pytest.mark.distributed
 
 HARNESS = Path(__file__).parent / "scripts" / "torchrun_axolotl.py"
 STEPS = 6
-FULL_FINETUNE = {
-    "adapter": None,
-    "lora_r": None,
-    "lora_alpha": None,
-    "lora_dropout": None,
-    "lora_target_linear": None,
-}
 ADAPTERS = {
     "lora": {"lora_dropout": 0.0, "learning_rate": 1.0},  # no dropout: ranks draw other masks
     "full": {**FULL_FINETUNE, "learning_rate": 0.1},

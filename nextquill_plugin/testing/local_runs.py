@@ -24,6 +24,15 @@ CPU_SETTINGS = {
     "lora_embedding_kernel": False,
 }
 
+# Overrides of ``tiny_recipe`` for full fine-tuning instead of its LoRA adapter.
+FULL_FINETUNE = {
+    "adapter": None,
+    "lora_r": None,
+    "lora_alpha": None,
+    "lora_dropout": None,
+    "lora_target_linear": None,
+}
+
 
 def tiny_recipe(model_dir: Path, train_file: Path, workdir: Path, **overrides) -> dict:
     """A complete CPU recipe for the tiny model; ``overrides`` replace or add keys (None removes)."""

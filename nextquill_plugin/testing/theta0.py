@@ -30,7 +30,13 @@ import numpy as np
 
 from dataset_formats.jsonl import read_jsonl, write_jsonl
 
-from .local_runs import build_benchmark_model, half_without_history, tiny_recipe, train_logged
+from .local_runs import (
+    FULL_FINETUNE,
+    build_benchmark_model,
+    half_without_history,
+    tiny_recipe,
+    train_logged,
+)
 
 THETA0_DIR = Path(__file__).resolve().parent / "theta0_model"
 REPORT = "report.json"
@@ -39,13 +45,6 @@ THETA0_SEED, MEASURE_SEED = 12, 11  # populations: theta_0's own, the planted be
 USERS = 120
 # The prompt settings theta_0 is trained and measured with (and the demo and benchmark use).
 PROMPT = {"sequence_len": 1024, "nextquill_history_k": 4, "micro_batch_size": 4}
-FULL_FINETUNE = {
-    "adapter": None,
-    "lora_r": None,
-    "lora_alpha": None,
-    "lora_dropout": None,
-    "lora_target_linear": None,
-}
 DELTA = 0.05  # the default nextquill_delta
 # Files of Axolotl's output folder that the shipped checkpoint leaves out (logs, model card).
 NOT_SHIPPED = frozenset({"debug.log", "README.md", "training_args.bin", "trainer_state.json"})
