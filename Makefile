@@ -41,7 +41,7 @@ $(VENV)/nltk_data/corpora/wordnet/lexnames: $(BIN)/.nextquill-installed
 install: $(BIN)/.nextquill-installed $(VENV)/nltk_data/corpora/wordnet/lexnames
 
 demo: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m nextquill_plugin.testing.demo
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m nextquill_plugin.demo.run
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 MEASURE = (
-    "import resource, sys; from dataset_formats.cli import main; main(sys.argv[1:]); "
+    "import resource, sys; from dataset_formats.build.cli import main; main(sys.argv[1:]); "
     "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
 )
 CHUNK = 8 << 20
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--memory-limit", default="4GB")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    from dataset_formats.synthetic import write_synthetic_raw
+    from dataset_formats.build.synthetic import write_synthetic_raw
 
     print(
         "| reviews | threads | seconds | reviews/s | read / select / write s | output GiB "

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nextquill_plugin.testing.local_runs import use_offline_mode  # noqa: E402
+from nextquill_plugin.demo.local_runs import use_offline_mode  # noqa: E402
 
 use_offline_mode()
 
@@ -29,9 +29,9 @@ use_offline_mode()
 def make_recipe(folder: Path, rows: int) -> Path:
     import yaml
 
-    from dataset_formats.jsonl import write_jsonl
-    from dataset_formats.synthetic import synthetic_rows
-    from nextquill_plugin.testing.local_runs import build_benchmark_model
+    from dataset_formats.build.synthetic import synthetic_rows
+    from nextquill_common.jsonl import write_jsonl
+    from nextquill_plugin.demo.local_runs import build_benchmark_model
 
     splits = synthetic_rows(n_users=rows, reviews_per_user=8)
     model = build_benchmark_model(folder / "model", splits["train"])

@@ -9,7 +9,7 @@ their history and targets; the rest of each review is boilerplate shared by ever
 populations go through our builder (the DPL protocol).
 
 Protocol (see benchmarks/README.md for why each step is there):
-1. theta_0: the shipped checkpoint that reads the history (nextquill_plugin/testing/theta0.py:
+1. theta_0: the shipped checkpoint that reads the history (nextquill_plugin/demo/theta0.py:
    a tiny Qwen2 trained on another population, with-history steps then mixed steps), checked
    against its report; or, with --theta0 train, one made here the same way.
 2. From theta_0, with the same budget and seed: SFT, ContextSFT, CausalOnly, NormOnly, NextQuill
@@ -19,7 +19,7 @@ Protocol (see benchmarks/README.md for why each step is there):
    the authors, and 1.2 on generated tokens only) and is scored with ROUGE-1/L, METEOR, BLEU, and
    directly on personalization: the share of predictions with the user's own phrase and sign-off,
    and with another user's phrase; and its mean log p(y|x,h) and log p(y|x) on the test targets.
-4. theta_0's token weights against the planted tokens (nextquill_plugin/testing/theta0.py).
+4. theta_0's token weights against the planted tokens (nextquill_plugin/demo/theta0.py).
 Prints markdown tables (mean and spread over seeds; paired per-user differences against
 ContextSFT, averaged over seeds, with 95% bootstrap intervals) and writes them to OUT/report.md.
 """
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dataset_formats.jsonl import read_jsonl, write_jsonl  # noqa: E402
-from nextquill_plugin.testing import theta0 as theta0_script  # noqa: E402
-from nextquill_plugin.testing.local_runs import (  # noqa: E402
+from nextquill_common.jsonl import read_jsonl, write_jsonl  # noqa: E402
+from nextquill_plugin.demo import theta0 as theta0_script  # noqa: E402
+from nextquill_plugin.demo.local_runs import (  # noqa: E402
     tiny_recipe,
     train_logged,
     use_offline_mode,
@@ -75,8 +75,8 @@ def say(message: str) -> None:
 
 def build_population(out: Path, n_users: int) -> tuple[Path, dict]:
     """The benchmark's users (raw files through our builder) and their planted truth."""
-    from dataset_formats.builder import BuildOptions, build
-    from dataset_formats.synthetic import synthetic_raw_amazon, synthetic_users
+    from dataset_formats.build import BuildOptions, build
+    from dataset_formats.build.synthetic import synthetic_raw_amazon, synthetic_users
 
     seed = theta0_script.MEASURE_SEED
     reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed)
@@ -107,7 +107,7 @@ def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float
 
 def personalization(record: dict, truth: dict) -> dict[str, float]:
     """1.0/0.0: the prediction holds the user's own phrase, their sign-off, another's phrase."""
-    from dataset_formats.synthetic import TASTES
+    from dataset_formats.build.synthetic import TASTES
 
     user, text = truth[record["user_id"]], record["prediction"]
     return {
@@ -122,6 +122,7 @@ def log_prob_means(checkpoint: Path, recipe_path: Path, rows: list[dict]) -> dic
     import yaml
 
     from dataset_formats.amazon_reviews import load
+    from nextquill_plugin.equations import PreferenceRule
     from nextquill_plugin.evaluation.generation import load_model_for_generation
     from nextquill_plugin.evaluation.inspection import paired_rows, token_views
 
@@ -133,9 +134,7 @@ def log_prob_means(checkpoint: Path, recipe_path: Path, rows: list[dict]) -> dic
         tokenizer,
         [strategy.prompt_id(row, i) for i, row in enumerate(rows)],
         paired_rows(strategy, rows),
-        delta=0.05,
-        high_weight=0.9,
-        low_weight=0.1,
+        rule=PreferenceRule.from_settings(),  # the paper's delta, lambda, epsilon
         batch_size=8,
         show_progress=False,
     )
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         "--theta0",
         choices=["shipped", "train"],
         default="shipped",
-        help="the shipped theta_0 (nextquill_plugin/testing/theta0_model) or train one here",
+        help="the shipped theta_0 (nextquill_plugin/demo/theta0_model) or train one here",
     )
     parser.add_argument("--theta0-history-steps", type=int, default=theta0_script.HISTORY_STEPS)
     parser.add_argument("--theta0-mixed-steps", type=int, default=theta0_script.MIXED_STEPS)

@@ -43,12 +43,12 @@ from dataset_formats.contract import (  # noqa: E402
     COUNTERFACTUAL_LABELS,
     COUNTERFACTUAL_MASK,
     HAS_COUNTERFACTUAL,
-    TOKEN_WEIGHTS,
+    TOKEN_EFFECTS,
 )
 from dataset_formats.contract import (
     IGNORE_INDEX as IGNORE,
 )
-from nextquill_plugin.testing.local_runs import use_offline_mode  # noqa: E402
+from nextquill_plugin.demo.local_runs import use_offline_mode  # noqa: E402
 
 use_offline_mode()  # before any torch/transformers/axolotl import below
 
@@ -81,7 +81,7 @@ def build(
     """A random Qwen2 (4 heads, MLP 4x hidden unless ``shape`` says otherwise) and one sample."""
     import torch
 
-    from nextquill_plugin.testing.tiny_model import random_qwen2
+    from nextquill_plugin.demo.tiny_model import random_qwen2
 
     model = random_qwen2(
         vocab,
@@ -103,7 +103,8 @@ def build(
 
     ids, labels = row(prompt)
     cf_ids, cf_labels = row(cf_prompt)
-    weights = torch.where(torch.rand(target, generator=generator) < 0.1, 0.9, 0.1)[None]
+    # theta_0 effects: about 10% of the tokens above delta (weight lambda), as in the demo
+    effects = torch.where(torch.rand(target, generator=generator) < 0.1, 1.0, -1.0)[None]
     batch = {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
@@ -112,7 +113,7 @@ def build(
         COUNTERFACTUAL_MASK: torch.ones_like(cf_ids),
         COUNTERFACTUAL_LABELS: cf_labels,
         HAS_COUNTERFACTUAL: torch.tensor([True]),
-        TOKEN_WEIGHTS: weights,
+        TOKEN_EFFECTS: effects,
     }
     return model, batch
 
@@ -122,6 +123,7 @@ def step(variant: str, model, batch) -> None:
     import torch
     import torch.nn.functional as F
 
+    from nextquill_plugin.equations import PreferenceRule
     from nextquill_plugin.objective import NextQuillSettings, compute_batch_loss
 
     if variant == "target_only_cf":
@@ -155,7 +157,7 @@ def step(variant: str, model, batch) -> None:
         labels = batch["labels"][0, 1:]
         cf_labels = F.pad(batch[COUNTERFACTUAL_LABELS], (0, pad), value=IGNORE)[0, 1:]
         keep, cf_keep = labels != IGNORE, cf_labels != IGNORE
-        weights = batch[TOKEN_WEIGHTS][0]
+        weights = PreferenceRule.from_settings().weights(batch[TOKEN_EFFECTS][0])
         normal = -(F.log_softmax(logits_with, -1)[keep].gather(1, labels[keep, None])[:, 0])
         # the authors align the two passes by target position after full-length softmaxes
         diff = logits_with[keep] - logits_without[cf_keep]

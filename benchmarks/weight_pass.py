@@ -8,7 +8,7 @@ target), in one process, alternating the two so that machine noise hits both ali
 - plain: a no-grad forward of every with-history and counterfactual sequence, in the same
   length-sorted batches, returning full logits (what a forward over the data costs anyway);
 - weights: ``weights.compute_token_effects`` (target-position logits, probabilities kept).
-Then ``weights.cached_token_effects`` twice on a datasets.Dataset: the second call must find the
+Then ``effects_cache.cached_token_effects`` twice on a datasets.Dataset: the second call must find the
 cache and run no forward pass at all (counted with a forward hook).
 """
 
@@ -29,7 +29,7 @@ from dataset_formats.contract import (  # noqa: E402
 from dataset_formats.contract import (
     IGNORE_INDEX as IGNORE,
 )
-from nextquill_plugin.testing.local_runs import use_offline_mode  # noqa: E402
+from nextquill_plugin.demo.local_runs import use_offline_mode  # noqa: E402
 
 use_offline_mode()  # before any torch/transformers/axolotl import below
 
@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from datasets import Dataset
 
-    from nextquill_plugin.testing.tiny_model import random_qwen2
-    from nextquill_plugin.token_effects import cached_token_effects, compute_token_effects
+    from nextquill_plugin.demo.tiny_model import random_qwen2
+    from nextquill_plugin.effects_cache import cached_token_effects
+    from nextquill_plugin.token_effects import compute_token_effects
 
     model = random_qwen2(
         args.vocab,

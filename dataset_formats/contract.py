@@ -12,7 +12,8 @@ A tokenized NextQuill row holds Axolotl's usual ``input_ids``, ``attention_mask`
   Never passed to the model.
 
 The collator adds ``cf_attention_mask`` and ``has_counterfactual`` (per-row bool); the plugin's
-theta_0 pass adds ``nq_token_weights`` (omega_t per target token, eq. 3). Labels are
+theta_0 pass adds ``nq_token_effects`` (the causal effect of the history on each target token
+under theta_0, eq. 4; the objective turns them into weights omega_t, eq. 3). Labels are
 ``IGNORE_INDEX`` on prompt and padding positions.
 
 Both packages import these names from here: the data side never imports the plugin.
@@ -26,7 +27,7 @@ COUNTERFACTUAL_IDS = "cf_input_ids"
 COUNTERFACTUAL_LABELS = "cf_labels"
 COUNTERFACTUAL_MASK = "cf_attention_mask"  # added by the collator
 HAS_COUNTERFACTUAL = "has_counterfactual"  # added by the collator
-TOKEN_WEIGHTS = "nq_token_weights"  # added by the theta_0 weight pass
+TOKEN_EFFECTS = "nq_token_effects"  # added by the theta_0 pass
 HISTORY_KEPT = "nq_history_kept"
 TRUNCATION = "nq_truncation"
 PROMPT_SETTINGS = "nq_prompt_settings"  # fingerprint of the prompt settings that made the row
@@ -36,7 +37,7 @@ PAIRED_COLUMNS = (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS)
 INFO_COLUMNS = (HISTORY_KEPT, TRUNCATION, PROMPT_SETTINGS)
 # Row columns NextQuill adds to a dataset: the trainer keeps them (remove_unused_columns would
 # drop what forward() does not take) and the collator takes them out before Axolotl's collator.
-ROW_COLUMNS = (*PAIRED_COLUMNS, TOKEN_WEIGHTS, *INFO_COLUMNS)
+ROW_COLUMNS = (*PAIRED_COLUMNS, TOKEN_EFFECTS, *INFO_COLUMNS)
 # Keys of a collated batch that are NextQuill's, never model inputs.
 BATCH_COLUMNS = (*ROW_COLUMNS, COUNTERFACTUAL_MASK, HAS_COUNTERFACTUAL)
 # The token columns that identify the data the theta_0 effects were computed on.

@@ -11,10 +11,19 @@ from __future__ import annotations
 import difflib
 from dataclasses import Field, fields, make_dataclass
 from dataclasses import field as dataclass_field
+from pathlib import Path
 from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic import Field as PydanticField
+from pydantic_core import PydanticCustomError
 
 from dataset_formats.settings import PromptArgs, describe_validation_error
 
@@ -28,25 +37,55 @@ def recipe_key(setting: Field) -> str:
     return SETTING_PREFIX + setting.name
 
 
+BOUNDS = ("ge", "le", "lt")  # the pydantic bounds a setting may declare in its metadata
+
+
 def _schema_field(setting: Field) -> Any:
-    """The pydantic field of a setting. Numbers are strict and finite: the text "0.05" is
-    refused rather than parsed, and so are nan and inf (a nan weight trains to a nan loss)."""
+    """The pydantic field of a setting, with the bounds declared in its metadata. Numbers are
+    strict and finite: the text "0.05" is refused rather than parsed, and so are nan and inf
+    (a nan weight trains to a nan loss)."""
     number = _SETTING_TYPES[setting.name] is float
     return PydanticField(
         default=setting.default,
         description=f"{setting.metadata['symbol']}: {setting.metadata['description']}",
         strict=number or None,
         allow_inf_nan=False if number else None,
+        **{bound: setting.metadata[bound] for bound in BOUNDS if bound in setting.metadata},
     )
 
+
+def _bounds_message(setting: Field, value: Any) -> str:
+    """How a value outside the setting's bounds is refused: the key, the range and the value."""
+    key, bounds = recipe_key(setting), setting.metadata
+    low, high = bounds.get("ge"), bounds.get("le", bounds.get("lt"))
+    if high is None:
+        return f"{key} must be >= {low} (got {value}); the paper uses {setting.default}."
+    closing = "]" if "le" in bounds else ")"
+    return f"{key} must lie in [{low}, {high}{closing} (got {value})."
+
+
+def _reword_bound_errors(value: Any, handler: Any, info: ValidationInfo) -> Any:
+    """pydantic checks the bounds; a value outside them is refused in our words."""
+    try:
+        return handler(value)
+    except ValidationError as error:
+        if any(e["type"] in _BOUND_ERRORS for e in error.errors()):
+            setting = _SETTINGS_BY_KEY[info.field_name]
+            raise PydanticCustomError("nextquill_bounds", _bounds_message(setting, value)) from None
+        raise
+
+
+_BOUND_ERRORS = {"greater_than_equal", "less_than_equal", "less_than"}
+_SETTINGS_BY_KEY = {recipe_key(f): f for f in fields(NextQuillSettings)}
 
 # pydantic schema of the objective's keys: nextquill_alpha, nextquill_delta, ...
 ObjectiveArgs: type[BaseModel] = create_model(
     "ObjectiveArgs",
     __doc__="Recipe keys of the objective, derived from ``NextQuillSettings``.",
-    **{
-        recipe_key(f): (_SETTING_TYPES[f.name], _schema_field(f)) for f in fields(NextQuillSettings)
+    __validators__={
+        "reword_bound_errors": field_validator(*_SETTINGS_BY_KEY, mode="wrap")(_reword_bound_errors)
     },
+    **{key: (_SETTING_TYPES[f.name], _schema_field(f)) for key, f in _SETTINGS_BY_KEY.items()},
 )
 
 # The settings the trainer needs, carried on its TrainingArguments (Axolotl mixes this in).
@@ -116,6 +155,23 @@ class NextQuillArgs(ObjectiveArgs, PromptArgs):
         return data
 
 
+def refuse_cli_overrides(argv: list[str]) -> None:
+    """Fail when ``axolotl train recipe.yml --nextquill_alpha 0.7`` was typed.
+
+    Axolotl's command line only knows its own keys: a plugin key given there is dropped (or,
+    under some launchers, rejected), so the run would use the recipe's value without a word.
+    """
+    program = Path(argv[0]) if argv else Path()
+    from_axolotl_cli = program.name == "axolotl" or {"axolotl", "cli"} <= set(program.parts)
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--nextquill")]
+    if from_axolotl_cli and given:
+        raise ValueError(
+            f"NextQuill: {', '.join(given)} on the command line does not reach the plugin "
+            "(Axolotl's CLI passes on only its own keys). Set the key in the recipe, or run a "
+            "grid with `axolotl train recipe.yml --sweep sweep.yml` (see the README)."
+        )
+
+
 def misspelled_keys(data: dict[str, Any], known: set[str]) -> list[str]:
     """Keys that look like NextQuill's but are none of them (Axolotl would drop them and the
     run would use the default without a word), each with the closest valid name."""
@@ -131,34 +187,23 @@ def misspelled_keys(data: dict[str, Any], known: set[str]) -> list[str]:
     return problems
 
 
-def _bounds_problem(setting: Field, value: float) -> str | None:
-    """The message for a value outside the bounds declared in the setting's metadata."""
-    key, bounds = recipe_key(setting), setting.metadata
-    low, high = bounds.get("ge"), bounds.get("le", bounds.get("lt"))
-    inside = (low is None or value >= low) and (
-        ("le" not in bounds or value <= high) and ("lt" not in bounds or value < high)
-    )
-    if inside:
+def raw_settings(data: dict[str, Any]) -> NextQuillSettings | None:
+    """The objective's settings of a raw recipe dict for the rules across fields; None when a
+    value is not of its type (pydantic then refuses that field, naming it)."""
+    try:
+        return settings_from(data)
+    except ValueError:
         return None
-    if high is None:
-        return f"{key} must be >= {low} (got {value}); the paper uses {setting.default}."
-    closing = "]" if "le" in bounds else ")"
-    return f"{key} must lie in [{low}, {high}{closing} (got {value})."
 
 
 def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
-    """Every reason the NextQuill settings in ``data`` (a raw recipe dict) cannot work."""
-    try:
-        args = objective_args(data)
-    except ValueError as error:
-        return [str(error)]
-    settings = settings_from(args)
-    problems = [
-        problem
-        for f in fields(NextQuillSettings)
-        if _SETTING_TYPES[f.name] is float
-        and (problem := _bounds_problem(f, getattr(settings, f.name)))
-    ]
+    """Every reason the NextQuill settings in ``data`` (a raw recipe dict) cannot work
+    together. Each field's own type and bounds are pydantic's (``ObjectiveArgs``); these are
+    the rules across fields and across Axolotl's keys, read before Axolotl rewrites them."""
+    settings = raw_settings(data)
+    if settings is None:
+        return []  # the field validation that follows names the bad value
+    problems = []
     if settings.low_weight > settings.high_weight:
         problems.append(
             f"nextquill_low_weight (epsilon={settings.low_weight}) must not exceed "

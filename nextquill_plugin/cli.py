@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from dataset_formats.cli_options import add_dataclass_options, dataclass_from_args
-from dataset_formats.jsonl import write_text_atomic
+from nextquill_common.cli_options import add_dataclass_options, dataclass_from_args
+from nextquill_common.jsonl import write_text_atomic
 
 
 def parse_value(text: str) -> Any:
@@ -76,7 +76,6 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
     from axolotl.train import setup_model_and_trainer
 
     from .args import settings_from
-    from .settings import WeightSource
 
     cfg = load_cfg(recipe, **overrides)
     if not cfg.nextquill:
@@ -84,14 +83,14 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
             f"nextquill: {recipe} does not set `nextquill: true`; there are no weights to compute."
         )
     settings = settings_from(cfg)
-    if not settings.token_weighting or settings.weight_source != WeightSource.initial:
+    if not settings.weights_from_theta0:
         raise SystemExit(
             "nextquill: this recipe needs no theta_0 pass (nextquill_token_weighting is false or "
             "nextquill_weight_source is current)."
         )
     dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
     setup_model_and_trainer(cfg, dataset_meta)  # the plugin computes or loads the effects here
-    from .plugin import effects_cache_dir
+    from .effects_cache import effects_cache_dir
 
     print(f"nextquill: theta_0 effects are cached in {effects_cache_dir(cfg)}")
 
@@ -310,10 +309,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "demo":
         if extra:
             parser.error(f"demo takes no arguments, got {extra}")
-        from .testing.local_runs import use_offline_mode
+        from .demo.local_runs import use_offline_mode
 
         use_offline_mode()  # the demo is local: tiny model, shipped data
-        from .testing.demo import main as demo_main
+        from .demo.run import main as demo_main
 
         demo_main()
 

@@ -1,4 +1,4 @@
-"""Collator that pads the with-history batch, the counterfactual batch and the token weights."""
+"""Collator that pads the with-history batch, the counterfactual batch and the theta_0 effects."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataset_formats.contract import (
     HAS_COUNTERFACTUAL,
     IGNORE_INDEX,
     ROW_COLUMNS,
-    TOKEN_WEIGHTS,
+    TOKEN_EFFECTS,
 )
 
 from .batching import pad_sequences
@@ -24,12 +24,12 @@ from .equations import targets_per_row
 
 @dataclass
 class NextQuillDataCollator(DataCollatorForSeq2Seq):
-    """Axolotl's seq2seq collator plus the counterfactual sequence and per-token weights.
+    """Axolotl's seq2seq collator plus the counterfactual sequence and per-token theta_0 effects.
 
     Rows without a counterfactual prompt (an ordinary SFT dataset mixed into the recipe) get
     ``has_counterfactual = False``: the trainer gives them plain cross-entropy (weight 1) and
-    no second pass. Token weights are padded with 0 to the longest target of the batch; the
-    trainer reads the first ``n_targets`` of each row, in the row-major order of the labels.
+    no second pass. theta_0 effects are padded with 0 to the longest target of the batch; the
+    objective reads the first ``n_targets`` of each row, in the row-major order of the labels.
     """
 
     def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None):
@@ -37,7 +37,7 @@ class NextQuillDataCollator(DataCollatorForSeq2Seq):
         extras = [{k: f.pop(k, None) for k in ROW_COLUMNS} for f in features]
         batch = super().__call__(features, return_tensors=return_tensors)
         if all(e[COUNTERFACTUAL_IDS] is None for e in extras) and all(
-            e[TOKEN_WEIGHTS] is None for e in extras
+            e[TOKEN_EFFECTS] is None for e in extras
         ):
             return batch  # no NextQuill rows at all: an ordinary batch
 
@@ -54,14 +54,15 @@ class NextQuillDataCollator(DataCollatorForSeq2Seq):
             [[1] * len(s) for s in cf_ids], 0, side=side, multiple_of=multiple
         )
         batch[HAS_COUNTERFACTUAL] = torch.tensor([len(s) > 0 for s in cf_ids], dtype=torch.bool)
-        weights = [e[TOKEN_WEIGHTS] for e in extras]
-        if any(w is not None for w in weights):
-            # Rows without weights (mixed-in SFT rows) weigh every target token 1.
+        effects = [e[TOKEN_EFFECTS] for e in extras]
+        if any(e is not None for e in effects):
+            # Rows without effects (mixed-in SFT rows) are padded too; the objective gives their
+            # tokens weight 1 whatever the padding says.
             n_targets = targets_per_row(batch["labels"]).tolist()
-            batch[TOKEN_WEIGHTS] = pad_sequences(
+            batch[TOKEN_EFFECTS] = pad_sequences(
                 [
-                    w if w is not None else [1.0] * n
-                    for w, n in zip(weights, n_targets, strict=True)
+                    e if e is not None else [0.0] * n
+                    for e, n in zip(effects, n_targets, strict=True)
                 ],
                 0.0,
                 dtype=torch.float32,

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dataset_formats.contract import IGNORE_INDEX
+
+from .settings import NextQuillSettings
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,33 @@ def preference_weights(
     return torch.where(effects > delta, high, low)
 
 
+@dataclass(frozen=True)
+class PreferenceRule:
+    """Eq. 3 as one object: a target token is preference-bearing when its causal effect exceeds
+    delta; its weight omega_t is then lambda (``high_weight``), else epsilon (``low_weight``).
+
+    Built from the settings (``from_settings``), so that the three numbers travel together and
+    every caller (training, the cache report, inspection, benchmarks) applies the same rule."""
+
+    delta: float
+    high_weight: float
+    low_weight: float
+
+    @classmethod
+    def from_settings(cls, settings: NextQuillSettings | None = None) -> PreferenceRule:
+        """The rule of ``settings`` (the defaults, i.e. the paper's, when None)."""
+        settings = settings or NextQuillSettings()
+        return cls(settings.delta, settings.high_weight, settings.low_weight)
+
+    def mask(self, effects: Any) -> Any:
+        """Which tokens are preference-bearing (effect > delta), for a tensor or an array."""
+        return effects > self.delta
+
+    def weights(self, effects: torch.Tensor) -> torch.Tensor:
+        """omega_t of each token, float32."""
+        return preference_weights(effects, self.delta, self.high_weight, self.low_weight)
+
+
 def weighted_cross_entropy_sum(
     logits: torch.Tensor, token_ids: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
@@ -73,8 +103,11 @@ def weighted_cross_entropy_sum(
     return (per_token * weights.detach().to(per_token.dtype)).sum()
 
 
+# What the loss functions take per target token: logits ``[N, V]``, or final hidden states
+# ``[N, H]`` when the cross-entropy function applies the LM head itself (``lm_head.py``).
+LossInputs = torch.Tensor
 # (inputs [N, ...], token ids [N], weights [N]) -> sum_t w_t * CE(logits_t, y_t)
-CrossEntropySum = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+CrossEntropySum = Callable[[LossInputs, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -83,15 +116,15 @@ class NextQuillLoss:
 
     total: torch.Tensor  # L = Ln + alpha * Lp (eq. 7)
     normal: torch.Tensor  # Ln (eq. 5)
-    causal: torch.Tensor  # Lp (eq. 6)
+    causal: torch.Tensor  # Lp (eq. 6); 0 when it is off
 
 
 def nextquill_loss(
-    logits_with_history: torch.Tensor,
+    with_history: LossInputs,
     token_ids: torch.Tensor,
     weights: torch.Tensor,
     *,
-    causal_preference_logits: torch.Tensor | None = None,
+    preference_component: LossInputs | None = None,
     causal_token_mask: torch.Tensor | None = None,
     alpha: float = 0.05,
     weight_causal_loss: bool = True,
@@ -102,14 +135,16 @@ def nextquill_loss(
     """NextQuill's objective L = Ln + alpha * Lp (eq. 5-7) on target tokens only.
 
     Args:
-        logits_with_history: ``[N, V]`` logits f(x, h, y<t) at the target positions.
+        with_history: ``[N, ...]`` what ``normal_cross_entropy`` scores: by default the logits
+            f(x, h, y<t) at the target positions; ``objective.compute_batch_loss`` passes the
+            final hidden states z_h with a function that applies the LM head in chunks.
         token_ids: ``[N]`` target tokens y_t.
         weights: ``[N]`` token weights omega_t (no gradient flows into them).
-        causal_preference_logits: ``[M, V]`` f(x, h, y<t) - f(x, 0, y<t), eq. 6's argument, for the
-            tokens selected by ``causal_token_mask`` (all N when the mask is None); see
-            ``apply_lm_head_without_bias`` in ``lm_head.py`` for computing it with one LM-head
-            product.
-            None disables Lp (NormOnly).
+        preference_component: eq. 6's argument f(x, h, y<t) - f(x, 0, y<t) for the tokens
+            selected by ``causal_token_mask`` (all N when the mask is None), in the same form as
+            ``with_history`` (logits, or z_h - z_0 for a head-applying function: the head is
+            affine, see ``lm_head.apply_lm_head_without_bias``). None: no Lp (NormOnly); the
+            caller decides, this function does not look at alpha to switch it off.
         causal_token_mask: ``[N]`` bool, tokens of samples that have a counterfactual prompt;
             rows mixed in from ordinary SFT data have none and only contribute to Ln.
         alpha: weight of the causal preference loss.
@@ -119,16 +154,13 @@ def nextquill_loss(
             so the result does not depend on how a batch is split into micro-batches.
             Defaults to N.
         normal_cross_entropy, causal_cross_entropy: ``(inputs, ids, weights) -> sum_t w_t CE``
-            for Ln and Lp. By default the inputs are logits; ``compute_batch_loss`` passes
-            final hidden states instead (z_h, and z_h - z_0 for Lp) with functions that apply
-            the LM head chunk by chunk (``lm_head.head_cross_entropy_sum``), so that no
-            ``[N, V]`` logits are held.
+            for Ln and Lp.
     """
     if normalizer is None:
         normalizer = max(int(token_ids.numel()), 1)
-    normal = normal_cross_entropy(logits_with_history, token_ids, weights) / normalizer
+    normal = normal_cross_entropy(with_history, token_ids, weights) / normalizer
 
-    if causal_preference_logits is None or alpha == 0:
+    if preference_component is None:
         causal = normal.new_zeros(())
     else:
         causal_ids, causal_weights = token_ids, weights
@@ -137,6 +169,6 @@ def nextquill_loss(
         if not weight_causal_loss:
             causal_weights = torch.ones_like(causal_weights)
         # eq. 6: the preference-driven component of the prediction is fitted to y_t directly.
-        causal = causal_cross_entropy(causal_preference_logits, causal_ids, causal_weights)
+        causal = causal_cross_entropy(preference_component, causal_ids, causal_weights)
         causal = causal / normalizer
     return NextQuillLoss(total=normal + alpha * causal, normal=normal, causal=causal)

@@ -19,14 +19,14 @@ from dataset_formats.contract import (
     COUNTERFACTUAL_LABELS,
     COUNTERFACTUAL_MASK,
     HAS_COUNTERFACTUAL,
-    TOKEN_WEIGHTS,
+    TOKEN_EFFECTS,
 )
 
 from .equations import (
     NextQuillLoss,
+    PreferenceRule,
     causal_effects,
     nextquill_loss,
-    preference_weights,
     target_positions,
     targets_per_row,
 )
@@ -37,7 +37,7 @@ from .lm_head import (
     resolve_lm_head,
     target_hidden_states,
 )
-from .settings import NextQuillSettings, WeightSource
+from .settings import NextQuillSettings
 
 
 @dataclass
@@ -46,13 +46,35 @@ class BatchLoss:
 
     loss: NextQuillLoss
     weights: torch.Tensor  # [N] omega_t used
+    preference_mask: torch.Tensor  # [N] tokens the rule marked preference-bearing (eq. 3)
     causal_token_mask: torch.Tensor  # [N] tokens of rows that have a counterfactual prompt
     n_tokens: int
     outputs: Any  # the with-history model outputs (hidden states, last-position logits)
 
 
-def flatten_row_weights(padded: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` zero-padded per-row weights -> ``[N]`` in row-major target order."""
+@dataclass
+class TokenWeights:
+    """omega_t of a micro-batch's target tokens and which of them the rule marked."""
+
+    weights: torch.Tensor  # [N] float32
+    preference_mask: torch.Tensor  # [N] bool
+
+    @classmethod
+    def uniform(cls, n_tokens: int, device: torch.device) -> TokenWeights:
+        """Every weight 1, no token marked (CausalOnly, ordinary rows, or before the rule)."""
+        return cls(
+            torch.ones(n_tokens, dtype=torch.float32, device=device),
+            torch.zeros(n_tokens, dtype=torch.bool, device=device),
+        )
+
+    def apply_rule(self, rule: PreferenceRule, effects: torch.Tensor, tokens: torch.Tensor):
+        """Give the ``tokens`` (a bool mask) the weights eq. 3 assigns to their ``effects``."""
+        self.weights[tokens] = rule.weights(effects)
+        self.preference_mask[tokens] = rule.mask(effects)
+
+
+def flatten_row_values(padded: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` zero-padded per-row values -> ``[N]`` in row-major target order."""
     valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < counts[:, None]
     return padded[valid]
 
@@ -77,6 +99,59 @@ def counterfactual_hidden_states(
     return hidden
 
 
+@dataclass
+class SplitBatch:
+    """A collated batch taken apart: what the model gets, and NextQuill's own columns."""
+
+    model_inputs: dict[str, Any]  # input_ids, attention_mask and any other model kwargs
+    labels: torch.Tensor
+    extras: dict[str, Any]  # contract.BATCH_COLUMNS (None where absent)
+    has_counterfactual: torch.Tensor  # [B] bool
+
+    @classmethod
+    def of(cls, batch: dict[str, Any]) -> SplitBatch:
+        inputs = dict(batch)
+        extras = {key: inputs.pop(key, None) for key in BATCH_COLUMNS}
+        inputs.pop("num_items_in_batch", None)
+        labels = inputs.pop("labels")
+        has_cf = extras[HAS_COUNTERFACTUAL]
+        if has_cf is None:
+            has_cf = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
+        extras[HAS_COUNTERFACTUAL] = has_cf
+        return cls(inputs, labels, extras, has_cf)
+
+
+def theta0_weights(
+    split: SplitBatch, settings: NextQuillSettings, causal_token_mask: torch.Tensor
+) -> TokenWeights:
+    """omega_t from the theta_0 effects the plugin attached to the rows (eq. 3 applied here, so
+    that changing delta, lambda or epsilon needs no new pass), 1 for rows without them."""
+    n_tokens = int(causal_token_mask.numel())
+    weights = TokenWeights.uniform(n_tokens, causal_token_mask.device)
+    padded = split.extras[TOKEN_EFFECTS]
+    if not settings.weights_from_theta0 or padded is None:
+        return weights
+    effects = flatten_row_values(padded, targets_per_row(split.labels)).to(weights.weights.device)
+    if effects.shape[0] != n_tokens:
+        raise ValueError(
+            f"NextQuill: {effects.shape[0]} theta_0 effects for {n_tokens} target tokens; "
+            "the effects cache belongs to other data. Delete it or set nextquill_weight_cache_dir."
+        )
+    weights.apply_rule(
+        PreferenceRule.from_settings(settings), effects[causal_token_mask], causal_token_mask
+    )
+    return weights
+
+
+def current_model_effects(
+    lm_head: nn.Module, hidden_with: torch.Tensor, hidden_without: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 4 under the model being trained (the authors' weights), without gradient."""
+    log_p_with = head_token_log_probs(lm_head, hidden_with, ids)
+    log_p_without = head_token_log_probs(lm_head, hidden_without, ids)
+    return causal_effects(log_p_with.exp(), log_p_without.exp())
+
+
 def compute_batch_loss(
     model: nn.Module,
     batch: dict[str, Any],
@@ -89,74 +164,56 @@ def compute_batch_loss(
     window; the summed losses are divided by it, so that gradients do not depend on how the
     window is split into micro-batches. None divides by this micro-batch's target tokens.
     """
-    batch = dict(batch)
-    extras = {key: batch.pop(key, None) for key in BATCH_COLUMNS}
-    batch.pop("num_items_in_batch", None)
-    labels = batch.pop("labels")
+    split = SplitBatch.of(batch)
     lm_head = resolve_lm_head(model)
-    targets = target_positions(labels)
+    targets = target_positions(split.labels)
     token_ids = targets.token_ids
-    has_cf = extras[HAS_COUNTERFACTUAL]
-    if has_cf is None:
-        has_cf = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
-    causal_token_mask = has_cf.to(token_ids.device)[targets.rows]
+    causal_token_mask = split.has_counterfactual.to(token_ids.device)[targets.rows]
     all_paired = bool(causal_token_mask.all())
+    paired_ids = token_ids if all_paired else token_ids[causal_token_mask]
+    weights = theta0_weights(split, settings, causal_token_mask)
 
-    weights = torch.ones_like(token_ids, dtype=torch.float32)
-    if settings.token_weighting and extras[TOKEN_WEIGHTS] is not None:
-        weights = flatten_row_weights(extras[TOKEN_WEIGHTS], targets_per_row(labels)).to(
-            weights.device
-        )
-        if weights.shape != token_ids.shape:
-            raise ValueError(
-                f"NextQuill: {weights.shape[0]} token weights for {token_ids.shape[0]} target tokens; "
-                "the weight cache belongs to other data. Delete it or set nextquill_weight_cache_dir."
-            )
-
-    current_weights = settings.token_weighting and settings.weight_source == WeightSource.current
-    needs_counterfactual = (settings.causal_loss or current_weights) and bool(has_cf.any())
+    causal_loss = settings.causal_loss_weight > 0  # the one place Lp is switched on or off
+    current_weights = settings.weights_from_current_model
+    needs_counterfactual = (causal_loss or current_weights) and bool(split.has_counterfactual.any())
     # The counterfactual pass runs first so that its backward runs last: autograd runs the
     # most recently created nodes first, and with the history pass's backward first its
     # checkpointed activations are freed as parameter gradients grow, as in plain SFT; in the
     # other order all gradients exist before the long pass's backward starts (measured at
     # Qwen2.5-0.5B's shapes with checkpointing: peak 1.02x of ContextSFT's instead of 1.15x).
     if needs_counterfactual:
-        paired_ids = token_ids if all_paired else token_ids[causal_token_mask]
         hidden_without = counterfactual_hidden_states(
-            model,
-            {**extras, HAS_COUNTERFACTUAL: has_cf},
-            paired_ids,
-            settings.causal_loss and settings.counterfactual_gradient,
+            model, split.extras, paired_ids, causal_loss and settings.counterfactual_gradient
         )
+    inputs = dict(split.model_inputs)
     hidden_with, _, outputs = target_hidden_states(
-        model, batch.pop("input_ids"), batch.pop("attention_mask", None), labels, **batch
+        model, inputs.pop("input_ids"), inputs.pop("attention_mask", None), split.labels, **inputs
     )
-
     gather_head_after_forward(model, lm_head)
-    hidden_difference = None  # z_h - z_0; Lp's logits are W (z_h - z_0)
+
+    preference_component = None  # z_h - z_0; Lp's logits are W (z_h - z_0)
     if needs_counterfactual:
         paired_hidden = hidden_with if all_paired else hidden_with[causal_token_mask]
-        hidden_difference = paired_hidden - hidden_without
-        if current_weights:  # the authors' variant: weights from the model being trained
-            log_p_with = head_token_log_probs(lm_head, paired_hidden, paired_ids)
-            log_p_without = head_token_log_probs(lm_head, hidden_without, paired_ids)
-            effects = causal_effects(log_p_with.exp(), log_p_without.exp())
-            weights[causal_token_mask] = preference_weights(
-                effects, settings.delta, settings.high_weight, settings.low_weight
-            )
+        if current_weights:
+            effects = current_model_effects(lm_head, paired_hidden, hidden_without, paired_ids)
+            weights.apply_rule(PreferenceRule.from_settings(settings), effects, causal_token_mask)
+        if causal_loss:
+            preference_component = paired_hidden - hidden_without
 
     n_tokens = int(token_ids.numel())
     # Ln and Lp apply the LM head to final hidden states in chunks: no [N, V] logits held.
     loss = nextquill_loss(
         hidden_with,
         token_ids,
-        weights,
-        causal_preference_logits=hidden_difference if settings.causal_loss else None,
+        weights.weights,
+        preference_component=preference_component,
         causal_token_mask=causal_token_mask,
-        alpha=settings.alpha if settings.causal_loss else 0.0,
+        alpha=settings.causal_loss_weight,
         weight_causal_loss=settings.weight_causal_loss,
         normalizer=num_items_in_batch if num_items_in_batch else max(n_tokens, 1),
         normal_cross_entropy=partial(head_cross_entropy_sum, lm_head),
         causal_cross_entropy=partial(head_cross_entropy_sum, lm_head, without_bias=True),
     )
-    return BatchLoss(loss, weights, causal_token_mask, n_tokens, outputs)
+    return BatchLoss(
+        loss, weights.weights, weights.preference_mask, causal_token_mask, n_tokens, outputs
+    )

@@ -69,3 +69,19 @@ class NextQuillSettings:
         "not through the counterfactual pass (the transformer on the no-history prompt; the "
         "shared LM head still learns from Lp), so the pass needs no backward.",
     )
+
+    @property
+    def causal_loss_weight(self) -> float:
+        """alpha as the loss applies it: 0 when Lp is off (NormOnly, or alpha = 0), in which
+        case training runs no counterfactual pass for Lp."""
+        return self.alpha if self.causal_loss else 0.0
+
+    @property
+    def weights_from_theta0(self) -> bool:
+        """Token weights come from the theta_0 pass before training (the paper)."""
+        return self.token_weighting and self.weight_source == WeightSource.initial
+
+    @property
+    def weights_from_current_model(self) -> bool:
+        """Token weights come from the model being trained, every step (the authors' code)."""
+        return self.token_weighting and self.weight_source == WeightSource.current

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from typing_extensions import override
 
 from dataset_formats.contract import COUNTERFACTUAL_IDS, ROW_COLUMNS
 
 from .args import settings_from
+from .distributed import mean_over_ranks
 from .objective import BatchLoss, compute_batch_loss
 
 # The per-micro-batch metrics the trainer logs (each rank stores its own).
@@ -18,27 +18,6 @@ NEXTQUILL_METRICS = (
     "nextquill/mean_weight",
     "nextquill/preference_token_fraction",
 )
-
-
-def mean_over_ranks(
-    values: dict[str, list[float]], names: tuple[str, ...], device: torch.device | str = "cpu"
-) -> dict[str, float | None]:
-    """Per name, the mean of every rank's stored values (None where no rank has one).
-
-    Every rank must call this at the same point (it is one all-reduce of sums and counts, of
-    the same shape on every rank, whatever each rank stored): Axolotl averages ``loss`` over
-    the ranks, and a rank-0-only mean of these would describe a different set of batches."""
-    totals = torch.tensor(
-        [[float(sum(values.get(n, []))), float(len(values.get(n, [])))] for n in names],
-        dtype=torch.float64,
-        device=device,
-    )
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(totals)
-    return {
-        name: (total / count if count else None)
-        for name, (total, count) in zip(names, totals.tolist(), strict=True)
-    }
 
 
 class NextQuillTrainer(AxolotlTrainer):
@@ -83,9 +62,8 @@ class NextQuillTrainer(AxolotlTrainer):
         scale = float(num_items_in_batch) / result.n_tokens if num_items_in_batch else 1.0
         paired = result.causal_token_mask
         preference_share = 0.0
-        if self.nextquill_settings.token_weighting and bool(paired.any()):
-            high = self.nextquill_settings.high_weight
-            preference_share = (result.weights[paired] >= high).float().mean().item()
+        if bool(paired.any()):  # the share of paired tokens that the rule marked
+            preference_share = result.preference_mask[paired].float().mean().item()
         values = (
             result.loss.normal.item() * scale,
             result.loss.causal.item() * scale,

@@ -14,7 +14,7 @@ import json
 import random
 from pathlib import Path
 
-from dataset_formats.synthetic import synthetic_raw_amazon
+from dataset_formats.build.synthetic import synthetic_raw_amazon
 
 ODD_TEXTS = [
     "  Tabs\tand\nnewlines\r\n and\u3000ideographic\xa0spaces\u2028line\u2029para\x1cfs\x1f  ",

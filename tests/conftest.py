@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nextquill_plugin.testing.local_runs import use_offline_mode
+from nextquill_plugin.demo.local_runs import use_offline_mode
 
 # No test may reach a hub: set before transformers/datasets/axolotl are imported (importing
 # local_runs imports neither).
@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def synthetic_splits():
-    from dataset_formats.synthetic import synthetic_rows
+    from dataset_formats.build.synthetic import synthetic_rows
 
     return synthetic_rows(n_users=16, reviews_per_user=12, seed=0)
 
@@ -21,8 +21,8 @@ def synthetic_splits():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, synthetic_splits):
     """A random-init 2-layer Qwen2 with a locally trained tokenizer, built once."""
-    from dataset_formats.synthetic import corpus_texts
-    from nextquill_plugin.testing.tiny_model import build_tiny_model
+    from dataset_formats.build.synthetic import corpus_texts
+    from nextquill_plugin.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny_model"),
@@ -69,7 +69,7 @@ def load_recipe(tmp_path, tiny_model_dir):
     import yaml
     from axolotl.cli.config import load_cfg
 
-    from nextquill_plugin.testing.local_runs import tiny_recipe
+    from nextquill_plugin.demo.local_runs import tiny_recipe
 
     def _load(**overrides):
         recipe = tiny_recipe(tiny_model_dir, tmp_path / "train.jsonl", tmp_path, **overrides)

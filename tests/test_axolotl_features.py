@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dataset_formats.jsonl import write_jsonl
-from nextquill_plugin.testing.local_runs import logged_metrics, run_axolotl, tiny_recipe
+from nextquill_common.jsonl import write_jsonl
+from nextquill_plugin.demo.local_runs import logged_metrics, run_axolotl, tiny_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,7 @@ def test_resuming_continues_with_the_same_losses_and_the_cached_weights(
 def test_qlora_trains_with_the_lm_head_unquantised(tmp_path, tiny_tokenizer, train_file):
     """bitsandbytes' CPU 4-bit path; theta_0 weights from the current model (see the README:
     on CPU the initial-model pass before the first step trips bitsandbytes' CPU kernel)."""
-    from nextquill_plugin.testing.tiny_model import random_qwen2
+    from nextquill_plugin.demo.tiny_model import random_qwen2
 
     model_dir = tmp_path / "model"
     model = random_qwen2(
@@ -110,7 +110,7 @@ def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our
     import subprocess
     import sys
 
-    from nextquill_plugin.testing.local_runs import offline_env
+    from nextquill_plugin.demo.local_runs import offline_env
 
     recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path, max_steps=4)
     trained(run_axolotl("train", recipe, tmp_path))

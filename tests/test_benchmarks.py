@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nextquill_plugin.testing.local_runs import offline_env
+from nextquill_plugin.demo.local_runs import offline_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

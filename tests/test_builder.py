@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dataset_formats.builder import BuildError, BuildOptions, build, join_description
+from dataset_formats.build import BuildError, BuildOptions, build, join_description
 
 SMALL = BuildOptions(
     min_text_chars=10,
@@ -192,7 +192,7 @@ def test_cli_exit_code_and_message(tmp_path):
         [
             sys.executable,
             "-m",
-            "dataset_formats.cli",
+            "dataset_formats.build.cli",
             "build",
             "--reviews",
             str(empty),
@@ -235,13 +235,13 @@ MEMORY_BOUND_MIB = 3072  # stated bound: peak RSS of a 1M-review build with --me
 
 def test_million_review_build_stays_within_memory_bound(tmp_path):
     """1M generated reviews (not committed) through the CLI; the child's peak RSS is bounded."""
-    from dataset_formats.synthetic import write_synthetic_raw
+    from dataset_formats.build.synthetic import write_synthetic_raw
 
     n_reviews, _ = write_synthetic_raw(tmp_path / "raw", 1_000_000)
     assert n_reviews >= 990_000
     # The builder (and DuckDB, in-process) reports its own peak RSS when it is done.
     measure = (
-        "import resource, sys; from dataset_formats.cli import main; main(sys.argv[1:]); "
+        "import resource, sys; from dataset_formats.build.cli import main; main(sys.argv[1:]); "
         "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     result = subprocess.run(
@@ -343,7 +343,7 @@ def test_output_matches_the_stored_digest_of_the_python_builder(tmp_path, option
 def test_rows_are_the_same_when_users_cross_batch_boundaries(tmp_path, monkeypatch):
     """Stage 2 reads the sorted reviews in batches that end where a user ends; with the smallest
     batches (many users carried over), and DuckDB on one thread, the bytes are the digest's."""
-    from dataset_formats.builder import splits
+    from dataset_formats.build import splits
     from tests.builder_digest_input import write_digest_input
 
     monkeypatch.setattr(splits, "MIN_BATCH_ROWS", 1)

@@ -11,7 +11,7 @@ import duckdb
 import orjson
 import pytest
 
-from dataset_formats.builder.text_rules import (
+from dataset_formats.build.text_rules import (
     WHITESPACE,
     clean_text,
     define_sql_functions,

@@ -52,7 +52,7 @@ def test_losses_by_hand_on_two_tokens():
         logits_with,
         targets,
         weights,
-        causal_preference_logits=logits_with - logits_without,
+        preference_component=logits_with - logits_without,
         alpha=0.5,
     )
     assert out.normal.item() == pytest.approx(ln, abs=1e-6)
@@ -62,16 +62,14 @@ def test_losses_by_hand_on_two_tokens():
         logits_with,
         targets,
         weights,
-        causal_preference_logits=logits_with - logits_without,
+        preference_component=logits_with - logits_without,
         alpha=0.5,
         weight_causal_loss=False,
     )
     assert unweighted.causal.item() == pytest.approx(
         (-math.log(0.75) - math.log(0.25)) / 2, abs=1e-6
     )
-    no_causal = nextquill_loss(
-        logits_with, targets, weights, causal_preference_logits=None, alpha=0.5
-    )
+    no_causal = nextquill_loss(logits_with, targets, weights, preference_component=None, alpha=0.5)
     assert no_causal.total.item() == pytest.approx(ln, abs=1e-6)
     assert nextquill_loss(
         logits_with, targets, weights, normalizer=4
@@ -124,8 +122,7 @@ def test_vectorised_loss_equals_slow_reference():
         logits_with[tw.rows, tw.positions],
         tw.token_ids,
         flat_w,
-        causal_preference_logits=logits_with[tw.rows, tw.positions]
-        - logits_cf[tc.rows, tc.positions],
+        preference_component=logits_with[tw.rows, tw.positions] - logits_cf[tc.rows, tc.positions],
         alpha=0.05,
         normalizer=7,
     )
@@ -140,7 +137,7 @@ def test_gradients_flow_into_both_logit_inputs_but_not_weights():
     difference = torch.randn(4, 6, requires_grad=True)
     weights = torch.rand(4, requires_grad=True)
     out = nextquill_loss(
-        logits_with, torch.tensor([0, 1, 2, 3]), weights, causal_preference_logits=difference
+        logits_with, torch.tensor([0, 1, 2, 3]), weights, preference_component=difference
     )
     out.total.backward()
     assert logits_with.grad is not None and logits_with.grad.abs().sum() > 0
@@ -157,7 +154,7 @@ def test_causal_token_mask_restricts_lp_to_paired_rows():
         logits_with,
         ids,
         w,
-        causal_preference_logits=logits_with[mask] - logits_without,
+        preference_component=logits_with[mask] - logits_without,
         causal_token_mask=mask,
         normalizer=3,
     )

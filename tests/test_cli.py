@@ -85,7 +85,7 @@ def test_the_wheel_ships_recipes_demo_data_license_and_entry_points(tmp_path):
     assert "nextquill_plugin/recipes/mixed_example.yml" in names
     assert "dataset_formats/demo_data/Books_demo.jsonl.gz" in names
     for name in ("model.safetensors", "report.json", "tokenizer.json", "config.json"):
-        assert f"nextquill_plugin/testing/theta0_model/{name}" in names
+        assert f"nextquill_plugin/demo/theta0_model/{name}" in names
     assert "nextquill_plugin/evaluation/significance.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]

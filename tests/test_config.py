@@ -65,9 +65,12 @@ def test_gradient_checkpointing_defaults_to_non_reentrant(load):
     assert plain.gradient_checkpointing_kwargs == stock.gradient_checkpointing_kwargs
 
 
-def test_checks_apply_only_when_nextquill_is_enabled(load):
-    cfg = load(nextquill=False, nextquill_alpha=-1.0, sample_packing=True)
+def test_rules_across_fields_apply_only_when_nextquill_is_enabled(load):
+    cfg = load(nextquill=False, nextquill_low_weight=0.95, sample_packing=True)
     assert cfg.nextquill is False
+    # A field's own bounds are its type (pydantic's): refused whatever nextquill says.
+    with pytest.raises(Exception, match="nextquill_alpha must be >= 0"):
+        load(nextquill=False, nextquill_alpha=-1.0)
 
 
 def test_plugin_is_inert_without_nextquill(load):
@@ -93,7 +96,7 @@ def test_math_and_tools_import_without_axolotl_and_the_plugin_loads_by_its_recip
     probe = (
         "import sys\n"
         "import nextquill_plugin, nextquill_plugin.equations, nextquill_plugin.objective\n"
-        "import nextquill_plugin.lm_head, nextquill_plugin.cli, nextquill_plugin.testing.local_runs\n"
+        "import nextquill_plugin.lm_head, nextquill_plugin.cli, nextquill_plugin.demo.local_runs\n"
         "print(sorted(m for m in ('axolotl', 'bitsandbytes', 'huggingface_hub') if m in sys.modules))\n"
         "from axolotl.integrations.base import BasePlugin, load_plugin\n"
         "from importlib.metadata import entry_points\n"

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import yaml
 
-from dataset_formats.jsonl import write_jsonl
-from nextquill_plugin.testing.local_runs import FULL_FINETUNE, offline_env, tiny_recipe
-from nextquill_plugin.testing.theta0 import PROMPT, THETA0_DIR
+from nextquill_common.jsonl import write_jsonl
+from nextquill_plugin.demo.local_runs import FULL_FINETUNE, offline_env, tiny_recipe
+from nextquill_plugin.demo.theta0 import PROMPT, THETA0_DIR
 
 from .stock_configs import ZERO, ZERO_COMMON, write_zero_config
 

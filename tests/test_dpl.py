@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from dataset_formats.builder import BuildError
-from dataset_formats.cli import main as nextquill_data
-from dataset_formats.jsonl import read_jsonl, write_jsonl
+from dataset_formats.build import BuildError
+from dataset_formats.build.cli import main as nextquill_data
+from nextquill_common.jsonl import read_jsonl, write_jsonl
 
 
 def review(asin: str, timestamp: int, text: str) -> dict:
@@ -61,7 +61,7 @@ def test_dpl_rows_become_user_rows_with_history_oldest_first(tmp_path, dpl_files
 
 
 def test_a_row_that_is_not_dpl_names_its_line_and_writes_nothing(tmp_path, dpl_files):
-    from dataset_formats.dpl import convert_dpl
+    from dataset_formats.build.dpl import convert_dpl
 
     rows, meta = dpl_files
     with open(rows, "a") as handle:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dataset_formats.jsonl import write_jsonl
-from nextquill_plugin.testing.local_runs import logged_metrics, run_axolotl, tiny_recipe
+from nextquill_common.jsonl import write_jsonl
+from nextquill_plugin.demo.local_runs import logged_metrics, run_axolotl, tiny_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -119,7 +119,7 @@ def test_weights_command_fills_the_cache_then_full_finetune_with_eval_uses_it(
     import subprocess
     import sys
 
-    from nextquill_plugin.testing.local_runs import offline_env
+    from nextquill_plugin.demo.local_runs import offline_env
 
     val_file = write_jsonl(tmp_path / "validation.jsonl", synthetic_splits["validation"])
     recipe = tiny_recipe(
@@ -182,7 +182,7 @@ def test_weights_command_refuses_a_recipe_without_nextquill(tmp_path, tiny_model
 
     import yaml
 
-    from nextquill_plugin.testing.local_runs import offline_env
+    from nextquill_plugin.demo.local_runs import offline_env
 
     (tmp_path / "recipe.yml").write_text(
         yaml.safe_dump(tiny_recipe(tiny_model_dir, train_file, tmp_path, nextquill=False))

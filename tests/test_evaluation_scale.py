@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dataset_formats.jsonl import read_jsonl, write_jsonl
+from nextquill_common.jsonl import read_jsonl, write_jsonl
 from nextquill_plugin.cli import main as nextquill
 
 PLUGIN = ["nextquill_plugin.NextQuillPlugin"]
@@ -246,6 +246,7 @@ def view(tokens, effects, special=None):
         p_without=np.zeros_like(effects),
         effects=effects,
         weights=np.where(effects > 0.05, 0.9, 0.1),
+        preference=effects > 0.05,
     )
 
 
@@ -257,7 +258,7 @@ def test_token_chart_counts_shares_and_leaves_out_special_tokens():
         view([" The", " jazz", " The"], [0.0, 0.2, 0.0]),
         view([" The", " jazz", " once"], [0.0, 0.4, 0.9]),
     ]
-    rates = preference_token_rates(views, delta=0.05, min_occurrences=2)
+    rates = preference_token_rates(views, min_occurrences=2)
     assert [(r.token, r.preference, r.occurrences) for r in rates] == [
         ("jazz", 3, 3),
         ("The", 1, 4),
@@ -271,9 +272,7 @@ def test_summary_traces_lambda_tokens_back_to_rows_and_reports_each_model():
     first = [view([" The", " jazz"], [0.0, 0.3]), view([" once", " more"], [0.9, 0.01])]
     first[1].prompt_id = "u/2"
     other = [view([" The", " jazz"], [0.0, 0.0]), view([" once", " more"], [0.0, 0.0])]
-    numbers = summary(
-        {"theta_0": first, "other": other}, preference_token_rates(first, 0.05, 1), 0.05
-    )
+    numbers = summary({"theta_0": first, "other": other}, preference_token_rates(first, 1), 0.05)
     assert numbers["rows"] == [
         {"row": 0, "prompt_id": "u/1", "lambda_tokens": [" jazz"]},
         {"row": 1, "prompt_id": "u/2", "lambda_tokens": [" once"]},

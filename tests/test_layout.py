@@ -16,7 +16,7 @@ from nextquill_plugin.args import NextQuillArgs, NextQuillTrainingArgsMixin, Obj
 from nextquill_plugin.settings import SETTING_PREFIX, NextQuillSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dataset_formats", "nextquill_plugin")
+PACKAGES = ("dataset_formats", "nextquill_plugin", "nextquill_common")
 
 
 def product_modules() -> list[Path]:
@@ -54,15 +54,67 @@ def test_the_data_side_never_imports_the_plugin():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_the_training_core_imports_neither_evaluation_nor_testing_helpers():
+def test_the_training_core_imports_neither_evaluation_nor_the_demo():
     core = [p for p in (ROOT / "nextquill_plugin").glob("*.py") if p.name != "cli.py"]
     for path in core:
         wings = [
             n
             for n in imported_modules(path)
-            if n.startswith(("nextquill_plugin.evaluation", "nextquill_plugin.testing"))
+            if n.startswith(("nextquill_plugin.evaluation", "nextquill_plugin.demo"))
         ]
         assert wings == [], path.name
+
+
+def test_the_common_helpers_import_nothing_of_ours():
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            n
+            for n in imported_modules(path)
+            if n.startswith(("nextquill_plugin", "dataset_formats"))
+        )
+        for path in (ROOT / "nextquill_common").rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_runtime_data_side_never_imports_the_offline_build():
+    for path in (ROOT / "dataset_formats").glob("*.py"):
+        assert not [n for n in imported_modules(path) if n.startswith("dataset_formats.build")]
+
+
+def rule_spellings(path: Path) -> list[tuple[int, str]]:
+    """Comparisons with ``delta`` and uses of lambda/epsilon (``high_weight``, ``low_weight``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                name = getattr(side, "id", None) or getattr(side, "attr", None)
+                if name == "delta":
+                    found.append((node.lineno, "compares with delta"))
+        if isinstance(node, ast.Attribute) and node.attr in ("high_weight", "low_weight"):
+            found.append((node.lineno, node.attr))
+        if isinstance(node, ast.keyword) and node.arg in ("high_weight", "low_weight"):
+            found.append((node.value.lineno, node.arg))
+    return found
+
+
+def test_the_preference_rule_is_applied_only_by_preference_rule(tmp_path):
+    """eq. 3 (effect > delta -> lambda, else epsilon) has one home: ``PreferenceRule``. No other
+    product module or benchmark compares with delta or reads lambda and epsilon."""
+    homes = {"equations.py", "settings.py", "args.py"}  # the rule, the settings, their checks
+    spelled = {
+        str(path.relative_to(ROOT)): rule_spellings(path)
+        for path in [*product_modules(), *(ROOT / "benchmarks").glob("*.py")]
+        if path.name not in homes
+    }
+    assert {k: v for k, v in spelled.items() if v} == {}
+    probe = tmp_path / "probe.py"  # the scan sees each spelling
+    probe.write_text("a = e > delta\nb = s.high_weight\nf(low_weight=0.1)\n")
+    assert [kind for _, kind in rule_spellings(probe)] == [
+        "compares with delta",
+        "high_weight",
+        "low_weight",
+    ]
 
 
 def column_literals(path: Path) -> list[tuple[int, object]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dataset_formats.contract import TOKEN_EFFECTS
 from nextquill_plugin.equations import IGNORE_INDEX
 from nextquill_plugin.objective import NextQuillSettings, compute_batch_loss
 
@@ -21,13 +22,21 @@ def paired_features(paired_rows):
     return paired_rows[:4]
 
 
+def effects_for(weights):
+    """theta_0 effects that the default rule (delta 0.05) turns into ``weights`` (0.9 or 0.1)."""
+    if weights is None:
+        return None
+    assert set(weights) <= {0.9, 0.1}
+    return [1.0 if w == 0.9 else -1.0 for w in weights]
+
+
 def collate(tokenizer, features, weights=None):
     from nextquill_plugin.collator import NextQuillDataCollator
 
     feats = [dict(f) for f in features]
     if weights is not None:
         for f, w in zip(feats, weights, strict=True):
-            f["nq_token_weights"] = w
+            f[TOKEN_EFFECTS] = effects_for(w)
     return NextQuillDataCollator(
         tokenizer, padding=True, pad_to_multiple_of=8, return_tensors="pt"
     )(feats)

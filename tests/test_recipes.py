@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dataset_formats.jsonl import write_jsonl
-from nextquill_plugin.testing.local_runs import offline_env
+from nextquill_common.jsonl import write_jsonl
+from nextquill_plugin.demo.local_runs import offline_env
 
 from .stock_configs import write_zero_config
 

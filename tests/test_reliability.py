@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset_formats.builder import BuildError, BuildOptions, build
-from dataset_formats.builder.output import aside_path
-from dataset_formats.jsonl import write_jsonl
+from dataset_formats.build import BuildError, BuildOptions, build
+from dataset_formats.build.output import aside_path
+from nextquill_common.jsonl import write_jsonl
 
 from .test_builder import SMALL, item, raw_fixture, read_split, review
 
@@ -51,7 +51,7 @@ def test_a_previous_build_is_replaced_whole_and_a_failed_build_keeps_it(tmp_path
     out = tmp_path / "out"
     build_fixture(tmp_path, out)
     first = read_split(out, "train")
-    import dataset_formats.builder as builder
+    import dataset_formats.build as builder
 
     def fail(*_args, **_kwargs):
         raise BuildError("the machine went away")
@@ -81,7 +81,7 @@ def test_a_swap_interrupted_between_renames_is_recovered_by_the_next_build(tmp_p
 def test_without_an_atomic_exchange_the_build_is_swapped_through_an_aside_folder(
     tmp_path, monkeypatch
 ):
-    import dataset_formats.builder.output as output
+    import dataset_formats.build.output as output
 
     out = tmp_path / "out"
     build_fixture(tmp_path, out)
@@ -179,7 +179,7 @@ def test_quiet_build_prints_nothing(tmp_path):
         "1",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "dataset_formats.cli", "build", "--reviews", str(reviews)]
+        [sys.executable, "-m", "dataset_formats.build.cli", "build", "--reviews", str(reviews)]
         + ["--meta", str(meta), "--out", str(tmp_path / "out"), "--quiet", *options],
         capture_output=True,
         text=True,
@@ -303,7 +303,7 @@ def test_bad_recipe_values_are_refused_naming_the_key(load_recipe, overrides, me
 
 
 def test_plugin_keys_on_axolotls_command_line_are_refused():
-    from nextquill_plugin.plugin import refuse_cli_overrides
+    from nextquill_plugin.args import refuse_cli_overrides
 
     with pytest.raises(ValueError, match="--nextquill_alpha on the command line does not reach"):
         refuse_cli_overrides(["/venv/bin/axolotl", "train", "r.yml", "--nextquill_alpha", "0.7"])
@@ -320,7 +320,7 @@ def test_rows_prepared_by_another_recipe_are_refused(tiny_tokenizer, synthetic_s
     from datasets import Dataset
 
     from dataset_formats.amazon_reviews import load
-    from nextquill_plugin.plugin import check_prompt_settings
+    from dataset_formats.checks import check_prompt_settings
 
     rows = synthetic_splits["train"][:3]
     plugin = ["nextquill_plugin.NextQuillPlugin"]
@@ -344,7 +344,7 @@ def test_rows_prepared_by_another_recipe_are_refused(tiny_tokenizer, synthetic_s
 def test_nextquill_without_a_single_paired_row_is_an_error():
     from datasets import Dataset
 
-    from nextquill_plugin.plugin import describe_rows
+    from dataset_formats.checks import describe_rows
 
     alpaca_only = Dataset.from_list([{"input_ids": [1, 2], "labels": [1, 2]}])
     with pytest.raises(ValueError, match="it would train plain SFT"):
@@ -360,7 +360,7 @@ def cached(tiny_model_dir, paired_rows, tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from nextquill_plugin.token_effects import cached_token_effects
+    from nextquill_plugin.effects_cache import cached_token_effects
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     dataset = Dataset.from_list(paired_rows)
@@ -374,21 +374,22 @@ def cached(tiny_model_dir, paired_rows, tmp_path):
 
 
 def test_a_cache_with_wrong_values_for_the_same_rows_is_recomputed(cached, caplog):
+    from nextquill_plugin.effects_cache import load_effects, save_effects
     from nextquill_plugin.token_effects import TokenEffects
 
     run, effects, path = cached
-    _, meta = TokenEffects.load(path)
+    _, meta = load_effects(path)
     offsets = effects.offsets.copy()
     offsets[1:-1] += 1  # same row count and total, other rows' lengths
     forged = TokenEffects(np.ones_like(effects.p_with), np.zeros_like(effects.p_without), offsets)
-    forged.save(path, meta)
+    save_effects(forged, path, meta)
     with caplog.at_level(logging.WARNING):
         again, path2, computed = run()
     assert computed and path2 == path
     assert "does not match this model and data" in caplog.text and str(path) in caplog.text
     assert np.array_equal(again.offsets, effects.offsets)
     assert np.allclose(again.p_with, effects.p_with)
-    assert TokenEffects.load(path)[0].offsets.tolist() == effects.offsets.tolist()  # replaced
+    assert load_effects(path)[0].offsets.tolist() == effects.offsets.tolist()  # replaced
 
 
 def test_a_truncated_cache_file_is_recomputed_with_its_path_named(cached, caplog):

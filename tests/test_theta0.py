@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nextquill_plugin.testing import theta0
+from nextquill_plugin.demo import theta0
 
 
 def test_the_report_describes_the_shipped_model(tmp_path):
@@ -42,7 +42,7 @@ def test_make_theta0_never_replaces_a_folder_it_did_not_write(tmp_path):
 
 
 def test_planted_spans_by_hand():
-    from dataset_formats.synthetic import SyntheticUser
+    from dataset_formats.build.synthetic import SyntheticUser
 
     user = SyntheticUser("u", ("gritty", "relentless", "the pacing never lets up"), "Worth it.")
     text = "I found it gritty and relentless, and the pacing never lets up. Worth it."

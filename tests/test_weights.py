@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from nextquill_plugin.token_effects import TokenEffects, cached_token_effects, compute_token_effects
+from nextquill_plugin.effects_cache import cached_token_effects
+from nextquill_plugin.equations import PreferenceRule
+from nextquill_plugin.token_effects import TokenEffects, compute_token_effects
 
 from .conftest import sharpened_tiny_model
 
@@ -81,22 +83,25 @@ def test_bf16_model_with_float32_modules_gets_autocast(tiny_model_dir, rows):
     assert np.abs(got.p_without - expected.p_without).max() < 0.05
 
 
-def test_row_weights_threshold_by_hand():
+def test_row_effects_and_the_rule_by_hand():
     effects = TokenEffects(
         np.array([0.5, 0.2, 0.9], np.float32),
         np.array([0.4, 0.2, 0.95], np.float32),
-        np.array([0, 2, 3]),
+        np.array([0, 2, 2, 3]),  # the second row has no effects (no counterfactual)
     )
-    assert effects.row_weights(0.05, 0.9, 0.1) == [
-        [pytest.approx(0.9), pytest.approx(0.1)],
-        [pytest.approx(0.1)],
+    assert effects.row_effects() == [
+        [pytest.approx(0.1), pytest.approx(0.0)],
+        None,
+        [pytest.approx(-0.05)],
     ]
-    assert effects.row_weights(0.2, 0.8, 0.3) == [
-        [pytest.approx(0.3), pytest.approx(0.3)],
-        [pytest.approx(0.3)],
-    ]
-    assert effects.preference_token_count(0.05) == 1
-    assert effects.preference_token_count(-0.06) == 3
+    flat = torch.from_numpy(effects.effects())
+    paper, other = PreferenceRule(0.05, 0.9, 0.1), PreferenceRule(0.2, 0.8, 0.3)
+    assert paper.weights(flat).tolist() == pytest.approx([0.9, 0.1, 0.1])
+    assert other.weights(flat).tolist() == pytest.approx([0.3, 0.3, 0.3])
+    assert int(paper.mask(flat).sum()) == 1
+    assert int(PreferenceRule(-0.06, 0.9, 0.1).mask(flat).sum()) == 3
+    # lambda == epsilon: every weight is the same, but only the tokens above delta are marked
+    assert PreferenceRule(0.05, 0.5, 0.5).mask(flat).tolist() == [True, False, False]
 
 
 def test_cache_is_written_once_and_keyed_by_model_and_data(model, rows, tmp_path, monkeypatch):

@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataset_formats.cli_options import option
-from dataset_formats.jsonl import (
-    append_jsonl,
-    read_jsonl,
-    read_jsonl_tolerant,
-    write_jsonl,
-    write_text_atomic,
-)
+from nextquill_common.cli_options import option
+from nextquill_common.jsonl import read_jsonl, write_jsonl, write_text_atomic
 
+from .. import distributed
 from ..batching import length_buckets
-from ..token_effects import distributed_rank_and_size
 from .generation import (
     GenerationSettings,
     generate_continuations,
@@ -34,6 +26,7 @@ from .generation import (
     load_tokenizer,
 )
 from .metrics import METRIC_NAMES, evaluate_texts
+from .predictions_store import PARTIAL_GLOB, PartialPredictions
 from .recipe_data import RecipeRowsRequest, load_strategy
 
 
@@ -58,11 +51,31 @@ def default_out_dir(request: EvaluationRequest, split_name: str) -> Path:
     return base / f"eval-{split_name}"
 
 
-PARTIAL_GLOB = "predictions.partial.rank*.jsonl"  # generated so far, appended batch by batch
+@dataclass
+class GenerationPrompts:
+    """Every row's prompts (with history and counterfactual), name and reference."""
 
+    prompts: list[dict[str, Any]]  # EvaluableType.generation_prompts of each row
+    ids: list[str]
+    references: list[str]
 
-def partial_path(out: Path, rank: int) -> Path:
-    return out / PARTIAL_GLOB.replace("*", str(rank))
+    @classmethod
+    def of(cls, strategy, rows: list[dict], data: Path, max_new_tokens: int) -> GenerationPrompts:
+        """Prompts leaving room for ``max_new_tokens``; a bad row stops with its line number."""
+        built = cls([], [], [])
+        for index, row in enumerate(rows):
+            try:
+                built.prompts.append(strategy.generation_prompts(row, max_new_tokens))
+            except ValueError as error:
+                raise ValueError(f"{data} row {index + 1}: {error}") from None
+            built.ids.append(strategy.prompt_id(row, index))
+            built.references.append(strategy.reference(row))
+        if len(set(built.ids)) != len(built.ids):
+            raise ValueError(f"{data}: rows share prompt ids; give each row a distinct id")
+        return built
+
+    def token_ids(self, rows: list[int], key: str = "prompt_ids") -> list[list[int]]:
+        return [self.prompts[i][key] for i in rows]
 
 
 def run_key(request: EvaluationRequest, generation: GenerationSettings, data: Path) -> str:
@@ -78,50 +91,6 @@ def run_key(request: EvaluationRequest, generation: GenerationSettings, data: Pa
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def generated_so_far(out: Path, key: str, prompt_ids: list[str]) -> dict[int, list[int]]:
-    """Generated token ids by row index from the partial files of the same evaluation (any
-    number of processes); partial files of another evaluation are removed (they are ours)."""
-    tokens: dict[int, list[int]] = {}
-    for partial in sorted(out.glob(PARTIAL_GLOB)):
-        records = read_jsonl_tolerant(partial)
-        usable = [
-            r
-            for r in records
-            if r.get("run") == key
-            and isinstance(r.get("index"), int)
-            and 0 <= r["index"] < len(prompt_ids)
-            and r.get("prompt_id") == prompt_ids[r["index"]]
-        ]
-        if len(usable) < len(records):
-            print(
-                f"nextquill evaluate: {partial} was written by another evaluation; starting over",
-                file=sys.stderr,
-            )
-            return {}
-        tokens.update((r["index"], r["tokens"]) for r in usable)
-    return tokens
-
-
-def join_processes() -> tuple[int, int]:
-    """(rank, world size); under torchrun or accelerate launch, joins the process group
-    (NCCL on GPUs, gloo on CPU) and puts this process on its own GPU."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return distributed_rank_and_size()
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def run_evaluation(
     request: EvaluationRequest, generation: GenerationSettings, show_progress: bool = True
 ) -> dict[str, Any] | None:
@@ -131,8 +100,8 @@ def run_evaluation(
     Everything that can fail is checked before the model loads (recipe, rows, WordNet for
     METEOR). Under torchrun / accelerate launch every process generates its share of the
     length-sorted batches (the batches of a one-process run, so greedy predictions are the
-    same); rank 0 scores and writes. Generated tokens are appended batch by batch to one
-    partial file per process; a rerun of the same evaluation continues from them. The final
+    same); rank 0 scores and writes. Generated tokens are kept batch by batch in
+    ``PartialPredictions``; a rerun of the same evaluation continues from them. The final
     files are written atomically.
     """
     from .wordnet_data import require_wordnet
@@ -142,81 +111,34 @@ def run_evaluation(
     require_wordnet()  # METEOR needs it: fail now, not after hours of generation
     if request.score_only:
         return score_existing(out, request.resamples)
-    rank, world = join_processes()
+    rank, world = distributed.join_processes()
     tokenizer = load_tokenizer(recipe["base_model"], request.checkpoint)
     strategy = load_strategy(dataset_type, tokenizer, recipe)
-    sequence_len = strategy.settings.sequence_len
-    if generation.max_new_tokens >= sequence_len:
-        raise ValueError(
-            f"max_new_tokens ({generation.max_new_tokens}) must be smaller than the recipe's "
-            f"sequence_len ({sequence_len}): the prompt needs room too."
-        )
-    prompts, ids, references = [], [], []
-    for index, row in enumerate(rows):
-        try:
-            prompts.append(strategy.generation_prompts(row, generation.max_new_tokens))
-        except ValueError as error:
-            raise ValueError(f"{data} row {index + 1}: {error}") from None
-        ids.append(strategy.prompt_id(row, index))
-        references.append(strategy.reference(row))
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{data}: rows share prompt ids; give each row a distinct id")
+    check_generation_budget(generation, strategy.settings.sequence_len)
+    prompts = GenerationPrompts.of(strategy, rows, data, generation.max_new_tokens)
+
     out.mkdir(parents=True, exist_ok=True)
-    key = run_key(request, generation, data)
-    done = generated_so_far(out, key, ids)
-    barrier(world)  # every rank has read the partial files before any is removed or grows
-    if not done and rank == 0:
-        for stale in out.glob(PARTIAL_GLOB):
-            stale.unlink()
-    barrier(world)
-    todo = [i for i in range(len(rows)) if i not in done]
+    store = PartialPredictions(out, run_key(request, generation, data), prompts.ids)
+    done = store.resume()
     if done and rank == 0:
         print(f"nextquill evaluate: resuming: {len(done)} of {len(rows)} rows already generated")
-    batches = list(
-        length_buckets([len(prompts[i]["prompt_ids"]) for i in todo], generation.batch_size)
-    )
-    mine = batches[rank::world]
-
-    def keep(batch: list[int], tokens: list[list[int]]) -> None:
-        append_jsonl(
-            partial_path(out, rank),
-            [
-                {"run": key, "index": todo[j], "prompt_id": ids[todo[j]], "tokens": t}
-                for j, t in zip(batch, tokens, strict=True)
-            ],
-        )
-
-    model, _, model_description = load_model_for_generation(
-        recipe["base_model"], request.checkpoint, request.dtype
-    )
     started = time.time()
-    generate_continuations(
-        model,
-        [prompts[i]["prompt_ids"] for i in todo],
-        generation,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        counterfactual_prompts=[prompts[i]["counterfactual_prompt_ids"] for i in todo],
-        show_progress=show_progress and rank == 0,
-        on_batch=keep,
-        batches=mine,
+    model_description = generate_missing(
+        request, generation, recipe, tokenizer, prompts, store, set(done), show_progress
     )
-    barrier(world)
+    distributed.barrier()
     seconds = time.time() - started  # until the last process is done
     if rank != 0:
         return None
-    continuations = generated_so_far(out, key, ids)
-    missing = [i for i in range(len(rows)) if i not in continuations]
-    if missing:
-        raise RuntimeError(f"{len(missing)} rows have no prediction in {out}/{PARTIAL_GLOB}")
-    tokens = [continuations[i] for i in range(len(rows))]
+
+    tokens = store.complete(len(rows))
     records = [
         {
             "user_id": row.get("user_id"),
-            "prompt_id": ids[index],
+            "prompt_id": prompts.ids[index],
             "prediction": tokenizer.decode(tokens[index], skip_special_tokens=True).strip(),
-            "reference": references[index],
-            "history_kept": prompts[index]["history_kept"],
+            "reference": prompts.references[index],
+            "history_kept": prompts.prompts[index]["history_kept"],
         }
         for index, row in enumerate(rows)
     ]
@@ -230,16 +152,57 @@ def run_evaluation(
         "dataset_type": dataset_type,
         "generation": generation.as_dict(),
         "bootstrap_resamples": request.resamples,
-        "rows_truncated": sum(1 for p in prompts if p["truncation"]),
+        "rows_truncated": sum(1 for p in prompts.prompts if p["truncation"]),
         "rows_resumed": len(done),
         "processes": world,
         "generation_seconds": round(seconds, 2),
         "generated_tokens": sum(len(t) for t in tokens),
     }
     document = write_scored(out, records, document, request.resamples, show_progress)
-    for partial in out.glob(PARTIAL_GLOB):
-        partial.unlink()  # their content is in predictions.jsonl now
+    store.remove()  # their content is in predictions.jsonl now
     return document
+
+
+def check_generation_budget(generation: GenerationSettings, sequence_len: int) -> None:
+    if generation.max_new_tokens >= sequence_len:
+        raise ValueError(
+            f"max_new_tokens ({generation.max_new_tokens}) must be smaller than the recipe's "
+            f"sequence_len ({sequence_len}): the prompt needs room too."
+        )
+
+
+def generate_missing(
+    request: EvaluationRequest,
+    generation: GenerationSettings,
+    recipe: dict[str, Any],
+    tokenizer,
+    prompts: GenerationPrompts,
+    store: PartialPredictions,
+    done: set[int],
+    show_progress: bool = True,
+) -> str:
+    """Generate the rows not in ``done``; this process takes its share of the length-sorted
+    batches and keeps each batch in ``store`` as soon as it is generated. Returns what model
+    was loaded, in words."""
+    rank, world = distributed.rank_and_size()
+    todo = [i for i in range(len(prompts.ids)) if i not in done]
+    prompt_ids = prompts.token_ids(todo)
+    batches = list(length_buckets([len(p) for p in prompt_ids], generation.batch_size))
+    model, _, model_description = load_model_for_generation(
+        recipe["base_model"], request.checkpoint, request.dtype
+    )
+    generate_continuations(
+        model,
+        prompt_ids,
+        generation,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        counterfactual_prompts=prompts.token_ids(todo, "counterfactual_prompt_ids"),
+        show_progress=show_progress and rank == 0,
+        on_batch=lambda batch, tokens: store.keep([todo[j] for j in batch], tokens),
+        batches=batches[rank::world],
+    )
+    return model_description
 
 
 def write_scored(

@@ -10,6 +10,7 @@ their occurrences (Fig. 7), and summary.json with the numbers behind them.
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import os
@@ -24,11 +25,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from dataset_formats.cli_options import option
 from dataset_formats.contract import EFFECT_INPUT_COLUMNS, IGNORE_INDEX
-from dataset_formats.jsonl import write_text_atomic
+from nextquill_common.cli_options import option
+from nextquill_common.jsonl import write_text_atomic
 
-from ..equations import causal_effects, preference_weights
+from ..equations import PreferenceRule, causal_effects
 from ..token_effects import compute_token_effects
 from .recipe_data import RecipeRowsRequest, load_strategy
 
@@ -44,14 +45,32 @@ class TokenView:
     p_without: np.ndarray
     effects: np.ndarray
     weights: np.ndarray
+    preference: np.ndarray  # bool: the rule marks the token preference-bearing (weight lambda)
+
+    @classmethod
+    def of(cls, prompt_id, tokens, special, p_with, p_without, rule: PreferenceRule) -> TokenView:
+        """A view whose effects (eq. 4), weights and marks (eq. 3) follow from the probabilities."""
+        effects = causal_effects(torch.from_numpy(p_with), torch.from_numpy(p_without))
+        return cls(
+            prompt_id=prompt_id,
+            tokens=tokens,
+            special=special,
+            p_with=p_with,
+            p_without=p_without,
+            effects=effects.numpy(),
+            weights=rule.weights(effects).numpy(),
+            preference=rule.mask(effects).numpy(),
+        )
 
 
 def paired_rows(strategy, rows: Sequence[dict[str, Any]]) -> dict[str, list]:
-    """Training-identical tokenization of ``rows``, counterfactual prompts included."""
-    strategy.settings = replace(strategy.settings, emit_counterfactual=True)
+    """Training-identical tokenization of ``rows``, counterfactual prompts included (by a copy
+    of ``strategy``: the caller's is left as it was)."""
+    paired = copy.copy(strategy)
+    paired.settings = replace(strategy.settings, emit_counterfactual=True)
     columns: dict[str, list] = {column: [] for column in EFFECT_INPUT_COLUMNS}
     for row in rows:
-        example = strategy.tokenize_prompt(row)
+        example = paired.tokenize_prompt(row)
         for key in columns:
             columns[key].append(example[key])
     return columns
@@ -63,9 +82,7 @@ def token_views(
     prompt_ids: Sequence[str],
     columns: dict[str, list],
     *,
-    delta: float,
-    high_weight: float,
-    low_weight: float,
+    rule: PreferenceRule,
     batch_size: int = 4,
     show_progress: bool = True,
 ) -> list[TokenView]:
@@ -83,17 +100,14 @@ def token_views(
     for i, name in enumerate(prompt_ids):
         p_with, p_without = effects.row(i)
         target_ids = [t for t in columns["labels"][i] if t != IGNORE_INDEX][: len(p_with)]
-        effect = causal_effects(torch.from_numpy(p_with), torch.from_numpy(p_without))
-        weights = preference_weights(effect, delta, high_weight, low_weight)
         views.append(
-            TokenView(
-                prompt_id=name,
-                tokens=[tokenizer.decode([t]) for t in target_ids],
-                special=np.array([t in special for t in target_ids], dtype=bool),
-                p_with=p_with,
-                p_without=p_without,
-                effects=effect.numpy(),
-                weights=weights.numpy(),
+            TokenView.of(
+                name,
+                [tokenizer.decode([t]) for t in target_ids],
+                np.array([t in special for t in target_ids], dtype=bool),
+                p_with,
+                p_without,
+                rule,
             )
         )
     return views
@@ -106,12 +120,12 @@ def _colour(effect: float, scale: float) -> tuple[int, int, int]:
     return (255, fade, fade) if effect > 0 else (fade, fade, 255)
 
 
-def _html_legend(scale: float, delta: float) -> str:
+def _html_legend(scale: float, rule: PreferenceRule) -> str:
     """A row of swatches from -scale to +scale, with the effect each colour stands for."""
     cells = []
     for effect in np.linspace(-scale, scale, 9):
         red, green, blue = _colour(float(effect), scale)
-        css = "swatch pref" if effect > delta else "swatch"
+        css = "swatch pref" if rule.mask(effect) else "swatch"
         cells.append(
             f'<span class="{css}" style="background:rgb({red},{green},{blue});padding:0 .6em">'
             f"{effect:+.2f}</span>"
@@ -119,10 +133,11 @@ def _html_legend(scale: float, delta: float) -> str:
     return '<p class="legend">effect: ' + " ".join(cells) + "</p>"
 
 
-def render_html(views: Sequence[TokenView], *, delta: float, title: str) -> str:
+def render_html(views: Sequence[TokenView], *, rule: PreferenceRule, title: str) -> str:
     """A standalone page: one paragraph per sample, tokens coloured by causal effect; hovering a
     token shows p with/without history, the effect and the weight; preference-bearing tokens
     (effect > delta) are underlined."""
+    delta = rule.delta
     scale = max([float(np.abs(v.effects).max()) for v in views if len(v.effects)] + [delta])
     parts = [
         "<!DOCTYPE html>",
@@ -134,17 +149,23 @@ def render_html(views: Sequence[TokenView], *, delta: float, title: str) -> str:
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Colour: causal effect p(y|x,h) - p(y|x) (red: the history makes the token more "
         f"likely; blue: less). Underlined: effect &gt; delta = {delta:g} (weight lambda).</p>",
-        _html_legend(scale, delta),
+        _html_legend(scale, rule),
     ]
     for view in views:
         spans = []
         if not view.tokens:
             spans.append("<em>no counterfactual for this row (its history did not fit)</em>")
-        for token, pw, pn, effect, weight in zip(
-            view.tokens, view.p_with, view.p_without, view.effects, view.weights, strict=True
+        for token, pw, pn, effect, weight, marked in zip(
+            view.tokens,
+            view.p_with,
+            view.p_without,
+            view.effects,
+            view.weights,
+            view.preference,
+            strict=True,
         ):
             red, green, blue = _colour(float(effect), scale)
-            css = "t pref" if effect > delta else "t"
+            css = "t pref" if marked else "t"
             tip = f"p_with={pw:.4f} p_without={pn:.4f} effect={effect:+.4f} weight={weight:g}"
             spans.append(
                 f'<span class="{css}" style="background:rgb({red},{green},{blue})" '
@@ -170,17 +191,19 @@ def render_terminal(views: Sequence[TokenView], *, delta: float, colour: bool = 
     scale = max([float(np.abs(v.effects).max()) for v in views if len(v.effects)] + [delta])
     lines = []
     for view in views:
-        marked = int((view.effects > delta).sum())
+        marked = int(view.preference.sum())
         lines.append(
             f"== {view.prompt_id}: {marked}/{len(view.tokens)} tokens with effect > {delta:g}"
         )
         text = []
-        for token, effect in zip(view.tokens, view.effects, strict=True):
+        for token, effect, preference in zip(
+            view.tokens, view.effects, view.preference, strict=True
+        ):
             if not colour:
-                text.append(f"[{token}]" if effect > delta else token)
+                text.append(f"[{token}]" if preference else token)
                 continue
             red, green, blue = _colour(float(effect), scale)
-            style = "\x1b[4m" if effect > delta else ""
+            style = "\x1b[4m" if preference else ""
             text.append(f"\x1b[48;2;{red};{green};{blue}m\x1b[30m{style}{token}\x1b[0m")
         lines.append("".join(text))
     return "\n".join(lines) + "\n"
@@ -206,21 +229,21 @@ class TokenRate:
         return self.preference / self.occurrences
 
 
-def preference_token_rates(
-    views: Sequence[TokenView], delta: float, min_occurrences: int = 3
-) -> list[TokenRate]:
+def preference_token_rates(views: Sequence[TokenView], min_occurrences: int = 3) -> list[TokenRate]:
     """Tokens by the share of their occurrences that cross delta (Fig. 7), special tokens and
     tokens seen fewer than ``min_occurrences`` times left out, so that a frequent word does not
     win by frequency alone. Highest share first, then most occurrences."""
     seen: Counter[str] = Counter()
     marked: Counter[str] = Counter()
     for view in views:
-        for token, effect, special in zip(view.tokens, view.effects, view.special, strict=True):
+        for token, preference, special in zip(
+            view.tokens, view.preference, view.special, strict=True
+        ):
             text = token.strip()
             if special or not text:
                 continue
             seen[text] += 1
-            marked[text] += int(effect > delta)
+            marked[text] += int(preference)
     rates = [
         TokenRate(text, n, marked[text])
         for text, n in seen.items()
@@ -288,12 +311,12 @@ def summary(
     that get lambda under the first model, so that they can be traced back to the data."""
     models = {}
     for name, model_views in views.items():
-        effects = np.concatenate([v.effects for v in model_views] or [np.zeros(0)])
+        marked = np.concatenate([v.preference for v in model_views] or [np.zeros(0, bool)])
         gaps = log_probability_differences(model_views)
         models[name] = {
-            "target_tokens": int(len(effects)),
+            "target_tokens": int(len(marked)),
             "mean_log_prob_gap": float(gaps.mean()) if len(gaps) else None,
-            "lambda_share": float((effects > delta).mean()) if len(effects) else None,
+            "lambda_share": float(marked.mean()) if len(marked) else None,
         }
     first = next(iter(views.values()), [])
     return {
@@ -304,7 +327,7 @@ def summary(
                 "row": index,
                 "prompt_id": view.prompt_id,
                 "lambda_tokens": [
-                    t for t, e in zip(view.tokens, view.effects, strict=True) if e > delta
+                    t for t, marked in zip(view.tokens, view.preference, strict=True) if marked
                 ],
             }
             for index, view in enumerate(first)
@@ -338,8 +361,8 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
     recipe, dataset_type, data, rows = request.load_recipe_and_rows(
         max(request.samples, request.plot_samples)
     )
-    settings = settings_from(recipe)  # validated, with the defaults training uses
-    delta, high, low = settings.delta, settings.high_weight, settings.low_weight
+    rule = PreferenceRule.from_settings(settings_from(recipe))  # validated, as in training
+    delta = rule.delta
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -357,15 +380,13 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
             tokenizer,
             [strategy.prompt_id(row, i) for i, row in enumerate(rows)],
             paired_rows(strategy, rows),
-            delta=delta,
-            high_weight=high,
-            low_weight=low,
+            rule=rule,
             show_progress=show_progress,
         )
         del model
     primary = views[request.name]
     shown = primary[: request.samples]
-    rates = preference_token_rates(primary, delta)
+    rates = preference_token_rates(primary)
     paths = {
         "html": out / "tokens.html",
         "histogram": out / "logprob_difference.png",
@@ -373,7 +394,7 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
         "summary": out / "summary.json",
     }
     title = f"NextQuill token effects under {request.name} ({data.name})"
-    write_text_atomic(paths["html"], render_html(shown, delta=delta, title=title))
+    write_text_atomic(paths["html"], render_html(shown, rule=rule, title=title))
     if request.terminal:
         print(render_terminal(shown, delta=delta, colour=use_colour()), end="")
     plot_difference_histogram(

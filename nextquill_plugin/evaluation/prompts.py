@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dataset_formats.cli_options import option
+from nextquill_common.cli_options import option
 
 from .generation import GenerationSettings, load_tokenizer
 from .recipe_data import RecipeRowsRequest, load_strategy

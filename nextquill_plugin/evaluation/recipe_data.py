@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from dataset_formats.cli_options import option
-from dataset_formats.jsonl import read_jsonl
 from dataset_formats.strategy import EvaluableType
+from nextquill_common.cli_options import option
+from nextquill_common.jsonl import read_jsonl
 
 EVALUABLE_TYPES = ("dataset_formats.amazon_reviews", "dataset_formats.paired")
 

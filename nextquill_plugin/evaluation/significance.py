@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dataset_formats.jsonl import read_jsonl
+from nextquill_common.jsonl import read_jsonl
 
 from .metrics import METRIC_NAMES, CorpusBleu
 

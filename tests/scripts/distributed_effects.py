@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-import nextquill_plugin.token_effects as weights
+import nextquill_plugin.effects_cache as weights
 
 torch.distributed.init_process_group("gloo")  # what a launcher does before the trainer exists
 model_dir, data_file, cache_dir, report = sys.argv[1:5]

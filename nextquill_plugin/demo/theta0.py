@@ -1,7 +1,7 @@
 """A theta_0 that reads the history: the checkpoint the demo and the planted benchmark start
 from (shipped in ``theta0_model/``, 2 MB), and the script that makes it.
 
-    python -m nextquill_plugin.testing.theta0 [--out DIR] [--history-steps N] [--mixed-steps M]
+    python -m nextquill_plugin.demo.theta0 [--out DIR] [--history-steps N] [--mixed-steps M]
 
 NextQuill's weights are only as good as theta_0's reading of the history: a token gets lambda
 when the history raises its probability by more than delta. The paper's theta_0 is a pretrained
@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_formats.jsonl import read_jsonl, write_jsonl
+from nextquill_common.jsonl import read_jsonl, write_jsonl
 
+from ..equations import PreferenceRule
 from .local_runs import (
     FULL_FINETUNE,
     build_benchmark_model,
@@ -45,7 +46,7 @@ THETA0_SEED, MEASURE_SEED = 12, 11  # populations: theta_0's own, the planted be
 USERS = 120
 # The prompt settings theta_0 is trained and measured with (and the demo and benchmark use).
 PROMPT = {"sequence_len": 1024, "nextquill_history_k": 4, "micro_batch_size": 4}
-DELTA = 0.05  # the default nextquill_delta
+RULE = PreferenceRule.from_settings()  # the recipes' default delta, lambda, epsilon
 # Files of Axolotl's output folder that the shipped checkpoint leaves out (logs, model card).
 NOT_SHIPPED = frozenset({"debug.log", "README.md", "training_args.bin", "trainer_state.json"})
 TARGET_FIRST_TOKEN_RECALL, TARGET_PRECISION = 0.8, 0.5
@@ -59,8 +60,8 @@ def say(message: str) -> None:
 
 def population_rows(out: Path, seed: int, n_users: int = USERS) -> list[dict]:
     """Train rows of a synthetic population (raw Amazon schema, through our builder)."""
-    from dataset_formats.builder import BuildOptions, build
-    from dataset_formats.synthetic import synthetic_raw_amazon
+    from dataset_formats.build import BuildOptions, build
+    from dataset_formats.build.synthetic import synthetic_raw_amazon
 
     reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed)
     raw = out / f"raw_{seed}"
@@ -112,7 +113,9 @@ def planted_spans(text: str, user) -> list[tuple[int, int, bool]]:
     return spans
 
 
-def planted_token_scores(model_dir: Path, rows: list[dict], truth: dict, delta: float = DELTA):
+def planted_token_scores(
+    model_dir: Path, rows: list[dict], truth: dict, rule: PreferenceRule = RULE
+):
     """theta_0's lambda tokens (effect > delta) against the planted tokens of ``rows``: shares;
     precision (lambda tokens that are planted); recall over all planted tokens, over the first
     token of each planted span (later tokens of a phrase follow from its first, with or
@@ -131,9 +134,7 @@ def planted_token_scores(model_dir: Path, rows: list[dict], truth: dict, delta: 
         tokenizer,
         [strategy.prompt_id(row, i) for i, row in enumerate(rows)],
         paired_rows(strategy, rows),
-        delta=delta,
-        high_weight=0.9,
-        low_weight=0.1,
+        rule=rule,
         batch_size=8,
         show_progress=False,
     )
@@ -146,7 +147,7 @@ def planted_token_scores(model_dir: Path, rows: list[dict], truth: dict, delta: 
             "offset_mapping"
         ][: len(view.effects)]
         spans = planted_spans(text, truth[row["user_id"]])
-        lam = view.effects[: len(offsets)] > delta
+        lam = view.preference[: len(offsets)]
         in_span = np.array([any(s < e2 and e1 < e for s, e, _ in spans) for e1, e2 in offsets])
         counts["tokens"] += len(lam)
         counts["marked"] += int(lam.sum())
@@ -173,7 +174,7 @@ def planted_token_scores(model_dir: Path, rows: list[dict], truth: dict, delta: 
 
 def measurement_rows(work: Path, n_rows: int = 200) -> tuple[list[dict], dict]:
     """The planted benchmark's users (not theta_0's): rows and each user's planted truth."""
-    from dataset_formats.synthetic import synthetic_users
+    from dataset_formats.build.synthetic import synthetic_users
 
     rows = population_rows(work, MEASURE_SEED)[:n_rows]
     return rows, {user.user_id: user for user in synthetic_users(USERS, MEASURE_SEED)}
@@ -232,7 +233,7 @@ def make_theta0(
         "layers": num_layers,
         "history_steps": history_steps,
         "mixed_steps": mixed_steps,
-        "delta": DELTA,
+        "delta": RULE.delta,
         "prompt": PROMPT,
         "populations": {"trained_on_seed": THETA0_SEED, "measured_on_seed": MEASURE_SEED},
         "scores": scores,
@@ -249,11 +250,11 @@ def make_theta0(
 def remeasure(out: Path, work: Path) -> dict:
     """Measure an existing theta_0 again (after a change of the measurement) and rewrite its
     report; the model must be the one the report names."""
-    from dataset_formats.jsonl import write_text_atomic
+    from nextquill_common.jsonl import write_text_atomic
 
     report = load_report(out)
     rows, truth = measurement_rows(work, report["scores"]["rows"])
-    report["scores"] = planted_token_scores(out, rows, truth, report["delta"])
+    report["scores"] = planted_token_scores(out, rows, truth)
     report["meets_target"] = meets_target(report["scores"])
     write_text_atomic(out / REPORT, json.dumps(report, indent=2) + "\n")
     return report

@@ -12,10 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from .builder import BuildError, BuildOptions, build
-from .cli_options import add_dataclass_options, dataclass_from_args
+from . import BuildError, BuildOptions, build
+from nextquill_common.cli_options import add_dataclass_options, dataclass_from_args
 from .dpl import convert_dpl
-from .jsonl import write_jsonl
+from nextquill_common.jsonl import write_jsonl
 
 
 def main(argv: list[str] | None = None) -> None:

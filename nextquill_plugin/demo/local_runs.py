@@ -148,7 +148,7 @@ def build_benchmark_model(
 ) -> Path:
     """A tiny Qwen2 for the demo and the benchmarks (by default 2 layers, hidden 96) with a
     1000-token vocabulary, its tokenizer trained on the texts of up to 400 rows of each set."""
-    from dataset_formats.synthetic import corpus_texts
+    from dataset_formats.build.synthetic import corpus_texts
 
     from .tiny_model import build_tiny_model
 

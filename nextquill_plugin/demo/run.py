@@ -2,8 +2,8 @@
 
 1. Builds train/validation/test rows from the shipped raw Amazon-Reviews-2023-schema demo files
    with the builder (`nextquill-data build`).
-2. theta_0: the shipped tiny Qwen2 that reads the history (``testing/theta0_model``, made by
-   ``python -m nextquill_plugin.testing.theta0`` on another population of synthetic users:
+2. theta_0: the shipped tiny Qwen2 that reads the history (``demo/theta0_model``, made by
+   ``python -m nextquill_plugin.demo.theta0`` on another population of synthetic users:
    with-history steps, then mixed steps with half of the rows without history), checked
    against the report that measured it.
 3. From theta_0, trains ContextSFT and NextQuill on the demo users with the same budget.
@@ -49,7 +49,7 @@ def train(name: str, recipe: dict) -> list[dict]:
 
 def build_data() -> Path:
     """Demo rows from the shipped raw files."""
-    from dataset_formats.builder import BuildOptions, build
+    from dataset_formats.build import BuildOptions, build
     from dataset_formats.demo_data import DEMO_META, DEMO_REVIEWS
 
     data = OUT / "data"
