@@ -64,15 +64,31 @@ def _bounds_message(setting: Field, value: Any) -> str:
     return f"{key} must lie in [{low}, {high}{closing} (got {value})."
 
 
-def _reword_bound_errors(value: Any, handler: Any, info: ValidationInfo) -> Any:
-    """pydantic checks the bounds; a value outside them is refused in our words."""
+def _describe_errors(value: Any, handler: Any, info: ValidationInfo) -> Any:
+    """pydantic checks each setting's type and bounds; a refused value is described in our
+    words, naming the key, what it takes and the value given."""
     try:
         return handler(value)
     except ValidationError as error:
+        setting = _SETTINGS_BY_KEY[info.field_name]
         if any(e["type"] in _BOUND_ERRORS for e in error.errors()):
-            setting = _SETTINGS_BY_KEY[info.field_name]
-            raise PydanticCustomError("nextquill_bounds", _bounds_message(setting, value)) from None
-        raise
+            message = _bounds_message(setting, value)
+        else:
+            message = f"{info.field_name}: {error.errors()[0]['msg']} (got {value!r})"
+            if isinstance(value, str) and _reads_as_number(value):
+                message += (
+                    f"; YAML reads {value} as text: write it as a decimal (e.g. 0.05) or with a "
+                    "dot and a signed exponent (5.0e-2)"
+                )
+        raise PydanticCustomError("nextquill_setting", message) from None
+
+
+def _reads_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 _BOUND_ERRORS = {"greater_than_equal", "less_than_equal", "less_than"}
@@ -83,7 +99,7 @@ ObjectiveArgs: type[BaseModel] = create_model(
     "ObjectiveArgs",
     __doc__="Recipe keys of the objective, derived from ``NextQuillSettings``.",
     __validators__={
-        "reword_bound_errors": field_validator(*_SETTINGS_BY_KEY, mode="wrap")(_reword_bound_errors)
+        "describe_errors": field_validator(*_SETTINGS_BY_KEY, mode="wrap")(_describe_errors)
     },
     **{key: (_SETTING_TYPES[f.name], _schema_field(f)) for key, f in _SETTINGS_BY_KEY.items()},
 )

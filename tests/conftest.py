@@ -11,6 +11,13 @@ use_offline_mode()
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """e2e and distributed tests are slow ones too: `pytest -m "not slow"` leaves them out."""
+    for item in items:
+        if item.get_closest_marker("e2e") or item.get_closest_marker("distributed"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def synthetic_splits():
     from dataset_formats.build.synthetic import synthetic_rows
@@ -79,3 +86,38 @@ def load_recipe(tmp_path, tiny_model_dir):
         return load_cfg(str(path))
 
     return _load
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory, tiny_model_dir, synthetic_splits):
+    """An amazon_reviews recipe, a paired recipe, and recipes/mixed_example.yml with local paths."""
+    import yaml
+
+    from nextquill_common.jsonl import write_jsonl
+
+    from .evaluation_helpers import PLUGIN, ROOT, paired_rows_of
+
+    folder = tmp_path_factory.mktemp("recipes")
+    amazon, paired = folder / "amazon", folder / "paired"
+    for split in ("train", "test"):
+        write_jsonl(amazon / f"{split}.jsonl", synthetic_splits[split][:8])
+        write_jsonl(paired / f"{split}.jsonl", paired_rows_of(synthetic_splits[split][:8]))
+    common = {
+        "base_model": str(tiny_model_dir),
+        "plugins": PLUGIN,
+        "nextquill": True,
+        "nextquill_history_k": 2,
+        "sequence_len": 512,
+    }
+    made = {}
+    for name, data, kind in (("amazon", amazon, "amazon_reviews"), ("paired", paired, "paired")):
+        dataset = {"path": str(data / "train.jsonl"), "type": f"dataset_formats.{kind}"}
+        made[name] = folder / f"{name}.yml"
+        made[name].write_text(yaml.safe_dump({**common, "datasets": [dataset]}))
+    mixed = yaml.safe_load((ROOT / "recipes" / "mixed_example.yml").read_text())
+    mixed["datasets"][0]["path"] = str(folder / "instructions.jsonl")
+    mixed["datasets"][1]["path"] = str(amazon / "train.jsonl")
+    mixed.update(common)
+    made["mixed"] = folder / "mixed.yml"
+    made["mixed"].write_text(yaml.safe_dump(mixed))
+    return made

@@ -75,6 +75,7 @@ def test_builder_benchmark_reports_sizes_threads_and_bounds(tmp_path):
     assert list(tmp_path.iterdir()) == []  # generated files and outputs removed
 
 
+@pytest.mark.slow
 def test_planted_preference_benchmark_smoke(tmp_path):
     output = run_script("planted_preference.py", "--smoke", "--out", str(tmp_path), timeout=1200)
     assert "theta_0's lambda tokens" in output
@@ -114,6 +115,7 @@ def test_benchmarks_go_offline_before_anything_reads_the_offline_setting():
         assert result.stdout.strip() == "True", name
 
 
+@pytest.mark.slow
 def test_generation_throughput_benchmark_compares_one_and_two_processes():
     output = run_script(
         "generation_throughput.py", "--rows", "6", "--max-new-tokens", "4", "--rounds", "1"

@@ -233,6 +233,7 @@ def test_shipped_demo_data_builds_and_feeds_the_dataset_type(tmp_path, tiny_toke
 MEMORY_BOUND_MIB = 3072  # stated bound: peak RSS of a 1M-review build with --memory-limit 1GB
 
 
+@pytest.mark.slow
 def test_million_review_build_stays_within_memory_bound(tmp_path):
     """1M generated reviews (not committed) through the CLI; the child's peak RSS is bounded."""
     from dataset_formats.build.synthetic import write_synthetic_raw

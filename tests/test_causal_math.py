@@ -9,13 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from nextquill_plugin.equations import (
-    IGNORE_INDEX,
     causal_effects,
     nextquill_loss,
     preference_weights,
     target_positions,
     token_log_probs,
 )
+from nextquill_plugin.settings import NextQuillSettings
+
+from .slow_reference import ReferenceRow, slow_loss
 
 
 def test_target_positions_are_shifted_and_row_major():
@@ -83,29 +85,6 @@ def test_token_log_probs_matches_softmax():
     assert torch.allclose(token_log_probs(logits, ids), expected, atol=1e-6)
 
 
-def slow_reference(
-    logits_with, logits_without, labels_with, labels_without, weights, alpha, normalizer
-):
-    """Explicit loops over rows and positions with full logits: what eq. 5-7 say."""
-    ln = lp = 0.0
-    for b in range(labels_with.shape[0]):
-        with_pos = [
-            p for p in range(labels_with.shape[1] - 1) if labels_with[b, p + 1] != IGNORE_INDEX
-        ]
-        cf_pos = [
-            p
-            for p in range(labels_without.shape[1] - 1)
-            if labels_without[b, p + 1] != IGNORE_INDEX
-        ]
-        assert len(with_pos) == len(cf_pos)
-        for k, (pw, pc) in enumerate(zip(with_pos, cf_pos, strict=True)):
-            y = int(labels_with[b, pw + 1])
-            w = float(weights[b][k])
-            ln += w * -torch.log_softmax(logits_with[b, pw], -1)[y].item()
-            lp += w * -torch.log_softmax(logits_with[b, pw] - logits_without[b, pc], -1)[y].item()
-    return ln / normalizer, lp / normalizer, (ln + alpha * lp) / normalizer
-
-
 def test_vectorised_loss_equals_slow_reference():
     torch.manual_seed(0)
     vocab = 13
@@ -126,10 +105,16 @@ def test_vectorised_loss_equals_slow_reference():
         alpha=0.05,
         normalizer=7,
     )
-    ln, lp, total = slow_reference(logits_with, logits_cf, labels_with, labels_cf, weights, 0.05, 7)
-    assert out.normal.item() == pytest.approx(ln, abs=1e-5)
-    assert out.causal.item() == pytest.approx(lp, abs=1e-5)
-    assert out.total.item() == pytest.approx(total, abs=1e-5)
+    rows = [
+        ReferenceRow(
+            logits_with[b], labels_with[b].tolist(), weights[b], logits_cf[b], labels_cf[b].tolist()
+        )
+        for b in range(2)
+    ]
+    ln, lp, total = slow_loss(rows, NextQuillSettings(alpha=0.05), normalizer=7)
+    assert out.normal.item() == pytest.approx(ln.item(), abs=1e-5)
+    assert out.causal.item() == pytest.approx(lp.item(), abs=1e-5)
+    assert out.total.item() == pytest.approx(total.item(), abs=1e-5)
 
 
 def test_gradients_flow_into_both_logit_inputs_but_not_weights():

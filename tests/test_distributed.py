@@ -28,6 +28,7 @@ import yaml
 from nextquill_common.jsonl import write_jsonl
 from nextquill_plugin.demo.local_runs import FULL_FINETUNE, offline_env, tiny_recipe
 from nextquill_plugin.demo.theta0 import PROMPT, THETA0_DIR
+from nextquill_plugin.trainer import NEXTQUILL_METRICS
 
 from .stock_configs import ZERO, ZERO_COMMON, write_zero_config
 
@@ -39,12 +40,6 @@ ADAPTERS = {
     "lora": {"lora_dropout": 0.0, "learning_rate": 1.0},  # no dropout: ranks draw other masks
     "full": {**FULL_FINETUNE, "learning_rate": 0.1},
 }
-NEXTQUILL_PARTS = (
-    "nextquill/normal_loss",
-    "nextquill/causal_loss",
-    "nextquill/mean_weight",
-    "nextquill/preference_token_fraction",
-)
 
 
 def fsdp2(reshard_after_forward: bool) -> dict:
@@ -170,7 +165,7 @@ def test_every_parallel_path_trains_as_ddp_does(runs, adapter, path):
     ddp = runs(f"{adapter} DDP", **ADAPTERS[adapter])
     one = runs(f"{adapter} 1 process", 1, gradient_accumulation_steps=2, **ADAPTERS[adapter])
     other = runs(f"{adapter} {path}", **ADAPTERS[adapter], **PATHS[path])
-    for key in ("loss", *NEXTQUILL_PARTS):
+    for key in ("loss", *NEXTQUILL_METRICS):
         np.testing.assert_allclose(column(other, key), column(ddp, key), atol=1e-4, err_msg=key)
     assert np.abs(column(other, "loss") - column(one, "loss")).max() < 5e-3
 

@@ -10,6 +10,8 @@ from nextquill_plugin.equations import IGNORE_INDEX
 from nextquill_plugin.objective import NextQuillSettings, compute_batch_loss
 
 from .conftest import sharpened_tiny_model
+from .slow_reference import ReferenceRow
+from .slow_reference import slow_loss as reference_loss
 
 
 @pytest.fixture(scope="module")
@@ -43,45 +45,27 @@ def collate(tokenizer, features, weights=None):
 
 
 def slow_loss(model, features, weights, settings: NextQuillSettings, normalizer):
-    """Full logits for every position of both passes, one row at a time, explicit loops.
+    """The shared slow reference on full logits of each row, run one unpadded row at a time.
 
-    A row without a counterfactual prompt (ordinary SFT data) adds plain cross-entropy.
+    Without ``counterfactual_gradient`` the counterfactual pass is a constant: its final hidden
+    states are detached and the (trained) LM head is applied to them.
     """
-    total = 0.0
+    rows = []
     for row, w_row in zip(features, weights, strict=True):
-        out_with = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+        logits_with = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
         if "cf_input_ids" not in row:
-            for p in range(len(row["labels"]) - 1):
-                if row["labels"][p + 1] != IGNORE_INDEX:
-                    total = total - torch.log_softmax(out_with[p], -1)[row["labels"][p + 1]]
+            rows.append(ReferenceRow(logits_with, row["labels"]))
             continue
-        out_cf = model(input_ids=torch.tensor([row["cf_input_ids"]])).logits[0]
-        if not settings.counterfactual_gradient:  # the pass is a constant; the head is not
-            run = model(input_ids=torch.tensor([row["cf_input_ids"]]), output_hidden_states=True)
+        run = model(input_ids=torch.tensor([row["cf_input_ids"]]), output_hidden_states=True)
+        logits_without = run.logits[0]
+        if not settings.counterfactual_gradient:
             final_hidden = run.hidden_states[-1][0].detach()
-            assert torch.allclose(model.lm_head(final_hidden), run.logits[0], atol=1e-5)
-            out_cf = model.lm_head(final_hidden)
-        pos_with = [
-            p for p in range(len(row["labels"]) - 1) if row["labels"][p + 1] != IGNORE_INDEX
-        ]
-        pos_cf = [
-            p for p in range(len(row["cf_labels"]) - 1) if row["cf_labels"][p + 1] != IGNORE_INDEX
-        ]
-        for k, (pw, pc) in enumerate(zip(pos_with, pos_cf, strict=True)):
-            y = row["labels"][pw + 1]
-            assert y == row["cf_labels"][pc + 1]
-            if settings.weight_source == "current":
-                with torch.no_grad():
-                    effect = torch.softmax(out_with[pw], -1)[y] - torch.softmax(out_cf[pc], -1)[y]
-                w = settings.high_weight if effect > settings.delta else settings.low_weight
-            else:
-                w = w_row[k]
-            ln = -torch.log_softmax(out_with[pw], -1)[y]
-            lp = -torch.log_softmax(out_with[pw] - out_cf[pc], -1)[y]
-            total = (
-                total + w * ln + settings.alpha * (w if settings.weight_causal_loss else 1.0) * lp
-            )
-    return total / normalizer
+            assert torch.allclose(model.lm_head(final_hidden), logits_without, atol=1e-5)
+            logits_without = model.lm_head(final_hidden)
+        rows.append(
+            ReferenceRow(logits_with, row["labels"], w_row, logits_without, row["cf_labels"])
+        )
+    return reference_loss(rows, settings, normalizer)[2]
 
 
 def n_targets(features):

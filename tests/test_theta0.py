@@ -27,7 +27,8 @@ def test_the_report_describes_the_shipped_model(tmp_path):
 def test_the_shipped_theta0_marks_the_planted_words_as_its_report_says(tmp_path):
     report = theta0.load_report()
     rows, truth = theta0.measurement_rows(tmp_path, n_rows=report["scores"]["rows"])
-    scores = theta0.planted_token_scores(theta0.THETA0_DIR, rows, truth, report["delta"])
+    assert report["delta"] == theta0.RULE.delta
+    scores = theta0.planted_token_scores(theta0.THETA0_DIR, rows, truth)
     assert scores == pytest.approx(report["scores"], abs=1e-6)
 
 

@@ -161,6 +161,7 @@ def run_two_processes(script: str, args: list, port: int) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_rows_and_agree(rows, tiny_model_dir, tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -177,6 +178,7 @@ def test_two_processes_split_the_rows_and_agree(rows, tiny_model_dir, tmp_path):
     assert len(list((tmp_path / "cache").glob("effects-*.npz"))) == 1
 
 
+@pytest.mark.slow
 def test_logged_nextquill_metrics_are_means_over_all_ranks(tmp_path):
     """Two gloo processes store different values; both log the mean over every stored value."""
     run_two_processes("mean_over_ranks.py", [tmp_path / "means"], port=29534)
@@ -211,6 +213,7 @@ def run_two_nodes(script, args, port):
         assert node.returncode == 0, stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_nodes_without_a_shared_disk_agree_on_the_cache(rows, tiny_model_dir, tmp_path):
     """Each node has its own cache folder. First run: both compute their share and each node
     keeps a copy. Then node 1 loses its copy: node 0's is broadcast, nobody computes (deciding

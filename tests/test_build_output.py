@@ -1,0 +1,182 @@
+"""The offline build never loses or overwrites what it did not write; bad input is counted by line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataset_formats.build import BuildError, BuildOptions, build
+from dataset_formats.build.output import aside_path
+
+from .test_builder import SMALL, item, raw_fixture, read_split, review
+
+
+def build_fixture(tmp_path: Path, out: Path, options: BuildOptions = SMALL):
+    reviews, meta = raw_fixture(tmp_path)
+    return build([reviews], [meta], out, options)
+
+
+def test_build_refuses_a_folder_it_did_not_write_and_leaves_it_alone(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(BuildError, match="not a previous build of nextquill-data"):
+        build_fixture(tmp_path, out)
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_build_into_the_current_folder_is_refused(tmp_path, monkeypatch):
+    reviews, meta = raw_fixture(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(BuildError, match="not a previous build"):
+        build([reviews], [meta], Path("."), SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_previous_build_is_replaced_whole_and_a_failed_build_keeps_it(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    build_fixture(tmp_path, out)
+    first = read_split(out, "train")
+    import dataset_formats.build as builder
+
+    def fail(*_args, **_kwargs):
+        raise BuildError("the machine went away")
+
+    monkeypatch.setattr(builder, "write_splits", fail)
+    with pytest.raises(BuildError, match="went away"):
+        build_fixture(tmp_path, out, BuildOptions(**{**SMALL.__dict__, "max_history": 1}))
+    assert read_split(out, "train") == first  # the old build, untouched
+    monkeypatch.undo()
+    build_fixture(tmp_path, out, BuildOptions(**{**SMALL.__dict__, "max_history": 1}))
+    assert all(len(row["history"]) <= 1 for row in read_split(out, "train"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["train.jsonl", "validation.jsonl", "test.jsonl", "stats.json"]
+    )
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_swap_interrupted_between_renames_is_recovered_by_the_next_build(tmp_path):
+    out = tmp_path / "out"
+    build_fixture(tmp_path, out)
+    os.replace(out, aside_path(out))  # killed after renaming the old build aside
+    report = build_fixture(tmp_path, out)
+    assert report.users and (out / "stats.json").exists()
+    assert not aside_path(out).exists()
+
+
+def test_without_an_atomic_exchange_the_build_is_swapped_through_an_aside_folder(
+    tmp_path, monkeypatch
+):
+    import dataset_formats.build.output as output
+
+    out = tmp_path / "out"
+    build_fixture(tmp_path, out)
+    renames = []
+    real_replace = os.replace
+
+    def recorded(source, target):
+        renames.append((Path(source).name, Path(target).name))
+        real_replace(source, target)
+
+    monkeypatch.setattr(output, "_exchange", lambda *_: False)
+    monkeypatch.setattr(output.os, "replace", recorded)
+    build_fixture(tmp_path, out, BuildOptions(**{**SMALL.__dict__, "max_history": 1}))
+    assert renames[0] == ("out", ".out.previous") and renames[1][1] == "out"
+    assert all(len(row["history"]) <= 1 for row in read_split(out, "train"))
+    assert not aside_path(out).exists()
+
+
+def test_work_folders_of_killed_builds_are_removed(tmp_path):
+    out = tmp_path / "out"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / ".out.building-abc"
+    stale.mkdir()
+    import socket
+
+    (stale / "owner.json").write_text(
+        json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()})
+    )
+    (stale / "reviews.parquet").write_bytes(b"x" * 1000)
+    live = tmp_path / ".out.building-live"
+    live.mkdir()
+    (live / "owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    build_fixture(tmp_path, out)
+    assert not stale.exists()
+    assert live.exists()  # a running build's folder is not touched
+
+
+def test_a_quote_in_the_output_path_is_data_not_sql(tmp_path):
+    out = tmp_path / "it's here"
+    assert build_fixture(tmp_path, out).users > 0
+    assert read_split(out, "train")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"targets_per_user": 0}, "--targets-per-user"),
+        ({"targets_per_user": 2, "validation_targets": 1, "test_targets": 1}, "--targets-per-user"),
+        ({"max_history": -1}, "--max-history must be >= 0"),
+        ({"memory_limit": "8GB'; DROP"}, "--memory-limit"),
+    ],
+)
+def test_build_options_that_cannot_give_a_build_are_refused(tmp_path, options, message):
+    with pytest.raises(BuildError, match=message):
+        build_fixture(tmp_path, tmp_path / "out", BuildOptions(**{**SMALL.__dict__, **options}))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_items_and_timestamps_are_counted_with_their_line(tmp_path):
+    reviews, meta = raw_fixture(tmp_path)
+    import gzip
+
+    with gzip.open(meta, "at") as handle:
+        handle.write(json.dumps(item(7, ["an int id"])) + "\n")  # meta line 7
+        handle.write(json.dumps(item(["I9"], ["a list id"])) + "\n")  # line 8
+        handle.write(json.dumps(item("I8", ["a dict title"], title={"x": 1})) + "\n")  # line 9
+    with open(reviews, "a") as handle:
+        handle.write(json.dumps(review("A", "I1", 1e20)) + "\n")  # line 22
+    report = build([reviews], [meta], tmp_path / "out", SMALL)
+    assert report.bad_input["item:bad_id"] == ["meta.jsonl.gz:7", "meta.jsonl.gz:8"]
+    assert report.bad_input["item:bad_title"] == ["meta.jsonl.gz:9"]
+    assert report.bad_input["review:bad_timestamp"] == ["reviews.jsonl:22"]
+    assert report.to_json()["accounted"]
+
+
+def test_quiet_build_prints_nothing(tmp_path):
+    reviews, meta = raw_fixture(tmp_path)
+    options = [
+        "--min-text-chars",
+        "10",
+        "--min-description-chars",
+        "5",
+        "--max-description-chars",
+        "100",
+    ]
+    options += ["--min-item-users", "2", "--min-user-reviews", "4", "--max-user-reviews", "6"]
+    options += [
+        "--targets-per-user",
+        "3",
+        "--min-profile-item-users",
+        "1",
+        "--min-profile-reviews",
+        "1",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "dataset_formats.build.cli", "build", "--reviews", str(reviews)]
+        + ["--meta", str(meta), "--out", str(tmp_path / "out"), "--quiet", *options],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert (tmp_path / "out" / "stats.json").exists()

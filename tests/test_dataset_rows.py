@@ -1,0 +1,96 @@
+"""Bad rows of both dataset types are named and skipped (or stop the run); history truncation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+
+
+def test_dataset_types_need_the_plugin_registered(tiny_tokenizer):
+    from dataset_formats.amazon_reviews import load
+
+    with pytest.raises(ValueError, match="plugins:\n    - nextquill_plugin.NextQuillPlugin"):
+        load(tiny_tokenizer, {"sequence_len": 512})  # what Axolotl leaves without the plugin
+    load(tiny_tokenizer, {"plugins": ["nextquill_plugin.NextQuillPlugin"], "sequence_len": 512})
+
+
+BAD_AMAZON_ROWS = [
+    ({"target": {"text": 5}}, "target.text must be non-empty text, got int"),
+    ({"history": ["a review as a string"]}, "history[0] must be a review object, got str"),
+    ({"target_description": ["long"] * 50}, "target.item_description must be text, got list"),
+    ({"history_rating": {"stars": 5}}, "history[0].rating must be a number, got dict"),
+]
+
+
+def bad_amazon_row(good: dict, change: dict) -> dict:
+    row = json.loads(json.dumps(good))
+    if "target" in change:
+        row["target"].update(change["target"])
+    if "history" in change:
+        row["history"] = change["history"]
+    if "target_description" in change:
+        row["target"]["item_description"] = change["target_description"]
+    if "history_rating" in change:
+        row["history"][0]["rating"] = change["history_rating"]
+    return row
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_AMAZON_ROWS)
+def test_a_bad_amazon_row_is_named_and_skipped_or_stops_in_strict_mode(
+    tiny_tokenizer, synthetic_splits, caplog, change, message
+):
+    from dataset_formats.amazon_reviews import load
+    from dataset_formats.strategy import BadRow
+
+    good = synthetic_splits["train"][0]
+    row = bad_amazon_row(good, change)
+    strategy = load(tiny_tokenizer, {"nextquill": True, "sequence_len": 512})
+    assert strategy.filter_rows(good)
+    with caplog.at_level(logging.WARNING, logger="axolotl.dataset_formats"):
+        assert strategy.filter_rows(row) is False
+    assert message in caplog.text and f"user_id={good['user_id']!r}" in caplog.text
+    strict = load(
+        tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_strict_rows": True}
+    )
+    with pytest.raises(BadRow, match=re.escape(message)):
+        strict.filter_rows(row)
+    with pytest.raises(BadRow, match="dataset_formats.amazon_reviews row"):
+        strategy.tokenize_prompt(row)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"query": "q", "response": 7}, "the response must be text, got int"),
+        ({"query": "q", "response": "r", "history": ["ok", 3]}, "history[1] must be text, got int"),
+        ({"messages": "not a list", "history": []}, "`messages` must be a list"),
+    ],
+)
+def test_a_bad_paired_row_is_named(tiny_tokenizer, row, message):
+    from dataset_formats.paired import load
+    from dataset_formats.strategy import BadRow
+
+    strategy = load(tiny_tokenizer, {"nextquill": True, "sequence_len": 512})
+    assert strategy.filter_rows(row) is False
+    with pytest.raises(BadRow, match=re.escape(message)):
+        strategy.tokenize_prompt(row)
+
+
+def test_a_newest_entry_too_long_alone_does_not_drop_the_others(tiny_tokenizer, synthetic_splits):
+    from dataset_formats.amazon_reviews import load
+    from dataset_formats.prompting import DROPPED_ALL_HISTORY, SKIPPED_LONG_ENTRY
+
+    row = json.loads(json.dumps(synthetic_splits["train"][0]))
+    newest = max(row["history"], key=lambda r: r["timestamp"])
+    newest["text"] = "word " * 2000  # far beyond sequence_len on its own
+    out = load(
+        tiny_tokenizer, {"nextquill": True, "sequence_len": 700, "nextquill_history_k": 3}
+    ).tokenize_prompt(row)
+    assert out["nq_truncation"] & SKIPPED_LONG_ENTRY
+    assert not out["nq_truncation"] & DROPPED_ALL_HISTORY
+    assert out["nq_history_kept"] >= 1 and out["cf_input_ids"]
+    assert "word word word" not in tiny_tokenizer.decode(out["input_ids"])
+    assert len(out["input_ids"]) <= 700

@@ -1,0 +1,73 @@
+"""Recipe values and prepared rows that cannot work are refused, naming the key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"nextquill_alpha": "0.05"}, "nextquill_alpha: Input should be a valid number"),
+        ({"nextquill_alpha": "abc"}, "nextquill_alpha: Input should be a valid number"),
+        ({"nextquill_delta": float("nan")}, "nextquill_delta: Input should be a finite number"),
+        (
+            {"nextquill_high_weight": float("inf")},
+            "nextquill_high_weight: Input should be a finite",
+        ),
+        ({"nextquill_alpha": "5e-2"}, "write it as a decimal (e.g. 0.05) or with a dot"),
+        ({"nextquil_alpha": 0.5}, "unknown key nextquil_alpha: did you mean nextquill_alpha?"),
+        ({"nextquill_histroy_k": 2}, "did you mean nextquill_history_k?"),
+    ],
+)
+def test_bad_recipe_values_are_refused_naming_the_key(load_recipe, overrides, message):
+    with pytest.raises(Exception) as error:
+        load_recipe(**overrides)
+    assert message in str(error.value)
+
+
+def test_plugin_keys_on_axolotls_command_line_are_refused():
+    from nextquill_plugin.args import refuse_cli_overrides
+
+    with pytest.raises(ValueError, match="--nextquill_alpha on the command line does not reach"):
+        refuse_cli_overrides(["/venv/bin/axolotl", "train", "r.yml", "--nextquill_alpha", "0.7"])
+    with pytest.raises(ValueError, match="--sweep"):
+        refuse_cli_overrides(["/x/axolotl/cli/train.py", "r.yml", "--nextquill_delta=0.1"])
+    refuse_cli_overrides(["/venv/bin/axolotl", "train", "r.yml", "--learning_rate", "1e-4"])
+    refuse_cli_overrides(["/venv/bin/nextquill", "weights", "r.yml", "--nextquill_alpha", "0.7"])
+
+
+def test_rows_prepared_by_another_recipe_are_refused(tiny_tokenizer, synthetic_splits):
+    from datasets import Dataset
+
+    from dataset_formats.amazon_reviews import load
+    from dataset_formats.checks import check_prompt_settings
+
+    rows = synthetic_splits["train"][:3]
+    plugin = ["nextquill_plugin.NextQuillPlugin"]
+    context_sft = {"plugins": plugin, "nextquill": False, "sequence_len": 512}
+    nextquill = {**context_sft, "nextquill": True}
+    prepared = Dataset.from_list(
+        [load(tiny_tokenizer, context_sft).tokenize_prompt(r) for r in rows]
+    )
+
+    class Cfg(dict):
+        __getattr__ = dict.get
+
+    check_prompt_settings(Cfg(context_sft), prepared, "train_dataset")  # its own rows
+    with pytest.raises(ValueError, match="made with other NextQuill settings"):
+        check_prompt_settings(Cfg(nextquill), prepared, "train_dataset")
+    other_k = Cfg({**context_sft, "nextquill_history_k": 2})
+    with pytest.raises(ValueError, match="dataset_prepared_path"):
+        check_prompt_settings(other_k, prepared, "train_dataset")
+
+
+def test_nextquill_without_a_single_paired_row_is_an_error():
+    from datasets import Dataset
+
+    from dataset_formats.checks import describe_rows
+
+    alpaca_only = Dataset.from_list([{"input_ids": [1, 2], "labels": [1, 2]}])
+    with pytest.raises(ValueError, match="it would train plain SFT"):
+        describe_rows(alpaca_only, "train_dataset")
+    describe_rows(alpaca_only, "eval_dataset")  # a warning only
