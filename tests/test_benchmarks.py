@@ -1,6 +1,7 @@
 """Smoke runs of the benchmark scripts: they run and report (their numbers are not checked here;
 speed is measured by running the scripts, see benchmarks/README.md)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,31 @@ def test_training_step_flags_a_ratio_under_the_two_step_floor():
         64, 1000, {"target_only": 1.0, "target_only_cf": 0.2, "nextquill": 1.1}
     )
     assert "MEASUREMENT PROBLEM" in too_cheap
+
+
+def test_gpu_script_runs_without_axolotl_deepspeed_datasets_or_trl(tmp_path):
+    """The GPU machine has none of them: the smoke run (tiny shapes, CPU) must not import them;
+    it writes every section, every variant with its ratio to target-only, and the estimates."""
+    script = BENCHMARKS / "gpu_performance.py"
+    blocker = (
+        "import runpy, sys\n"
+        "for name in ('axolotl', 'deepspeed', 'datasets', 'trl'):\n"
+        "    sys.modules[name] = None  # as if not installed: import fails, find_spec is None\n"
+        f"sys.argv = [{str(script)!r}, '--smoke', '--out', {str(tmp_path)!r}, '--users', 'Books=100']\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["forbidden_modules_imported"] == []
+    for run in ("smoke lora", "smoke full"):
+        steps = document["steps"][run]
+        assert set(steps) == {"stock", "target_only", "nextquill", "nextquill_cf_const", "authors"}
+        assert steps["target_only"]["time_vs_target_only"] == 1.0
+        assert all(s["seconds"] > 0 for s in steps.values())
+    assert document["theta0"]["smoke"]["rows_per_s"] > 0
+    generation = document["generation"]["smoke"]
+    assert generation["greedy"]["tokens"] == generation["cos_1"]["tokens"] == 2 * 8
+    estimate = document["estimates"]["smoke lora"]
+    assert estimate["hours_Books"] == pytest.approx(estimate["hours_per_1000_users"] / 10)
+    assert "| smoke | lora | nextquill |" in (tmp_path / "results.md").read_text()
