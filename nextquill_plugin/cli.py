@@ -118,10 +118,21 @@ def add_compare_parser(commands) -> None:
     compare.add_argument("--csv", help="also write the CSV table to this file")
     compare.add_argument(
         "--resamples",
-        type=int,
+        type=at_least_one,
         default=1000,
         help="bootstrap resamples of the paired differences from --baseline (default: 1000)",
     )
+
+
+def at_least_one(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
 
 
 def add_inspect_parser(commands) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataset_formats.prompting import DROPPED_ALL_HISTORY
 from nextquill_common.cli_options import option
 from nextquill_common.jsonl import read_jsonl, write_jsonl, write_text_atomic
 
@@ -45,10 +47,46 @@ class EvaluationRequest(RecipeRowsRequest):
         "score the existing predictions.jsonl in --out again; no generation", default=False
     )
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1 (got {self.limit})")
+        if self.resamples < 1:
+            raise ValueError(f"--bootstrap must be >= 1 resamples (got {self.resamples})")
 
-def default_out_dir(request: EvaluationRequest, split_name: str) -> Path:
+
+def default_out_dir(
+    request: EvaluationRequest, generation: GenerationSettings, split_name: str
+) -> Path:
+    """``<checkpoint>/eval-<split>``, with every generation setting that differs from the
+    defaults in the name (``eval-test-cos_gamma-1``), so that evaluations of other settings
+    never share a folder."""
     base = Path(request.checkpoint) if request.checkpoint else Path("outputs") / "base_model"
-    return base / f"eval-{split_name}"
+    defaults = GenerationSettings().as_dict()
+    changed = [
+        f"{key}-{value:g}" if isinstance(value, float) else f"{key}-{value}"
+        for key, value in generation.as_dict().items()
+        if value != defaults[key]
+    ]
+    if request.dtype != "auto":
+        changed.append(f"dtype-{request.dtype}")
+    return base / "-".join([f"eval-{split_name}", *changed])
+
+
+def check_results_are_this_runs(out: Path, key: str) -> None:
+    """Refuse to write over the results of another evaluation (other settings, rows or model):
+    two evaluations must never share a folder silently."""
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        return
+    try:
+        found = json.loads(metrics.read_text()).get("run_key")
+    except (ValueError, AttributeError):
+        found = None
+    if found != key:
+        raise ValueError(
+            f"{out} holds the results of another evaluation ({metrics}); pass --out to write "
+            "this one elsewhere (or remove that folder if you no longer need it)"
+        )
 
 
 @dataclass
@@ -76,6 +114,34 @@ class GenerationPrompts:
 
     def token_ids(self, rows: list[int], key: str = "prompt_ids") -> list[list[int]]:
         return [self.prompts[i][key] for i in rows]
+
+    def rows_without_history(self) -> int:
+        """Rows whose whole history had to go to leave room for the generated tokens."""
+        return sum(1 for p in self.prompts if p["truncation"] & DROPPED_ALL_HISTORY)
+
+
+def check_history_kept(
+    without_history: int, n_rows: int, generation: GenerationSettings, sequence_len: int
+) -> None:
+    """Say loudly when rows lose their history to the generation budget; refuse context
+    steering when no row keeps any (it would contrast two identical prompts)."""
+    if not without_history:
+        return
+    budget = (
+        f"sequence_len {sequence_len} - max_new_tokens {generation.max_new_tokens} leaves "
+        f"{sequence_len - generation.max_new_tokens} tokens for the prompt"
+    )
+    if without_history == n_rows and generation.cos_gamma > 0:
+        raise ValueError(
+            f"no row keeps any history ({budget}), so --cos-gamma would contrast two identical "
+            "prompts; lower --max-new-tokens or raise the recipe's sequence_len"
+        )
+    print(
+        f"nextquill evaluate: WARNING: {without_history} of {n_rows} rows lost their whole "
+        f"history ({budget}); they are generated without it (metrics.json: "
+        "rows_without_history). Lower --max-new-tokens or raise the recipe's sequence_len.",
+        file=sys.stderr,
+    )
 
 
 def run_key(request: EvaluationRequest, generation: GenerationSettings, data: Path) -> str:
@@ -107,7 +173,7 @@ def run_evaluation(
     from .wordnet_data import require_wordnet
 
     recipe, dataset_type, data, rows = request.load_recipe_and_rows(request.limit)
-    out = Path(request.out) if request.out else default_out_dir(request, data.stem)
+    out = Path(request.out) if request.out else default_out_dir(request, generation, data.stem)
     require_wordnet()  # METEOR needs it: fail now, not after hours of generation
     if request.score_only:
         return score_existing(out, request.resamples)
@@ -116,9 +182,13 @@ def run_evaluation(
     strategy = load_strategy(dataset_type, tokenizer, recipe)
     check_generation_budget(generation, strategy.settings.sequence_len)
     prompts = GenerationPrompts.of(strategy, rows, data, generation.max_new_tokens)
+    without_history = prompts.rows_without_history()
+    check_history_kept(without_history, len(rows), generation, strategy.settings.sequence_len)
 
+    key = run_key(request, generation, data)
+    check_results_are_this_runs(out, key)
     out.mkdir(parents=True, exist_ok=True)
-    store = PartialPredictions(out, run_key(request, generation, data), prompts.ids)
+    store = PartialPredictions(out, key, prompts.ids)
     done = store.resume()
     if done and rank == 0:
         print(f"nextquill evaluate: resuming: {len(done)} of {len(rows)} rows already generated")
@@ -152,7 +222,9 @@ def run_evaluation(
         "dataset_type": dataset_type,
         "generation": generation.as_dict(),
         "bootstrap_resamples": request.resamples,
+        "run_key": key,
         "rows_truncated": sum(1 for p in prompts.prompts if p["truncation"]),
+        "rows_without_history": without_history,
         "rows_resumed": len(done),
         "processes": world,
         "generation_seconds": round(seconds, 2),

@@ -10,6 +10,7 @@ and the counterfactual prompt as the "negative prompt" it computes exactly
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +50,11 @@ class GenerationSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [
+            f"{name} must be a finite number (got {getattr(self, name)})"
+            for name in ("temperature", "top_p", "repetition_penalty", "cos_gamma")
+            if not math.isfinite(getattr(self, name))
+        ]
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
         if self.batch_size < 1:

@@ -351,6 +351,12 @@ class InspectionRequest(RecipeRowsRequest):
     out: str = option("output folder", default="inspect")
     terminal: bool = option("no coloured terminal view", default=True, flag="--no-terminal")
 
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ValueError(f"--samples must be >= 0 (got {self.samples})")
+        if self.plot_samples < 1:
+            raise ValueError(f"--plot-samples must be >= 1 (got {self.plot_samples})")
+
 
 def run_inspection(request: InspectionRequest, show_progress: bool = True) -> dict[str, Path]:
     """Write tokens.html, the two plots and summary.json into ``request.out``; return their

@@ -5,7 +5,6 @@ where it stopped. Records carry the run's key: files of another evaluation are n
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from nextquill_common.jsonl import append_jsonl, read_jsonl_tolerant
@@ -32,19 +31,18 @@ class PartialPredictions:
 
     def read(self) -> dict[int, list[int]]:
         """Generated token ids by row index from the partial files of this evaluation (any
-        number of processes); {} when a file holds records of another evaluation."""
+        number of processes). Records of another evaluation (other settings, rows or model) are
+        refused, not deleted: they are someone's interrupted work."""
         tokens: dict[int, list[int]] = {}
         for partial in self.files():
             records = read_jsonl_tolerant(partial)
-            usable = [r for r in records if self._belongs(r)]
-            if len(usable) < len(records):
-                print(
-                    f"nextquill evaluate: {partial} was written by another evaluation; "
-                    "starting over",
-                    file=sys.stderr,
+            if any(not self._belongs(r) for r in records):
+                raise ValueError(
+                    f"{partial} holds the partial predictions of another evaluation (other "
+                    "settings, rows or checkpoint); pass --out to write this one elsewhere, or "
+                    "run that evaluation again to finish it"
                 )
-                return {}
-            tokens.update((r["index"], r["tokens"]) for r in usable)
+            tokens.update((r["index"], r["tokens"]) for r in records)
         return tokens
 
     def _belongs(self, record: dict) -> bool:
@@ -57,12 +55,13 @@ class PartialPredictions:
         )
 
     def resume(self) -> dict[int, list[int]]:
-        """What every rank may continue from. When nothing is usable, rank 0 removes the old
-        files (they are ours: partial files of this command) before any rank appends."""
+        """What every rank may continue from. Each rank cuts its own file back to its last
+        complete line (a kill or a full disk can leave half a record, which the next append
+        would glue onto), so that appending continues a valid file."""
         done = self.read()
-        distributed.barrier()  # every rank has read the files before any is removed or grows
-        if not done and self.rank == 0:
-            self.remove()
+        distributed.barrier()  # every rank has read the files before any grows
+        if self.path.exists():
+            cut_torn_line(self.path)
         distributed.barrier()
         return done
 
@@ -89,3 +88,12 @@ class PartialPredictions:
     def remove(self) -> None:
         for partial in self.files():
             partial.unlink()
+
+
+def cut_torn_line(path: Path) -> None:
+    """Truncate ``path`` after its last newline (nothing when it ends with one)."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
