@@ -17,6 +17,7 @@ from typing import Any
 
 from .prompting import build_paired_example, shorten
 from .settings import HistorySelection, PromptSettings
+from .sources import data_source
 from .strategy import NextQuillStrategy, require_plugin
 
 REVIEW_FIELDS = ("item_title", "item_description", "rating", "title", "text")
@@ -39,16 +40,25 @@ def review_problem(review: dict[str, Any], where: str) -> str | None:
         if value is not None and not isinstance(value, str):
             return f"{where}.{name} must be text, got {type(value).__name__}"
     rating = review.get("rating")
-    if rating is not None and (
-        isinstance(rating, bool) or not isinstance(rating, int | float | str)
-    ):
-        return f"{where}.rating must be a number, got {type(rating).__name__}"
+    if rating is not None and not _is_rating(rating):
+        return f"{where}.rating must be a number from 1 to 5, got {rating!r}"
     timestamp = review.get("timestamp")
     if timestamp is not None and (
         isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
     ):
         return f"{where}.timestamp must be a number, got {type(timestamp).__name__}"
     return None
+
+
+def _is_rating(value: Any) -> bool:
+    """A star rating: a number (or numeric text, as some exports write it) from 1 to 5."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return False
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return 1 <= number <= 5
 
 
 def select_history(
@@ -73,11 +83,12 @@ class AmazonReviewsStrategy(NextQuillStrategy):
 
     dataset_type = "dataset_formats.amazon_reviews"
 
-    def __init__(self, tokenizer, settings: PromptSettings):
-        super().__init__(tokenizer, settings)
+    def __init__(self, tokenizer, settings: PromptSettings, source: str | None = None):
+        super().__init__(tokenizer, settings, source)
         self.labels = settings.labels
 
-    def row_problem(self, row: dict[str, Any]) -> str | None:
+    @classmethod
+    def row_problem(cls, row: dict[str, Any]) -> str | None:
         target = row.get("target")
         if not isinstance(target, dict):
             return (
@@ -157,4 +168,9 @@ class AmazonReviewsStrategy(NextQuillStrategy):
 def load(tokenizer, cfg, ds_cfg: dict[str, Any] | None = None) -> AmazonReviewsStrategy:
     """Entry point Axolotl calls for ``type: dataset_formats.amazon_reviews``."""
     require_plugin(cfg, AmazonReviewsStrategy.dataset_type)
-    return AmazonReviewsStrategy(tokenizer, PromptSettings.from_cfg(cfg))
+    return AmazonReviewsStrategy(tokenizer, PromptSettings.from_cfg(cfg), data_source(ds_cfg))
+
+
+STRATEGY = (
+    AmazonReviewsStrategy  # the class `nextquill_plugin` checks rows with (dataset_formats.checks)
+)

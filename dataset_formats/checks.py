@@ -6,16 +6,21 @@ They read only the contract and the prompt settings; the plugin calls them from 
 
 from __future__ import annotations
 
+import gzip
 import importlib
+import itertools
+import json
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from axolotl.utils.logging import get_logger
 
-from .contract import COUNTERFACTUAL_IDS, PROMPT_SETTINGS, TRUNCATION
+from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, PROMPT_SETTINGS, TRUNCATION
 from .prompting import describe_truncation
 from .settings import PromptSettings
+from .sources import changed_source
 
 LOG = get_logger("axolotl.integrations.nextquill")  # logs on the main process only
 
@@ -42,6 +47,89 @@ def check_dataset_types(cfg: Mapping[str, Any]) -> None:
                 raise ImportError(f"NextQuill: `{kind}` is not a dataset type (it has no load()).")
 
 
+ROWS_SAMPLED = 1000  # rows of each data file checked before Axolotl reads it
+
+
+def check_data_files(cfg: Mapping[str, Any]) -> None:
+    """Cheap checks of each local JSON Lines file of a NextQuill dataset type, before Axolotl
+    reads it (its loader stops on these with errors that name no file): the file is not empty,
+    its first and last lines are JSON, and not every one of its first rows is malformed. Bad
+    rows among those are named by line (the dataset type skips them when it loads)."""
+    for key in ("datasets", "test_datasets"):
+        for dataset in cfg.get(key) or []:
+            kind = dataset.get("type") if isinstance(dataset, dict) else None
+            path = Path(str(dataset.get("path"))) if isinstance(dataset, dict) else None
+            if kind in DATASET_TYPES and path is not None and path.is_file():
+                check_data_file(path, kind)
+
+
+def check_data_file(path: Path, kind: str) -> None:
+    """Raise ValueError naming ``path`` (and the line) when Axolotl could not load it."""
+    strategy = importlib.import_module(kind).STRATEGY
+    lines = _numbered_lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise ValueError(f"NextQuill: {path} is empty: it holds no {kind} rows")
+    if first[1].lstrip().startswith("["):
+        return  # a JSON array, not JSON Lines: Axolotl reads it whole
+    bad: list[str] = []
+    seen = 0
+    for number, line in itertools.chain([first], itertools.islice(lines, ROWS_SAMPLED - 1)):
+        seen += 1
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"NextQuill: {path}:{number} is not a JSON object ({error.msg}); a {kind} file "
+                "holds one JSON object per line (a cut-off last line: the file was not written "
+                "completely, write it again)"
+            ) from None
+        problem = strategy.row_problem(row) if isinstance(row, dict) else "not a JSON object"
+        if problem:
+            bad.append(f"{path}:{number}: {problem}")
+    last = _last_line(path)
+    if last is not None:
+        try:
+            json.loads(last)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"NextQuill: the last line of {path} is not a JSON object ({error.msg}): the file "
+                "was cut off while it was written; write it again"
+            ) from None
+    if bad and len(bad) == seen:
+        raise ValueError(
+            f"NextQuill: none of the first {seen} rows of {path} is a {kind} row: "
+            + "; ".join(bad[:3])
+        )
+    for message in bad[:5]:
+        LOG.warning("NextQuill: %s; the row will be skipped", message)
+    if len(bad) > 5:
+        LOG.warning(
+            "NextQuill: %d more bad rows among the first %d of %s", len(bad) - 5, seen, path
+        )
+
+
+def _numbered_lines(path: Path):
+    """(line number, text) of the non-blank lines of a plain or gzip file."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, line
+
+
+def _last_line(path: Path, tail_bytes: int = 1 << 20) -> str | None:
+    """The last non-blank line of a plain file (from its last MiB); None for gzip files."""
+    if path.suffix == ".gz":
+        return None
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - tail_bytes))
+        tail = handle.read().decode("utf-8", errors="replace")
+    lines = [line for line in tail.splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
 def check_prompt_settings(cfg, dataset, split: str) -> None:
     """Refuse rows that other prompt settings made (e.g. a ContextSFT recipe's prepared data
     found under a shared dataset_prepared_path: Axolotl's prepared-data hash does not include
@@ -59,6 +147,22 @@ def check_prompt_settings(cfg, dataset, split: str) -> None:
             "by another recipe sharing this dataset_prepared_path "
             f"({cfg.dataset_prepared_path}). Give each recipe its own dataset_prepared_path, "
             "or delete the prepared data so that it is made again."
+        )
+
+
+def check_data_sources(cfg, dataset, split: str) -> None:
+    """Refuse prepared rows whose data file has changed since they were made: Axolotl loads
+    prepared data by the recipe's hash alone, so a rebuilt file would train as its old rows."""
+    if DATA_SOURCE not in dataset.column_names:
+        return
+    changed = [
+        why for source in dataset.unique(DATA_SOURCE) if source and (why := changed_source(source))
+    ]
+    if changed:
+        raise ValueError(
+            f"NextQuill: the prepared {split} rows are out of date: {'; '.join(changed)}. Axolotl "
+            "would train on the old rows. Delete the prepared data so that it is made again "
+            f"(dataset_prepared_path: {cfg.dataset_prepared_path})."
         )
 
 

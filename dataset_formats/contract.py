@@ -6,10 +6,11 @@ A tokenized NextQuill row holds Axolotl's usual ``input_ids``, ``attention_mask`
 - ``cf_input_ids`` / ``cf_labels``: the counterfactual prompt (history replaced by a
   placeholder) followed by the *same* target tokens; empty lists when the row has no causal
   contrast (its history had to be dropped entirely to fit ``sequence_len``).
-- ``nq_history_kept`` / ``nq_truncation`` / ``nq_prompt_settings``: book-keeping (history
-  entries shown; bit flags of what was shortened, see ``prompting.describe_truncation``; the
-  fingerprint of the prompt settings, so that prepared data made by another recipe is caught).
-  Never passed to the model.
+- ``nq_history_kept`` / ``nq_truncation`` / ``nq_prompt_settings`` / ``nq_data_source``:
+  book-keeping (history entries shown; bit flags of what was shortened, see
+  ``prompting.describe_truncation``; the fingerprint of the prompt settings, so that prepared
+  data made by another recipe is caught; the identity of the data file the row came from, so
+  that prepared rows of a file that has changed since are caught). Never passed to the model.
 
 The collator adds ``cf_attention_mask`` and ``has_counterfactual`` (per-row bool); the plugin's
 theta_0 pass adds ``nq_token_effects`` (the causal effect of the history on each target token
@@ -31,10 +32,11 @@ TOKEN_EFFECTS = "nq_token_effects"  # added by the theta_0 pass
 HISTORY_KEPT = "nq_history_kept"
 TRUNCATION = "nq_truncation"
 PROMPT_SETTINGS = "nq_prompt_settings"  # fingerprint of the prompt settings that made the row
+DATA_SOURCE = "nq_data_source"  # the data file the row came from: path, size, modification time
 
 # Columns a dataset type emits besides input_ids/attention_mask/labels.
 PAIRED_COLUMNS = (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS)
-INFO_COLUMNS = (HISTORY_KEPT, TRUNCATION, PROMPT_SETTINGS)
+INFO_COLUMNS = (HISTORY_KEPT, TRUNCATION, PROMPT_SETTINGS, DATA_SOURCE)
 # Row columns NextQuill adds to a dataset: the trainer keeps them (remove_unused_columns would
 # drop what forward() does not take) and the collator takes them out before Axolotl's collator.
 ROW_COLUMNS = (*PAIRED_COLUMNS, TOKEN_EFFECTS, *INFO_COLUMNS)

@@ -17,6 +17,7 @@ from typing import Any
 
 from .prompting import build_paired_example, shorten
 from .settings import PromptSettings
+from .sources import data_source
 from .strategy import NextQuillStrategy, require_plugin
 
 QUERY_FIELDS = ("query", "prompt", "instruction")
@@ -58,6 +59,8 @@ def split_row(row: dict[str, Any]) -> tuple[str, list[str], str]:
     for name, value in (("query", query), ("response", response)):
         if not isinstance(value, str):
             raise ValueError(f"paired row: the {name} must be text, got {type(value).__name__}.")
+    if not response.strip():
+        raise ValueError("paired row: the response is empty (there would be nothing to learn).")
     history = _first(row, HISTORY_FIELDS)
     if history is None:
         history = []
@@ -80,7 +83,8 @@ class PairedStrategy(NextQuillStrategy):
 
     dataset_type = "dataset_formats.paired"
 
-    def row_problem(self, row: dict[str, Any]) -> str | None:
+    @classmethod
+    def row_problem(cls, row: dict[str, Any]) -> str | None:
         try:
             split_row(row)
         except ValueError as error:
@@ -118,4 +122,7 @@ class PairedStrategy(NextQuillStrategy):
 def load(tokenizer, cfg, ds_cfg: dict[str, Any] | None = None) -> PairedStrategy:
     """Entry point Axolotl calls for ``type: dataset_formats.paired``."""
     require_plugin(cfg, PairedStrategy.dataset_type)
-    return PairedStrategy(tokenizer, PromptSettings.from_cfg(cfg))
+    return PairedStrategy(tokenizer, PromptSettings.from_cfg(cfg), data_source(ds_cfg))
+
+
+STRATEGY = PairedStrategy  # the class `nextquill_plugin` checks rows with (dataset_formats.checks)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -45,6 +47,32 @@ DEFAULT_FIELD_LABELS: dict[str, str] = {
     "history_entry": "[Entry {i}]",
 }
 
+# Labels filled in with str.format (the entry's number, {i}); the others are shown as written.
+LABEL_PLACEHOLDERS = {
+    key: set(re.findall(r"{(\w+)}", label))
+    for key, label in DEFAULT_FIELD_LABELS.items()
+    if "{" in label
+}
+
+
+def label_problem(key: str, label: Any) -> str | None:
+    """Why ``label`` cannot stand for ``key`` in a prompt, or None."""
+    if not isinstance(label, str):
+        return f"{key}: a label must be text, got {type(label).__name__}"
+    if key not in LABEL_PLACEHOLDERS:
+        return None
+    allowed = ", ".join("{" + name + "}" for name in sorted(LABEL_PLACEHOLDERS[key]))
+    try:
+        used = {name for _, name, _, _ in string.Formatter().parse(label) if name is not None}
+    except ValueError as error:
+        return f"{key}: {label!r} is not a valid label ({error}); write a literal brace as {{{{"
+    unknown = sorted(used - LABEL_PLACEHOLDERS[key])
+    if unknown:
+        shown = ", ".join("{" + name + "}" for name in unknown)
+        return f"{key}: {label!r} uses {shown}; it may use {allowed} (the entry's number)"
+    return None
+
+
 DEFAULT_SEQUENCE_LEN = 2048  # Axolotl's own default for sequence_len
 
 
@@ -54,7 +82,12 @@ class PromptArgs(BaseModel):
     nextquill_include_history: bool = Field(
         default=True, description="False: prompts without history (the SFT baseline)."
     )
-    nextquill_history_k: int = Field(default=8, ge=0, description="K: history reviews per prompt.")
+    nextquill_history_k: int = Field(
+        default=8,
+        ge=1,
+        description="K: history reviews per prompt (for prompts without history, "
+        "nextquill_include_history: false).",
+    )
     nextquill_history_selection: HistorySelection = Field(
         default=HistorySelection.recent,
         description="recent: the K newest (the paper); bm25: the K most relevant to the item.",
@@ -83,6 +116,10 @@ class PromptArgs(BaseModel):
             raise ValueError(
                 f"unknown keys {sorted(unknown)}; known: {sorted(DEFAULT_FIELD_LABELS)}"
             )
+        for key, label in (labels or {}).items():
+            problem = label_problem(key, label)
+            if problem:
+                raise ValueError(problem)
         return labels
 
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from axolotl.prompt_tokenizers import PromptTokenizingStrategy
 
-from .contract import COUNTERFACTUAL_IDS, HISTORY_KEPT, TRUNCATION
+from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, HISTORY_KEPT, TRUNCATION
 from .prompting import PromptRenderer
 from .settings import PromptSettings
 
@@ -67,12 +67,15 @@ class NextQuillStrategy(PromptTokenizingStrategy):
 
     dataset_type = ""  # e.g. "dataset_formats.paired", for messages
 
-    def __init__(self, tokenizer, settings: PromptSettings):
+    def __init__(self, tokenizer, settings: PromptSettings, source: str | None = None):
         super().__init__(None, tokenizer, train_on_inputs=False, sequence_len=settings.sequence_len)
         self.settings = settings
         self.renderer = PromptRenderer(tokenizer)
+        self.source = source  # checks.data_source of the file the rows come from, if local
 
-    def row_problem(self, row: Mapping[str, Any]) -> str | None:
+    @classmethod
+    def row_problem(cls, row: Mapping[str, Any]) -> str | None:
+        """What is wrong with a row of this type (needs no tokenizer), or None."""
         raise NotImplementedError
 
     def paired_example(
@@ -89,7 +92,8 @@ class NextQuillStrategy(PromptTokenizingStrategy):
 
     def tokenize_prompt(self, prompt: Mapping[str, Any]) -> dict[str, Any]:
         self.check_row(prompt)
-        return self.paired_example(prompt, self.reference(prompt), self.settings)
+        example = self.paired_example(prompt, self.reference(prompt), self.settings)
+        return {**example, DATA_SOURCE: self.source}
 
     def generation_prompts(self, row: Mapping[str, Any], max_new_tokens: int) -> dict[str, Any]:
         """Prompt token ids for generating the target: with history and counterfactual.

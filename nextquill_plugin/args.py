@@ -220,6 +220,12 @@ def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
     if settings is None:
         return []  # the field validation that follows names the bad value
     problems = []
+    if settings.token_weighting and settings.high_weight == 0:
+        problems.append(
+            "nextquill_high_weight (lambda) is 0, so every token weight is 0 (epsilon <= lambda) "
+            "and Ln trains nothing; the paper uses lambda 0.9 and epsilon 0.1 (or set "
+            "nextquill_token_weighting: false for weights of 1)."
+        )
     if settings.low_weight > settings.high_weight:
         problems.append(
             f"nextquill_low_weight (epsilon={settings.low_weight}) must not exceed "

@@ -47,7 +47,18 @@ def parse_value(text: str) -> Any:
 
 
 def parse_overrides(extra: list[str]) -> dict[str, Any]:
-    """``--key value`` / ``--key=value`` pairs, as `axolotl train` takes them."""
+    """``--key value`` / ``--key=value`` pairs, as `axolotl train` takes them; a key that looks
+    like NextQuill's but is none of them is refused, as in a recipe."""
+    overrides = _parse_pairs(extra)
+    from .args import NextQuillArgs, misspelled_keys
+
+    misspelled = misspelled_keys(overrides, known=set(NextQuillArgs.model_fields))
+    if misspelled:
+        raise SystemExit("nextquill: " + " ".join(misspelled))
+    return overrides
+
+
+def _parse_pairs(extra: list[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(extra):

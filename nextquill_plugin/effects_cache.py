@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,8 +95,19 @@ def expected_target_counts(dataset) -> np.ndarray:
     return np.where(np.diff(cf_offsets) > 0, counts, 0).astype(np.int64)
 
 
+def values_digest(effects: TokenEffects) -> str:
+    """sha256 of the stored values: a file whose values were changed after it was written
+    (even to self-consistent probabilities) no longer matches the digest saved with it."""
+    digest = hashlib.sha256()
+    for values in (effects.p_with, effects.p_without, effects.offsets):
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
 def save_effects(effects: TokenEffects, path: Path, meta: dict) -> None:
-    """Write atomically: a reader sees the old file or the complete new one."""
+    """Write atomically, with the digest of the values: a reader sees the old file or the
+    complete new one."""
+    meta = {**meta, "values_sha256": values_digest(effects)}
     with atomic_file(path) as handle:
         np.savez(
             handle,
@@ -145,6 +157,8 @@ def load_checked(path: Path, key: str, expected_counts: np.ndarray) -> TokenEffe
         effects, meta = load_effects(path)
         problems = [] if meta.get("key") == key else [f"its key is {meta.get('key')!r}"]
         problems += effects_problems(effects, expected_counts)
+        if not problems and meta.get("values_sha256") != values_digest(effects):
+            problems.append("its values do not match the digest saved with them")
     except ValueError as error:
         problems = [str(error)]
     if not problems:
@@ -186,6 +200,8 @@ def cached_token_effects(
     computes a disjoint share of the rows, the shares are gathered, and the first process of
     each node writes the cache. Every rank returns the same result.
     """
+    refuse_a_file(Path(cache_dir))  # on every rank: none may go on to the collectives alone
+    writable = distributed.is_first_on_node() and cache_dir_writable(Path(cache_dir))
     with distributed.full_parameters(model):  # the key and the pass see ZeRO-3's whole weights
         key = cache_key(model, dataset, model_name, extra_key)
         path = Path(cache_dir) / f"effects-{key}.npz"
@@ -193,14 +209,42 @@ def cached_token_effects(
         cached = load_checked(path, key, expected_target_counts(dataset)) if path.exists() else None
         cached = distributed.from_lowest_holder(cached)  # one decision for all ranks
         if cached is not None:
-            if not path.exists() and distributed.is_first_on_node():
+            if not path.exists() and writable:
                 save_effects(cached, path, meta)  # a node without a shared disk keeps its copy
             return cached, path, False
         effects = _compute_shared(model, dataset, pad_token_id, batch_size, autocast)
-        if distributed.is_first_on_node():
+        if writable:
             save_effects(effects, path, meta)
         distributed.barrier()
         return effects, path, True
+
+
+def refuse_a_file(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(
+            f"NextQuill: the theta_0 cache folder {folder} is a file; set "
+            "nextquill_weight_cache_dir to a folder (or move the file away)"
+        )
+
+
+def cache_dir_writable(folder: Path) -> bool:
+    """Whether the cache can be written to ``folder``, found out before the pass (by creating
+    and removing a file in it). A read-only or immutable folder gets a warning: the effects are
+    then used for this run only."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nextquill-write-check-"):
+            pass
+    except OSError as error:
+        LOG.warning(
+            "NextQuill: cannot write the theta_0 cache to %s (%s); the effects are computed and "
+            "used for this run only. Set nextquill_weight_cache_dir to a writable folder to "
+            "keep them.",
+            folder,
+            error.strerror or error,
+        )
+        return False
+    return True
 
 
 def _compute_shared(model, dataset, pad_token_id, batch_size, autocast) -> TokenEffects:

@@ -18,7 +18,13 @@ from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 
-from dataset_formats.checks import check_dataset_types, check_prompt_settings, describe_rows
+from dataset_formats.checks import (
+    check_data_files,
+    check_data_sources,
+    check_dataset_types,
+    check_prompt_settings,
+    describe_rows,
+)
 
 from .args import refuse_cli_overrides, settings_from
 from .settings import SETTING_PREFIX
@@ -39,9 +45,10 @@ class NextQuillPlugin(BasePlugin):
     """
 
     def register(self, cfg: dict):
-        """Before validation: the recipe's dataset types import, and no plugin key was typed on
-        Axolotl's command line (which does not pass them on)."""
+        """Before validation: the recipe's dataset types import, their data files can be read,
+        and no plugin key was typed on Axolotl's command line (which does not pass them on)."""
         check_dataset_types(cfg)
+        check_data_files(cfg)
         refuse_cli_overrides(sys.argv)
 
     def get_input_args(self) -> str:
@@ -84,6 +91,7 @@ class NextQuillPlugin(BasePlugin):
             if dataset is None or not hasattr(dataset, "column_names"):
                 continue
             check_prompt_settings(cfg, dataset, split)  # also for ContextSFT recipes
+            check_data_sources(cfg, dataset, split)
             if not enabled:
                 continue
             describe_rows(dataset, split)

@@ -70,17 +70,18 @@ def paired_rows(tiny_tokenizer, synthetic_splits):
 
 
 @pytest.fixture()
-def load_recipe(tmp_path, tiny_model_dir):
+def load_recipe(tmp_path, tiny_model_dir, synthetic_splits):
     """``load_recipe(**overrides)``: the tiny CPU recipe with overrides, through Axolotl's own
     config loading (validation included) with the plugin registered."""
     import yaml
     from axolotl.cli.config import load_cfg
 
+    from nextquill_common.jsonl import write_jsonl
     from nextquill_plugin.demo.local_runs import tiny_recipe
 
     def _load(**overrides):
         recipe = tiny_recipe(tiny_model_dir, tmp_path / "train.jsonl", tmp_path, **overrides)
-        (tmp_path / "train.jsonl").write_text("{}\n")
+        write_jsonl(tmp_path / "train.jsonl", synthetic_splits["train"][:1])
         path = tmp_path / "recipe.yml"
         path.write_text(yaml.safe_dump(recipe))
         return load_cfg(str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,28 @@ def test_quiet_build_prints_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert (tmp_path / "out" / "stats.json").exists()
+
+
+def test_inputs_and_output_are_checked_before_any_line_is_read(tmp_path):
+    reviews, meta = raw_fixture(tmp_path)
+    with pytest.raises(BuildError, match="--reviews .* is a folder, not a file"):
+        build([tmp_path], [meta], tmp_path / "out", SMALL)
+    with pytest.raises(BuildError, match="--reviews .*missing.jsonl does not exist"):
+        build([tmp_path / "missing.jsonl"], [meta], tmp_path / "out", SMALL)
+    with pytest.raises(BuildError, match="the files look swapped"):
+        build([meta], [reviews], tmp_path / "out", SMALL)
+    with pytest.raises(BuildError, match=r"nextquill-out: cannot write to /proc/\d+"):
+        build([reviews], [meta], Path("/proc/self/nextquill-out"), SMALL)
+
+
+def test_a_truncated_gzip_names_the_lines_it_gave(tmp_path):
+    import gzip
+
+    lines = b"".join(b'{"n": %d}\n' % i for i in range(20000))
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(lines)[: len(gzip.compress(lines)) // 2])
+    reviews, meta = raw_fixture(tmp_path)
+    with pytest.raises(BuildError) as error:
+        build([broken], [meta], tmp_path / "out", SMALL)
+    decoded = int(re.search(r"after line (\d+)", str(error.value)).group(1))
+    assert 0 < decoded < 20000

@@ -21,7 +21,9 @@ BAD_AMAZON_ROWS = [
     ({"target": {"text": 5}}, "target.text must be non-empty text, got int"),
     ({"history": ["a review as a string"]}, "history[0] must be a review object, got str"),
     ({"target_description": ["long"] * 50}, "target.item_description must be text, got list"),
-    ({"history_rating": {"stars": 5}}, "history[0].rating must be a number, got dict"),
+    ({"history_rating": {"stars": 5}}, "history[0].rating must be a number from 1 to 5, got {"),
+    ({"history_rating": "five"}, "history[0].rating must be a number from 1 to 5, got 'five'"),
+    ({"history_rating": 7}, "history[0].rating must be a number from 1 to 5, got 7"),
 ]
 
 
@@ -67,6 +69,7 @@ def test_a_bad_amazon_row_is_named_and_skipped_or_stops_in_strict_mode(
         ({"query": "q", "response": 7}, "the response must be text, got int"),
         ({"query": "q", "response": "r", "history": ["ok", 3]}, "history[1] must be text, got int"),
         ({"messages": "not a list", "history": []}, "`messages` must be a list"),
+        ({"query": "q", "response": "  "}, "the response is empty"),
     ],
 )
 def test_a_bad_paired_row_is_named(tiny_tokenizer, row, message):
@@ -94,3 +97,39 @@ def test_a_newest_entry_too_long_alone_does_not_drop_the_others(tiny_tokenizer, 
     assert out["nq_history_kept"] >= 1 and out["cf_input_ids"]
     assert "word word word" not in tiny_tokenizer.decode(out["input_ids"])
     assert len(out["input_ids"]) <= 700
+
+
+def write_lines(path, lines: list[str]):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_data_files_axolotl_cannot_load_are_refused_naming_file_and_line(
+    synthetic_splits, tmp_path, caplog
+):
+    from dataset_formats.checks import check_data_file
+
+    kind = "dataset_formats.amazon_reviews"
+    good = [json.dumps(r) for r in synthetic_splits["train"][:3]]
+    with pytest.raises(ValueError, match="empty.jsonl is empty"):
+        check_data_file(write_lines(tmp_path / "empty.jsonl", ["", "  "]), kind)
+    with pytest.raises(ValueError, match=r"not_json.jsonl:1 is not a JSON object"):
+        check_data_file(write_lines(tmp_path / "not_json.jsonl", ["user,text", "u1,hi"]), kind)
+    cut = write_lines(tmp_path / "cut.jsonl", good)
+    with open(cut, "a") as handle:
+        handle.write(good[0][: len(good[0]) // 2])  # a write that stopped half-way
+    with pytest.raises(ValueError, match=r"cut.jsonl:4 is not a JSON object"):
+        check_data_file(cut, kind)
+    with pytest.raises(ValueError, match=r"none of the first 2 rows of .*bad.jsonl.*bad.jsonl:1"):
+        check_data_file(write_lines(tmp_path / "bad.jsonl", ['{"user_id": "u"}', "{}"]), kind)
+    mixed = write_lines(tmp_path / "mixed.jsonl", [good[0], "{}", good[1]])
+    with caplog.at_level(logging.WARNING):
+        check_data_file(mixed, kind)  # some bad rows: named by line, skipped when loaded
+    assert "mixed.jsonl:2: has no target review text" in caplog.text
+    check_data_file(write_lines(tmp_path / "ok.jsonl", good), kind)
+
+
+def test_an_empty_train_file_stops_the_recipe_with_its_name(load_recipe, tmp_path):
+    empty = write_lines(tmp_path / "empty_train.jsonl", [])
+    with pytest.raises(Exception, match="empty_train.jsonl is empty"):
+        load_recipe(datasets=[{"path": str(empty), "type": "dataset_formats.amazon_reviews"}])

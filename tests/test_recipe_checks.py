@@ -16,6 +16,15 @@ import pytest
             "nextquill_high_weight: Input should be a finite",
         ),
         ({"nextquill_alpha": "5e-2"}, "write it as a decimal (e.g. 0.05) or with a dot"),
+        (
+            {"nextquill_high_weight": 0.0, "nextquill_low_weight": 0.0},
+            "nextquill_high_weight (lambda) is 0, so every token weight is 0",
+        ),
+        ({"nextquill_history_k": 0}, "nextquill_history_k"),
+        (
+            {"nextquill_field_labels": {"review": "[R{j}]"}},
+            "review: '[R{j}]' uses {j}; it may use {i}",
+        ),
         ({"nextquil_alpha": 0.5}, "unknown key nextquil_alpha: did you mean nextquill_alpha?"),
         ({"nextquill_histroy_k": 2}, "did you mean nextquill_history_k?"),
     ],
@@ -71,3 +80,41 @@ def test_nextquill_without_a_single_paired_row_is_an_error():
     with pytest.raises(ValueError, match="it would train plain SFT"):
         describe_rows(alpaca_only, "train_dataset")
     describe_rows(alpaca_only, "eval_dataset")  # a warning only
+
+
+def test_a_misspelled_override_after_the_double_dash_is_refused(recipes, tmp_path):
+    from nextquill_plugin.cli import main as nextquill
+
+    for command in ("evaluate", "prompts", "inspect"):
+        with pytest.raises(SystemExit, match="unknown key nextquill_histroy_k: did you mean"):
+            nextquill([command, str(recipes["amazon"]), "--", "--nextquill_histroy_k", "2"])
+
+
+def test_rows_of_a_data_file_that_changed_since_they_were_prepared_are_refused(
+    tiny_tokenizer, synthetic_splits, tmp_path
+):
+    import os
+
+    from datasets import Dataset
+
+    from dataset_formats.amazon_reviews import load
+    from dataset_formats.checks import check_data_sources
+    from nextquill_common.jsonl import write_jsonl
+
+    data = write_jsonl(tmp_path / "train.jsonl", synthetic_splits["train"][:3])
+    recipe = {"plugins": ["nextquill_plugin.NextQuillPlugin"], "nextquill": True}
+    strategy = load(tiny_tokenizer, {**recipe, "sequence_len": 512}, {"path": str(data)})
+    prepared = Dataset.from_list(
+        [strategy.tokenize_prompt(r) for r in synthetic_splits["train"][:3]]
+    )
+
+    class Cfg(dict):
+        __getattr__ = dict.get
+
+    cfg = Cfg(recipe, dataset_prepared_path="last_run_prepared")
+    check_data_sources(cfg, prepared, "train_dataset")  # unchanged: accepted
+    write_jsonl(data, synthetic_splits["train"][3:7])  # rebuilt, as `nextquill-data build` does
+    with pytest.raises(ValueError, match="train.jsonl has changed since its rows were prepared"):
+        check_data_sources(cfg, prepared, "train_dataset")
+    os.remove(data)  # moved away: the prepared rows are all there is; accepted
+    check_data_sources(cfg, prepared, "train_dataset")

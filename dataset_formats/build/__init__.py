@@ -28,12 +28,13 @@ from pathlib import Path
 from .common import SPLITS, BuildError, BuildOptions, Report, sql_text
 from .output import (
     check_out_dir,
+    check_writable,
     make_work_folder,
     put_in_place,
     recover_interrupted_swap,
     remove_stale_work_folders,
 )
-from .raw_lines import iter_json_lines, read_items, read_reviews
+from .raw_lines import check_inputs, iter_json_lines, read_items, read_reviews
 from .splits import select_users_and_targets, write_splits
 from .text_rules import define_sql_functions, join_description
 
@@ -80,6 +81,8 @@ def build(
         if options.show_progress:
             print(f"[nextquill-data] {message} ({time.time() - started:.0f}s)", flush=True)
 
+    check_inputs(reviews, meta)  # every input, before a line of any is read
+    check_writable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     recovered = recover_interrupted_swap(out_dir)
     if recovered:

@@ -61,6 +61,23 @@ def check_out_dir(out_dir: Path) -> None:
         )
 
 
+def check_writable(out_dir: Path) -> None:
+    """Refuse an ``--out`` the build could not write to, before any work: the build writes a
+    work folder beside it and moves it in place (and replaces a previous build's files)."""
+    nearest = next(p for p in [out_dir.parent, *out_dir.parent.parents] if p.exists())
+    for folder in (nearest, out_dir):
+        if not folder.is_dir():
+            continue
+        try:
+            probe = tempfile.mkdtemp(prefix=".nextquill-write-check-", dir=folder)
+            os.rmdir(probe)
+        except OSError as error:
+            raise BuildError(
+                f"--out {out_dir}: cannot write to {folder} ({error.strerror or error}); give a "
+                "folder on a writable disk"
+            ) from None
+
+
 def recover_interrupted_swap(out_dir: Path) -> str | None:
     """Put back a previous build left aside by a build killed while swapping; drop a leftover
     copy when both exist. Returns what was done, for the log."""

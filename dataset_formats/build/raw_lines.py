@@ -9,8 +9,10 @@ a wrong type) is also listed by file and line in the report.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +70,59 @@ def iter_line_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tup
                 line_no += 1
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise BuildError(
-            f"{path}: the gzip stream is truncated or corrupt after line {line_no - 1} ({error})"
+            f"{path}: the gzip stream is truncated or corrupt after line "
+            f"{decodable_lines(path)} ({error})"
         ) from error
     if line_no == 1:
         raise BuildError(f"{path}: the file is empty")
+
+
+def decodable_lines(path: Path, chunk_bytes: int = 1 << 16) -> int:
+    """How many complete lines a broken gzip file gives before its stream breaks (read again
+    in small pieces: the big blocks above are lost whole when the stream breaks)."""
+    lines = 0
+    with contextlib.suppress(EOFError, zlib.error, gzip.BadGzipFile), gzip.open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            lines += chunk.count(b"\n")
+    return lines
+
+
+REVIEW_KEYS = {"user_id", "rating", "text"}  # a review line has these; an item line has none
+ITEM_KEYS = {"main_category", "categories", "description"}
+
+
+def check_inputs(reviews: list[Path], meta: list[Path]) -> None:
+    """Every input is a readable file, and the review and metadata files are not swapped
+    (judged by the first line of each), before a line of any is read."""
+    for flag, paths in (("--reviews", reviews), ("--meta", meta)):
+        for path in map(Path, paths):
+            if not path.exists():
+                raise BuildError(f"{flag} {path} does not exist")
+            if not path.is_file():
+                raise BuildError(f"{flag} {path} is a folder, not a file; name the file in it")
+            if not os.access(path, os.R_OK):
+                raise BuildError(f"{flag} {path} cannot be read (permission denied)")
+    review_keys = [_first_keys(Path(p)) for p in reviews]
+    meta_keys = [_first_keys(Path(p)) for p in meta]
+    looks_like_items = all(k and not REVIEW_KEYS & k and ITEM_KEYS & k for k in review_keys)
+    looks_like_reviews = all(k and REVIEW_KEYS <= k for k in meta_keys)
+    if looks_like_items and looks_like_reviews:
+        raise BuildError(
+            "the files look swapped: the --reviews files hold item metadata (main_category, "
+            "categories, description) and the --meta files hold reviews (user_id, rating, "
+            "text); give the review files to --reviews and the meta_* files to --meta"
+        )
+
+
+def _first_keys(path: Path) -> set[str] | None:
+    """The keys of the first line's JSON object, or None when it is not one."""
+    try:
+        with _open(path) as handle:
+            first = handle.readline(1 << 20)
+        value = json.loads(first)
+    except (OSError, ValueError, EOFError, zlib.error):
+        return None
+    return set(value) if isinstance(value, dict) else None
 
 
 def _strings(body: bytes) -> pa.Array:
