@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import Field, fields, make_dataclass
 from dataclasses import field as dataclass_field
+from enum import Enum
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -122,7 +123,9 @@ def settings_from(source: Any) -> NextQuillSettings:
     if isinstance(source, dict):
         source = objective_args(source)
     values = {f.name: getattr(source, recipe_key(f)) for f in fields(NextQuillSettings)}
-    values["weight_source"] = WeightSource(values["weight_source"])
+    for name, kind in _SETTING_TYPES.items():  # enum settings arrive as their text
+        if isinstance(kind, type) and issubclass(kind, Enum):
+            values[name] = kind(values[name])
     return NextQuillSettings(**values)
 
 

@@ -129,6 +129,7 @@ def nextquill_loss(
     alpha: float = 0.05,
     weight_causal_loss: bool = True,
     normalizer: float | torch.Tensor | None = None,
+    causal_normalizer: float | torch.Tensor | None = None,
     normal_cross_entropy: CrossEntropySum = weighted_cross_entropy_sum,
     causal_cross_entropy: CrossEntropySum = weighted_cross_entropy_sum,
 ) -> NextQuillLoss:
@@ -153,6 +154,7 @@ def nextquill_loss(
             target tokens in the whole gradient-accumulation window (``num_items_in_batch``),
             so the result does not depend on how a batch is split into micro-batches.
             Defaults to N.
+        causal_normalizer: what Lp's sum is divided by; defaults to ``normalizer``.
         normal_cross_entropy, causal_cross_entropy: ``(inputs, ids, weights) -> sum_t w_t CE``
             for Ln and Lp.
     """
@@ -170,5 +172,5 @@ def nextquill_loss(
             causal_weights = torch.ones_like(causal_weights)
         # eq. 6: the preference-driven component of the prediction is fitted to y_t directly.
         causal = causal_cross_entropy(preference_component, causal_ids, causal_weights)
-        causal = causal / normalizer
+        causal = causal / (normalizer if causal_normalizer is None else causal_normalizer)
     return NextQuillLoss(total=normal + alpha * causal, normal=normal, causal=causal)

@@ -37,7 +37,7 @@ from .lm_head import (
     resolve_lm_head,
     target_hidden_states,
 )
-from .settings import NextQuillSettings
+from .settings import NextQuillSettings, WeightNormalization
 
 
 @dataclass
@@ -50,6 +50,43 @@ class BatchLoss:
     causal_token_mask: torch.Tensor  # [N] tokens of rows that have a counterfactual prompt
     n_tokens: int
     outputs: Any  # the with-history model outputs (hidden states, last-position logits)
+    # What Ln and Lp were divided by, so that the trainer can log them per target token.
+    normalizer: float = 1.0
+    causal_normalizer: float = 1.0
+
+    def per_token(self) -> tuple[float, float]:
+        """(Ln, Lp) of this micro-batch per target token, whatever the normalisation."""
+        tokens = max(self.n_tokens, 1)
+        return (
+            self.loss.normal.item() * self.normalizer / tokens,
+            self.loss.causal.item() * self.causal_normalizer / tokens,
+        )
+
+
+def loss_normalizers(
+    settings: NextQuillSettings,
+    weights: TokenWeights,
+    causal_token_mask: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None,
+    micro_batches: int,
+) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+    """(Ln's, Lp's) divisor. ``tokens``: the window's target tokens (this micro-batch's when the
+    trainer gives none), so that the split into micro-batches changes nothing. ``weights``: this
+    micro-batch's sum of Ln's weights and of Lp's weights (its token count when Lp is unweighted),
+    times the micro-batches of the window, so that accumulating averages the micro-batches' losses,
+    as the authors' code means to."""
+    n_tokens = int(causal_token_mask.numel())
+    if settings.weight_normalization == WeightNormalization.tokens:
+        normalizer = num_items_in_batch if num_items_in_batch else max(n_tokens, 1)
+        return normalizer, normalizer
+    causal_weights = weights.weights[causal_token_mask]
+    if not settings.weight_causal_loss:
+        causal_weights = torch.ones_like(causal_weights)
+    tiny = torch.finfo(torch.float32).tiny  # a micro-batch whose weights are all 0 adds 0
+    return (
+        weights.weights.sum().clamp_min(tiny) * micro_batches,
+        causal_weights.sum().clamp_min(tiny) * micro_batches,
+    )
 
 
 @dataclass
@@ -157,12 +194,13 @@ def compute_batch_loss(
     batch: dict[str, Any],
     settings: NextQuillSettings,
     num_items_in_batch: int | torch.Tensor | None = None,
+    micro_batches: int = 1,
 ) -> BatchLoss:
     """L = Ln + alpha * Lp for a collated batch (see ``NextQuillDataCollator``).
 
     ``num_items_in_batch`` is the number of target tokens of the whole gradient-accumulation
-    window; the summed losses are divided by it, so that gradients do not depend on how the
-    window is split into micro-batches. None divides by this micro-batch's target tokens.
+    window and ``micro_batches`` the number of micro-batches in it; what the summed losses are
+    divided by follows ``settings.weight_normalization`` (``loss_normalizers``).
     """
     split = SplitBatch.of(batch)
     lm_head = resolve_lm_head(model)
@@ -201,6 +239,9 @@ def compute_batch_loss(
             preference_component = paired_hidden - hidden_without
 
     n_tokens = int(token_ids.numel())
+    normalizer, causal_normalizer = loss_normalizers(
+        settings, weights, causal_token_mask, num_items_in_batch, micro_batches
+    )
     # Ln and Lp apply the LM head to final hidden states in chunks: no [N, V] logits held.
     loss = nextquill_loss(
         hidden_with,
@@ -210,10 +251,18 @@ def compute_batch_loss(
         causal_token_mask=causal_token_mask,
         alpha=settings.causal_loss_weight,
         weight_causal_loss=settings.weight_causal_loss,
-        normalizer=num_items_in_batch if num_items_in_batch else max(n_tokens, 1),
+        normalizer=normalizer,
+        causal_normalizer=causal_normalizer,
         normal_cross_entropy=partial(head_cross_entropy_sum, lm_head),
         causal_cross_entropy=partial(head_cross_entropy_sum, lm_head, without_bias=True),
     )
     return BatchLoss(
-        loss, weights.weights, weights.preference_mask, causal_token_mask, n_tokens, outputs
+        loss,
+        weights.weights,
+        weights.preference_mask,
+        causal_token_mask,
+        n_tokens,
+        outputs,
+        float(normalizer),
+        float(causal_normalizer),
     )

@@ -25,6 +25,7 @@ from dataset_formats.checks import (
     check_prompt_settings,
     describe_rows,
 )
+from dataset_formats.strategy import PLUGIN
 
 from .args import refuse_cli_overrides, settings_from
 from .settings import SETTING_PREFIX
@@ -50,6 +51,14 @@ class NextQuillPlugin(BasePlugin):
         check_dataset_types(cfg)
         check_data_files(cfg)
         refuse_cli_overrides(sys.argv)
+
+    def pre_model_load(self, cfg):
+        """Seed with the recipe's ``seed`` before the model and its adapter are built: Axolotl
+        initialises LoRA before it seeds, so two runs of one recipe would start apart."""
+        if cfg.seed is not None and (nextquill_enabled(cfg) or PLUGIN in (cfg.plugins or [])):
+            from transformers import set_seed
+
+            set_seed(int(cfg.seed))
 
     def get_input_args(self) -> str:
         return "nextquill_plugin.args.NextQuillArgs"

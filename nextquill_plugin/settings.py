@@ -21,6 +21,13 @@ class WeightSource(StrEnum):
     current = "current"  # the authors' code: the model being trained, detached, every step
 
 
+class WeightNormalization(StrEnum):
+    """What the summed, weighted token losses are divided by."""
+
+    tokens = "tokens"  # the paper's eq. 5-6: the target tokens of the accumulation window
+    weights = "weights"  # the authors' code: each micro-batch's sum of the weights
+
+
 def setting(default: Any, symbol: str, description: str, **bounds: float) -> Any:
     """A field of ``NextQuillSettings``: its default, the paper's symbol, a description, and
     pydantic bounds (``ge``/``le``/``lt``) that the recipe schema enforces."""
@@ -61,6 +68,14 @@ class NextQuillSettings:
     )
     weight_causal_loss: bool = setting(
         True, "omega in eq. 6", "True: Lp weighted by omega (eq. 6); False: the authors' code."
+    )
+    weight_normalization: WeightNormalization = setting(
+        WeightNormalization.tokens,
+        "1/N in eq. 5-6",
+        "tokens: Ln and Lp divided by the target tokens of the accumulation window (the paper); "
+        "weights: each micro-batch's Ln divided by the sum of its weights and Lp by the sum of "
+        "its Lp weights (a plain mean when unweighted), micro-batches averaged (the authors' "
+        "code).",
     )
     counterfactual_gradient: bool = setting(
         True,

@@ -47,26 +47,34 @@ class NextQuillTrainer(AxolotlTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if COUNTERFACTUAL_IDS not in inputs:  # a batch of ordinary rows only: stock loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        result = compute_batch_loss(model, inputs, self.nextquill_settings, num_items_in_batch)
-        self._log_parts(result, num_items_in_batch, model.training)
+        result = compute_batch_loss(
+            model,
+            inputs,
+            self.nextquill_settings,
+            num_items_in_batch,
+            # the window's micro-batches (fewer in an epoch's last window), for weights normalisation
+            micro_batches=getattr(self, "current_gradient_accumulation_steps", 1)
+            if model.training
+            else 1,
+        )
+        self._log_parts(result, model.training)
         if return_outputs:
             result.outputs["loss"] = result.loss.total
             return result.loss.total, result.outputs
         return result.loss.total
 
-    def _log_parts(self, result: BatchLoss, num_items_in_batch, training: bool) -> None:
+    def _log_parts(self, result: BatchLoss, training: bool) -> None:
         """Ln and Lp per target token of this micro-batch, mean weight, preference-token share."""
         if result.n_tokens == 0:
             return
-        # The parts are divided by the window's token count; rescale to this micro-batch.
-        scale = float(num_items_in_batch) / result.n_tokens if num_items_in_batch else 1.0
+        normal, causal = result.per_token()
         paired = result.causal_token_mask
         preference_share = 0.0
         if bool(paired.any()):  # the share of paired tokens that the rule marked
             preference_share = result.preference_mask[paired].float().mean().item()
         values = (
-            result.loss.normal.item() * scale,
-            result.loss.causal.item() * scale,
+            normal,
+            causal,
             result.weights.mean().item(),
             preference_share,
         )

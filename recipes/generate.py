@@ -1,4 +1,5 @@
-"""Generate the recipes (3 domains x 5 variants, and NextQuill with QLoRA) from one source.
+"""Generate the recipes (3 domains x 5 variants, NextQuill with QLoRA, and NextQuill as the
+authors' code trains it) from one source.
 
     python recipes/generate.py          # (re)write recipes/*.yml
     python recipes/generate.py --check  # exit 1 if a recipe differs from what this produces
@@ -41,7 +42,22 @@ VARIANTS = {
         "SFT baseline (no history in the prompt)",
         "nextquill: false\nnextquill_include_history: false  # the history block reads 'None'\n",
     ),
+    "nextquill_authors": (
+        "NextQuill as the authors' code trains it (github.com/juntaoyou/NextQuill, train.py)",
+        "nextquill: true\n"
+        "# The authors' objective: weights from the model being trained, Lp unweighted, alpha 0.1,\n"
+        "# each micro-batch's Ln divided by the sum of its weights (see README: config keys).\n"
+        "nextquill_alpha: 0.1\n"
+        "nextquill_delta: 0.05\n"
+        "nextquill_high_weight: 0.9\n"
+        "nextquill_low_weight: 0.1\n"
+        "nextquill_weight_source: current\n"
+        "nextquill_weight_causal_loss: false\n"
+        "nextquill_weight_normalization: weights\n",
+    ),
 }
+# The variants whose keys are the paper's NEXTQUILL_KEYS plus their own switch.
+PAPER_OBJECTIVE = ("nextquill", "causal_only", "norm_only")
 
 NEXTQUILL_KEYS = """\
 # The paper's values (Section 4.1, eq. 3 and 7).
@@ -85,13 +101,7 @@ sequence_len: 4096  # the paper's budget (the authors' code: 2048-token prompt)
 sample_packing: false  # NextQuill's counterfactual sequence cannot be packed
 pad_to_sequence_len: false
 
-{adapter_block}lora_r: 8
-lora_alpha: 16
-lora_dropout: 0.05
-lora_target_modules:
-  - q_proj
-  - v_proj
-
+{adapter_block}
 # Optimisation as in the paper and the authors' code.
 optimizer: adamw_torch
 learning_rate: 5.0e-6
@@ -103,8 +113,8 @@ micro_batch_size: 1
 gradient_accumulation_steps: 16
 seed: 42
 
-bf16: true
-tf32: true
+bf16: auto  # bf16 where the GPU has it
+tf32: auto
 gradient_checkpointing: true
 gradient_checkpointing_kwargs:
   use_reentrant: false  # NextQuill's two forward passes need one backward (DeepSpeed ZeRO)
@@ -117,31 +127,41 @@ eval_strategy: epoch
 save_strategy: epoch
 """
 
+LORA_KEYS = """\
+lora_r: 8
+lora_alpha: 16
+lora_dropout: 0.05
+lora_target_modules:
+  - q_proj
+  - v_proj
+"""
 ADAPTERS = {
     "lora": (
         "# LoRA as the paper states; rank and targets are not given in the paper: we chose the authors'\n"
         "# earlier commit's (r 8, alpha 16, q_proj/v_proj). Their final code fine-tunes fully.\n"
-        "adapter: lora\n"
+        "adapter: lora\n" + LORA_KEYS
     ),
     "qlora": (
         "# QLoRA: the base model in 4 bits (bitsandbytes NF4), the LoRA of the lora recipes on top.\n"
         "# The LM head stays unquantised (NextQuill applies it itself at target positions).\n"
         "adapter: qlora\n"
-        "load_in_4bit: true\n"
+        "load_in_4bit: true\n" + LORA_KEYS
     ),
+    "full": "# Full fine-tuning, as the authors' final code (no adapter).\n",
 }
-# (variant, adapter) pairs beyond every variant with LoRA.
+# (variant, adapter) pairs: every variant but the authors' with LoRA, and these.
 EXTRA = (("nextquill", "qlora"),)
+ONLY = {"nextquill_authors": "full"}  # variants made with one adapter only
 
 
 def recipe_name(domain: str, variant: str, adapter: str) -> str:
-    return f"{domain}_{variant}" + ("" if adapter == "lora" else f"_{adapter}")
+    default = ONLY.get(variant, "lora")
+    return f"{domain}_{variant}" + ("" if adapter == default else f"_{adapter}")
 
 
 def render(domain: str, variant: str, adapter: str = "lora") -> str:
     domain_name, domain_file = DOMAINS[domain]
     title, keys = VARIANTS[variant]
-    uses_nextquill_loss = variant in ("nextquill", "causal_only", "norm_only")
     name = recipe_name(domain, variant, adapter)
     text = TEMPLATE.format(
         domain=domain,
@@ -150,7 +170,7 @@ def render(domain: str, variant: str, adapter: str = "lora") -> str:
         variant=variant,
         variant_title=title + (", QLoRA" if adapter == "qlora" else ""),
         variant_keys=keys,
-        nextquill_keys=NEXTQUILL_KEYS if uses_nextquill_loss else "",
+        nextquill_keys=NEXTQUILL_KEYS if variant in PAPER_OBJECTIVE else "",
         adapter_block=ADAPTERS[adapter],
     )
     # Each recipe prepares data and trains into folders of its own name.
@@ -158,7 +178,7 @@ def render(domain: str, variant: str, adapter: str = "lora") -> str:
 
 
 def expected_recipes() -> dict[Path, str]:
-    combinations = [(d, v, "lora") for d in DOMAINS for v in VARIANTS]
+    combinations = [(d, v, ONLY.get(v, "lora")) for d in DOMAINS for v in VARIANTS]
     combinations += [(d, v, a) for d in DOMAINS for v, a in EXTRA]
     return {HERE / f"{recipe_name(d, v, a)}.yml": render(d, v, a) for d, v, a in combinations}
 

@@ -197,3 +197,19 @@ def test_weights_command_refuses_a_recipe_without_nextquill(tmp_path, tiny_model
     )
     assert result.returncode != 0 and "does not set `nextquill: true`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_two_fresh_runs_of_a_lora_recipe_log_identical_losses(tmp_path, tiny_model_dir, train_file):
+    """The recipe's seed decides everything: the plugin seeds before Axolotl builds the model
+    and its LoRA adapter (Axolotl itself seeds only after), so nothing drifts apart."""
+    runs = []
+    for name in ("first", "second"):
+        workdir = tmp_path / name
+        recipe = tiny_recipe(tiny_model_dir, train_file, workdir, max_steps=4)
+        result = run_axolotl("train", recipe, workdir)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        runs.append(logged_metrics(result.stdout + result.stderr))
+    first, second = runs
+    assert len(first) == 4
+    for key in ("loss", "grad_norm", "nextquill/normal_loss", "nextquill/causal_loss"):
+        assert [s[key] for s in first] == [s[key] for s in second], key

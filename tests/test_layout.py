@@ -181,6 +181,7 @@ def test_the_plugin_passes_every_setting_to_the_trainer():
         "nextquill_weight_source": "current",
         "nextquill_weight_causal_loss": False,
         "nextquill_counterfactual_gradient": False,
+        "nextquill_weight_normalization": "weights",
     }
     assert set(changed) == {SETTING_PREFIX + f.name for f in fields(NextQuillSettings)}
     cfg = NextQuillArgs.model_validate({"nextquill": True, **changed})
@@ -199,6 +200,7 @@ def test_the_plugin_passes_every_setting_to_the_trainer():
         weight_source="current",
         weight_causal_loss=False,
         counterfactual_gradient=False,
+        weight_normalization="weights",
     )
 
 

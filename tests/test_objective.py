@@ -392,3 +392,70 @@ def test_chunked_head_loss_equals_full_logits(without_bias):
         if not without_bias:
             log_probs = head_token_log_probs(head, hidden, ids, chunk_rows=2)
             assert torch.allclose(log_probs, token_log_probs(full_logits(), ids), atol=1e-6)
+
+
+def test_loss_normalizers_by_hand():
+    from nextquill_plugin.objective import TokenWeights, loss_normalizers
+    from nextquill_plugin.settings import WeightNormalization
+
+    weights = TokenWeights(
+        torch.tensor([0.9, 0.1, 0.1, 1.0]), torch.tensor([True, False, False, False])
+    )
+    paired = torch.tensor([True, True, True, False])  # the last token is an ordinary row's
+    tokens = NextQuillSettings()
+    assert loss_normalizers(tokens, weights, paired, 40, 2) == (40, 40)
+    assert loss_normalizers(tokens, weights, paired, None, 2) == (4, 4)
+    authors = NextQuillSettings(weight_normalization=WeightNormalization.weights)
+    ln, lp = loss_normalizers(authors, weights, paired, 40, 2)
+    assert (ln.item(), lp.item()) == pytest.approx((2 * 2.1, 2 * 1.1))
+    unweighted = NextQuillSettings(weight_normalization="weights", weight_causal_loss=False)
+    ln, lp = loss_normalizers(unweighted, weights, paired, 40, 2)
+    assert (ln.item(), lp.item()) == pytest.approx((2 * 2.1, 2 * 3.0))  # Lp: a plain mean
+
+
+def authors_formula(model, features, weights, alpha):
+    """Their objective by hand on the slow reference's sums: sum(w l) / sum(w) + alpha * mean(Lp)."""
+    from nextquill_plugin.objective import NextQuillSettings as Settings
+
+    ones = [[1.0] * len(w) for w in weights]
+    weighted_ln = slow_loss(model, features, weights, Settings(alpha=0.0), 1.0)
+    plain = Settings(alpha=1.0, weight_causal_loss=False)
+    mean_lp = (
+        slow_loss(model, features, ones, plain, 1.0)
+        - slow_loss(model, features, ones, Settings(alpha=0.0), 1.0)
+    ) / n_targets(features)
+    return weighted_ln / sum(sum(w) for w in weights) + alpha * mean_lp
+
+
+def test_authors_normalisation_equals_their_formula_and_averages_micro_batches(
+    tiny_model, tiny_tokenizer, paired_features
+):
+    """weights normalisation with the authors' other settings (unweighted Lp, alpha 0.1): one
+    micro-batch gives their formula; two micro-batches of one row each, accumulated, give the
+    mean of each row's own formula (their per-micro-batch normalisation, averaged)."""
+    features = paired_features[:2]
+    weights = random_weights(features, seed=7)
+    settings = NextQuillSettings(
+        alpha=0.1, weight_causal_loss=False, weight_normalization="weights"
+    )
+    whole = compute_batch_loss(tiny_model, collate(tiny_tokenizer, features, weights), settings)
+    expected = authors_formula(tiny_model, features, weights, 0.1)
+    assert whole.loss.total.item() == pytest.approx(expected.item(), abs=1e-5)
+    accumulated = sum(
+        compute_batch_loss(
+            tiny_model, collate(tiny_tokenizer, [f], [w]), settings, 999, micro_batches=2
+        ).loss.total.item()
+        for f, w in zip(features, weights, strict=True)
+    )
+    per_row = [
+        authors_formula(tiny_model, [f], [w], 0.1).item()
+        for f, w in zip(features, weights, strict=True)
+    ]
+    assert accumulated == pytest.approx(sum(per_row) / 2, abs=1e-5)
+    assert accumulated != pytest.approx(whole.loss.total.item(), abs=1e-4)  # per micro-batch
+    assert whole.per_token()[0] == pytest.approx(
+        slow_loss(
+            tiny_model, features, weights, NextQuillSettings(alpha=0.0), n_targets(features)
+        ).item(),
+        abs=1e-5,
+    )  # logged Ln is per target token in either normalisation

@@ -1,4 +1,4 @@
-"""The fifteen recipes: in sync with their generator, valid for Axolotl, and they train."""
+"""The shipped recipes: in sync with their generator, valid for Axolotl, and they train."""
 
 from __future__ import annotations
 
@@ -49,11 +49,13 @@ def load_generator():
 
 def test_recipes_match_their_generator():
     expected = load_generator().expected_recipes()
-    assert len(expected) == 18  # 3 domains x 5 variants, and NextQuill with QLoRA per domain
+    # 3 domains x 5 variants, and per domain NextQuill with QLoRA and as the authors train it
+    assert len(expected) == 21
     on_disk = {p for p in RECIPES.glob("*.yml") if p.name != "mixed_example.yml"}
     assert on_disk == set(expected)
     for path, text in expected.items():
         assert path.read_text() == text, f"{path.name} differs from recipes/generate.py"
+        assert "\nbf16: auto" in text  # as Axolotl's examples: GPUs without bf16 run them too
 
 
 @pytest.fixture(scope="module")
@@ -88,28 +90,39 @@ def test_every_recipe_validates_with_axolotl(workdir, tiny_model_dir):
         if line.startswith("RECIPE "):
             cfg = json.loads(line[len("RECIPE ") :])
             seen[cfg["recipe"]] = cfg
-    assert set(seen) == {Path(r).name for r in recipes}  # the 18 and the mixed example
+    assert set(seen) == {Path(r).name for r in recipes}  # the 21 and the mixed example
     assert seen.pop("mixed_example.yml")["nextquill"] is True
     variants = sorted(load_generator().VARIANTS, key=len, reverse=True)  # context_sft before sft
     for name, cfg in seen.items():
         qlora = name.endswith("_qlora.yml")
+        authors = name.endswith("_nextquill_authors.yml")
         assert (cfg["adapter"], bool(cfg.get("load_in_4bit"))) == (
-            ("qlora", True) if qlora else ("lora", False)
+            ("qlora", True) if qlora else (None, False) if authors else ("lora", False)
         ), name
+        if authors:  # the authors' objective, exactly
+            assert (cfg["nextquill_weight_source"], cfg["nextquill_weight_normalization"]) == (
+                "current",
+                "weights",
+            )
+            assert (cfg["nextquill_alpha"], cfg["nextquill_weight_causal_loss"]) == (0.1, False)
         name = name.removesuffix("_qlora.yml") + ".yml" if qlora else name
         variant = next(v for v in variants if name.endswith(f"_{v}.yml"))
         assert (
             cfg["learning_rate"] == 5e-6 and cfg["num_epochs"] == 5 and cfg["sequence_len"] == 4096
         )
         assert cfg["deepspeed"], name
-        assert cfg["nextquill"] == (variant in ("nextquill", "causal_only", "norm_only")), name
+        assert cfg["nextquill"] == variant.startswith(("nextquill", "causal_only", "norm_only")), (
+            name
+        )
         assert cfg["nextquill_token_weighting"] == (variant != "causal_only"), name
         assert cfg["nextquill_causal_loss"] == (variant != "norm_only"), name
         assert cfg["nextquill_include_history"] == (variant != "sft"), name
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("variant", ["nextquill", "causal_only", "norm_only", "context_sft", "sft"])
+@pytest.mark.parametrize(
+    "variant", ["nextquill", "causal_only", "norm_only", "context_sft", "sft", "nextquill_authors"]
+)
 def test_recipe_trains_unchanged_on_cpu(workdir, tiny_model_dir, variant):
     """`axolotl train recipes/books_<variant>.yml` with command-line overrides only."""
     axolotl = Path(sys.executable).parent / "axolotl"
@@ -129,10 +142,9 @@ def test_recipe_trains_unchanged_on_cpu(workdir, tiny_model_dir, variant):
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    assert (workdir / "outputs" / f"books_{variant}" / "adapter_model.safetensors").exists()
-    assert ("nextquill/causal_loss" in output) == (
-        variant in ("nextquill", "causal_only", "norm_only")
-    )
+    saved = "model.safetensors" if variant == "nextquill_authors" else "adapter_model.safetensors"
+    assert (workdir / "outputs" / f"books_{variant}" / saved).exists()
+    assert ("nextquill/causal_loss" in output) == (variant != "context_sft" and variant != "sft")
 
 
 @pytest.mark.e2e
