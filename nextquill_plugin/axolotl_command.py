@@ -20,4 +20,4 @@ def nextquill(arguments: tuple[str, ...]) -> None:
     """NextQuill: theta_0 weights, evaluate, compare, inspect, recipes, demo."""
     from .cli import main
 
-    main(list(arguments))
+    main(list(arguments), prog="axolotl nextquill")

@@ -88,6 +88,8 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
 
     from .args import settings_from
 
+    if not Path(recipe).is_file():
+        raise FileNotFoundError(f"recipe {recipe} does not exist")
     cfg = load_cfg(recipe, **overrides)
     if not cfg.nextquill:
         raise SystemExit(
@@ -124,7 +126,12 @@ def add_compare_parser(commands) -> None:
     compare = commands.add_parser("compare", help="compare evaluations (Table 1 / Table 2)")
     compare.add_argument("runs", nargs="+", help="evaluation folders or metrics.json files")
     compare.add_argument("--baseline", help="run name to report relative improvement against")
-    compare.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    compare.add_argument(
+        "--format",
+        choices=("markdown", "csv"),
+        default="markdown",
+        help="table format (default: markdown)",
+    )
     compare.add_argument("--ci", action="store_true", help="show 95%% confidence intervals")
     compare.add_argument("--csv", help="also write the CSV table to this file")
     compare.add_argument(
@@ -202,8 +209,9 @@ def run_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
             end="",
         )
     if args.csv:
-        with open(args.csv, "w") as handle:
-            handle.write(comparison_table(runs, baseline=args.baseline, fmt="csv", intervals=True))
+        write_text_atomic(
+            args.csv, comparison_table(runs, baseline=args.baseline, fmt="csv", intervals=True)
+        )
 
 
 def run_inspect(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
@@ -283,16 +291,17 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line and each subcommand's parser (for its own usage in errors)."""
     parser = argparse.ArgumentParser(
-        prog="nextquill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     weights = commands.add_parser(
         "weights", help="compute the theta_0 token weights of a recipe ahead of training"
     )
-    weights.add_argument("recipe")
+    weights.add_argument("recipe", help="the recipe whose theta_0 weights to compute")
     commands.add_parser("demo", help="run the end-to-end demo on the tiny local model")
     add_evaluate_parser(commands)
     add_compare_parser(commands)
@@ -300,8 +309,16 @@ def main(argv: list[str] | None = None) -> None:
     wordnet = commands.add_parser(
         "setup-wordnet", help="copy Debian's WordNet 3.0 (wordnet-base) where NLTK finds it"
     )
-    wordnet.add_argument("--source", default="/usr/share/wordnet")
-    wordnet.add_argument("--nltk-dir", default=None, help="default: <sys.prefix>/nltk_data")
+    wordnet.add_argument(
+        "--source",
+        default="/usr/share/wordnet",
+        help="where Debian's wordnet-base put WordNet (default: /usr/share/wordnet)",
+    )
+    wordnet.add_argument(
+        "--nltk-dir",
+        default=None,
+        help="the nltk_data folder to copy it into (default: <sys.prefix>/nltk_data)",
+    )
     from .evaluation.prompts import PromptsRequest
 
     prompts = commands.add_parser(
@@ -309,28 +326,43 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_dataclass_options(prompts, PromptsRequest)
     recipes = commands.add_parser(
-        "recipes", help="copy the shipped recipes (3 domains x 5 variants, mixed example)"
+        "recipes", help="copy the shipped recipes (every domain and variant, and the mixed example)"
     )
     recipes.add_argument("destination", help="folder to copy them into (created if missing)")
+    return parser, commands.choices
 
+
+def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
+    """The command line. Exit codes: 0 done, 1 a run that failed (a message says why), 2 a
+    command line that is wrong (the subcommand's usage says how). Recipe overrides, for the
+    commands that read a recipe, go after ``--``: ``nextquill evaluate r.yml -- --sequence_len 2048``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:  # without building the parsers, which import torch
+        print(f"{prog} {package_version()}")
+        return
+    parser, subcommands = build_parser(prog)
     overrides: dict[str, Any] = {}
     if "--" in argv:
         cut = argv.index("--")
         argv, overrides = argv[:cut], parse_overrides(argv[cut + 1 :])
     args, extra = parser.parse_known_args(argv)
-    if args.command != "weights" and extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        hint = f"; recipe overrides go after --: {prog} {args.command} ... -- {' '.join(extra)}"
+        subcommands[args.command].error(
+            f"unrecognized arguments: {' '.join(extra)}"
+            + (hint if extra[0].startswith("--") else "")
+        )
     if args.command == "weights":
-        compute_weights(args.recipe, {**parse_overrides(extra), **overrides})
+        try:
+            compute_weights(args.recipe, overrides)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"{prog} weights: {error}") from None
     elif args.command in COMMANDS:
         try:
             COMMANDS[args.command](args, overrides)
         except (OSError, ValueError, RuntimeError) as error:
-            raise SystemExit(f"nextquill {args.command}: {error}") from None
+            raise SystemExit(f"{prog} {args.command}: {error}") from None
     elif args.command == "demo":
-        if extra:
-            parser.error(f"demo takes no arguments, got {extra}")
         from .demo.local_runs import use_offline_mode
 
         use_offline_mode()  # the demo is local: tiny model, shipped data

@@ -205,8 +205,8 @@ def test_cli_exit_code_and_message(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 2
-    assert "nextquill-data: error:" in result.stderr and "the file is empty" in result.stderr
+    assert result.returncode == 1  # a failed run; 2 is a wrong command line
+    assert "nextquill-data build: error:" in result.stderr and "the file is empty" in result.stderr
     assert "Traceback" not in result.stderr
 
 

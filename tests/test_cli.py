@@ -1,5 +1,8 @@
 """Command-line parsing of the `nextquill` command."""
 
+import subprocess
+import sys
+
 import pytest
 
 from nextquill_plugin.cli import parse_overrides
@@ -38,15 +41,29 @@ def test_overrides_reject_stray_words():
         parse_overrides(["oops"])
 
 
-def test_version(capsys):
+def test_version_without_torch(capsys):
+    """`--version` answers at once: it builds no parser (they import torch through evaluation)."""
     from importlib.metadata import version
 
     from nextquill_plugin.cli import main
 
-    with pytest.raises(SystemExit) as exit_code:
-        main(["--version"])
-    assert exit_code.value.code == 0
+    main(["--version"])
     assert capsys.readouterr().out.strip() == f"nextquill {version('nextquill-axolotl')}"
+    probe = (
+        "import sys\nfrom nextquill_plugin.cli import main\nmain(['--version'])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'axolotl', 'datasets') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.splitlines()[-1] == "[]", result.stderr[-2000:]
+    data = subprocess.run(
+        [sys.executable, "-m", "dataset_formats.build.cli", "--version"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        data.returncode == 0
+        and data.stdout.strip() == f"nextquill-data {version('nextquill-axolotl')}"
+    )
 
 
 def test_recipes_are_copied_out_and_nothing_is_overwritten(tmp_path, capsys):
@@ -110,3 +127,88 @@ def test_axolotl_runs_the_nextquill_command(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "r" / "books_nextquill.yml").exists()
+
+
+def test_exit_codes_and_the_subcommands_own_usage(tmp_path):
+    """2 for a wrong command line, with the subcommand's usage; 1 for a run that failed, with
+    its message and no traceback; the same rule for both commands."""
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+
+    wrong = run("nextquill_plugin.cli", "evaluate", "r.yml", "--max-new-tokenz", "5")
+    assert wrong.returncode == 2 and "usage: nextquill evaluate" in wrong.stderr
+    assert "--max-new-tokenz" in wrong.stderr and "go after --" in wrong.stderr
+    missing = run("nextquill_plugin.cli", "weights", str(tmp_path / "missing.yml"))
+    assert missing.returncode == 1 and "missing.yml does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    data_wrong = run("dataset_formats.build.cli", "build", "--reviews", "x")
+    assert data_wrong.returncode == 2 and "usage: nextquill-data build" in data_wrong.stderr
+    data_failed = run(
+        "dataset_formats.build.cli", "build", "--reviews", str(tmp_path), "--meta", str(tmp_path),
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert data_failed.returncode == 1 and "is a folder, not a file" in data_failed.stderr
+    assert "Traceback" not in data_failed.stderr
+
+
+def test_every_flag_of_both_commands_says_what_it_does():
+    import argparse
+
+    from dataset_formats.build import cli as data_cli
+    from nextquill_plugin.cli import build_parser
+
+    parser, subcommands = build_parser("nextquill")
+    captured = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, args=None, namespace=None):
+        captured["parser"] = self
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            data_cli.main([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    data_parser = captured["parser"]
+    data_subcommands = next(
+        a for a in data_parser._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
+    silent = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, sub in [*subcommands.items(), *data_subcommands.items()]
+        for action in sub._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert silent == []
+    build_help = data_subcommands["build"].format_help()
+    assert "a user needs at least this many reviews" in build_help and "default: 18" in build_help
+
+
+def test_the_axolotl_command_calls_itself_so():
+    from nextquill_plugin.cli import main
+
+    with pytest.raises(SystemExit) as exit_code:
+        main(["evaluate"], prog="axolotl nextquill")
+    assert exit_code.value.code == 2
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from nextquill_common.jsonl import write_jsonl, write_text_atomic
+
+    previous = os.umask(0o022)
+    try:
+        rows = write_jsonl(tmp_path / "rows.jsonl", [{"a": 1}])
+        text = write_text_atomic(tmp_path / "m.json", "{}")
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(previous)
+    plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert plain == 0o644
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (rows, text)} == {plain}

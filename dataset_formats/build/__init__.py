@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,7 +80,8 @@ def build(
 
     def say(message: str) -> None:
         if options.show_progress:
-            print(f"[nextquill-data] {message} ({time.time() - started:.0f}s)", flush=True)
+            # Progress goes to stderr: stdout carries only the stats JSON, for pipes.
+            print(f"[nextquill-data] {message} ({time.time() - started:.0f}s)", file=sys.stderr, flush=True)
 
     check_inputs(reviews, meta)  # every input, before a line of any is read
     check_writable(out_dir)

@@ -12,37 +12,61 @@ import json
 import sys
 from pathlib import Path
 
-from . import BuildError, BuildOptions, build
 from nextquill_common.cli_options import add_dataclass_options, dataclass_from_args
-from .dpl import convert_dpl
 from nextquill_common.jsonl import write_jsonl
+
+from . import BuildError, BuildOptions, build
+from .dpl import convert_dpl
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nextquill-axolotl")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Exit codes: 0 done, 1 a build that failed (the message says why), 2 a wrong command line.
+    Progress goes to stderr; ``build`` prints its stats JSON on stdout."""
     parser = argparse.ArgumentParser(
         prog="nextquill-data",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     b = commands.add_parser(
         "build", help="raw review + metadata files -> train/validation/test user rows"
     )
-    b.add_argument("--reviews", nargs="+", required=True, type=Path)
-    b.add_argument("--meta", nargs="+", required=True, type=Path)
-    b.add_argument("--out", required=True, type=Path)
+    b.add_argument(
+        "--reviews", nargs="+", required=True, type=Path,
+        help="review files of a category ({Category}.jsonl[.gz] of Amazon Reviews 2023)",
+    )  # fmt: skip
+    b.add_argument(
+        "--meta", nargs="+", required=True, type=Path,
+        help="its item metadata files (meta_{Category}.jsonl[.gz])",
+    )  # fmt: skip
+    b.add_argument(
+        "--out", required=True, type=Path,
+        help="output folder: train/validation/test.jsonl, stats.json and a dataset card",
+    )  # fmt: skip
     add_dataclass_options(b, BuildOptions)
     d = commands.add_parser("convert-dpl", help="rows of the DPL release -> user rows")
-    d.add_argument("--rows", required=True, type=Path)
-    d.add_argument("--meta", required=True, type=Path)
-    d.add_argument("--out", required=True, type=Path)
+    d.add_argument("--rows", required=True, type=Path, help="a JSONL file of DPL rows")
+    d.add_argument("--meta", required=True, type=Path, help="the DPL release's item metadata")
+    d.add_argument("--out", required=True, type=Path, help="the JSONL file of user rows to write")
     s = commands.add_parser(
         "synthetic", help="raw Amazon-schema files with planted per-user preferences"
     )
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--users", type=int, default=200)
-    s.add_argument("--reviews-per-user", type=int, default=22)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, type=Path, help="folder for reviews.jsonl.gz and meta.jsonl.gz")
+    s.add_argument("--users", type=int, default=200, help="how many users (default: 200)")
+    s.add_argument(
+        "--reviews-per-user", type=int, default=22, help="reviews per user (default: 22)"
+    )
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
@@ -63,9 +87,9 @@ def main(argv: list[str] | None = None) -> None:
             write_jsonl(args.out / "reviews.jsonl.gz", reviews, sort_keys=True)
             write_jsonl(args.out / "meta.jsonl.gz", meta, sort_keys=True)
             print(f"wrote {len(reviews)} reviews and {len(meta)} items to {args.out}")
-    except (BuildError, FileNotFoundError) as error:
-        print(f"nextquill-data: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except (BuildError, OSError) as error:
+        print(f"nextquill-data {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

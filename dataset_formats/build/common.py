@@ -20,24 +20,31 @@ class BuildError(RuntimeError):
     """The input cannot be trusted or the result would be empty: nothing is written."""
 
 
+def option(help_text: str, default: int | str):
+    """A threshold of the protocol, with the help its command-line flag shows."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class BuildOptions:
     """Every threshold of the protocol; defaults are DPL's (Qiu et al. 2025)."""
 
-    min_text_chars: int = 200
-    min_description_chars: int = 100
-    max_description_chars: int = 2000
-    min_item_users: int = 8
-    min_user_reviews: int = 18
-    max_user_reviews: int = 500
-    targets_per_user: int = 10
-    validation_targets: int = 1
-    test_targets: int = 1
-    min_profile_item_users: int = 5
-    min_profile_reviews: int = 8
-    max_history: int = 50
+    min_text_chars: int = option("a review's text must have at least this many characters", 200)
+    min_description_chars: int = option("an item's description: at least this many characters", 100)
+    max_description_chars: int = option("an item's description: at most this many characters", 2000)
+    min_item_users: int = option("k-core: an item needs reviews from at least this many users", 8)
+    min_user_reviews: int = option("k-core: a user needs at least this many reviews", 18)
+    max_user_reviews: int = option("k-core: users with more reviews are dropped", 500)
+    targets_per_user: int = option("a user's last N reviews are targets; the rest the profile", 10)
+    validation_targets: int = option("of those, how many are validation targets", 1)
+    test_targets: int = option("of those, how many are test targets (the last)", 1)
+    min_profile_item_users: int = option(
+        "after the split: a profile item needs at least this many users", 5
+    )
+    min_profile_reviews: int = option("after the split: a user needs this many profile reviews", 8)
+    max_history: int = option("earlier reviews carried by each row, the most recent", 50)
     strict: bool = field(default=False, metadata={"help": "turn every skipped line into an error"})
-    memory_limit: str = "8GB"
+    memory_limit: str = option("DuckDB's memory limit; beyond it, it spills to disk", "8GB")
     threads: int = field(default=0, metadata={"help": "DuckDB's worker threads (0: one per core)"})
     show_progress: bool = field(
         default=True, metadata={"flag": "--quiet", "help": "no progress output"}

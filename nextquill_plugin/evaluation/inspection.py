@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from dataset_formats.contract import EFFECT_INPUT_COLUMNS, IGNORE_INDEX
 from nextquill_common.cli_options import option
-from nextquill_common.jsonl import write_text_atomic
+from nextquill_common.jsonl import atomic_file, write_text_atomic
 
 from ..equations import PreferenceRule, causal_effects
 from ..token_effects import compute_token_effects
@@ -255,7 +255,8 @@ def preference_token_rates(views: Sequence[TokenView], min_occurrences: int = 3)
 def _save(figure: Figure, path: Path) -> Path:
     """Save without pyplot, so that no backend is switched for the caller (e.g. a notebook)."""
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_file(path) as handle:  # a reader sees the old picture or the whole new one
+        figure.savefig(handle, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     return path
 
 

@@ -77,7 +77,11 @@ class RecipeRowsRequest:
     """A model (a recipe's base model, or a checkpoint) and the rows to run it on; the
     evaluate and inspect requests extend it. One command-line option a field."""
 
-    recipe: str
+    recipe: str = field(
+        metadata={
+            "help": "the recipe the model was trained with (its prompt keys, base_model, data)"
+        }
+    )
     checkpoint: str | None = option(
         "LoRA adapter or full model folder from training (default: the recipe's base_model)"
     )
