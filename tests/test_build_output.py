@@ -58,7 +58,7 @@ def test_a_previous_build_is_replaced_whole_and_a_failed_build_keeps_it(tmp_path
     build_fixture(tmp_path, out, BuildOptions(**{**SMALL.__dict__, "max_history": 1}))
     assert all(len(row["history"]) <= 1 for row in read_split(out, "train"))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["train.jsonl", "validation.jsonl", "test.jsonl", "stats.json"]
+        ["train.jsonl", "validation.jsonl", "test.jsonl", "stats.json", "README.md"]
     )
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

@@ -354,3 +354,22 @@ def test_rows_are_the_same_when_users_cross_batch_boundaries(tmp_path, monkeypat
     first, second, meta = write_digest_input(tmp_path / "raw")
     build([first, second], [meta], tmp_path / "out", options)  # batches of 120 reviews
     assert output_digests(tmp_path / "out") == DIGESTS["defaults"]
+
+
+def test_a_build_is_a_hub_dataset_that_load_dataset_reads_by_split(tmp_path):
+    """The folder uploads to the Hub as it is: its card names the three split files, and
+    `datasets.load_dataset(folder)` gives train, validation and test with the build's rows."""
+    from datasets import load_dataset
+
+    from dataset_formats.demo_data import DEMO_META, DEMO_REVIEWS
+
+    out = tmp_path / "books_demo"
+    report = build([DEMO_REVIEWS], [DEMO_META], out, BuildOptions(show_progress=False))
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "Amazon Reviews 2023" in card
+    assert "| `--min-user-reviews` | 18 |" in card
+    loaded = load_dataset(str(out))
+    assert {split: len(rows) for split, rows in loaded.items()} == report.rows_per_split
+    assert loaded["test"][0]["user_id"] == read_split(out, "test")[0]["user_id"]
+    again = build([DEMO_REVIEWS], [DEMO_META], out, BuildOptions(show_progress=False))
+    assert again.rows_per_split == report.rows_per_split  # a build with a card is replaced

@@ -28,7 +28,9 @@ from pathlib import Path
 
 from .common import SPLITS, BuildError, BuildOptions, Report, sql_text
 from .output import (
+    CARD,
     check_out_dir,
+    dataset_card,
     check_writable,
     make_work_folder,
     put_in_place,
@@ -144,6 +146,9 @@ def build(
         (result / "stats.json").write_text(
             json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"
         )
+        inputs = [Path(p).name for p in [*reviews, *meta]]
+        card = dataset_card(out_dir.name, report.to_json(), options.thresholds(), inputs)
+        (result / CARD).write_text(card)
         check_out_dir(out_dir)  # again: files may have been put there while we built
         put_in_place(result, out_dir)
         say(f"wrote {report.rows_per_split} rows of {report.users} users to {out_dir}")

@@ -50,6 +50,11 @@ class BuildOptions:
         default=True, metadata={"flag": "--quiet", "help": "no progress output"}
     )
 
+    def thresholds(self) -> dict[str, Any]:
+        """The protocol's thresholds (what shapes the rows; not how the build runs)."""
+        how = {"strict", "memory_limit", "threads", "show_progress"}
+        return {k: v for k, v in asdict(self).items() if k not in how}
+
     def targets_per_split(self) -> tuple[int, int, int]:
         """Target reviews per user that go to train, validation and test."""
         held_out = self.validation_targets + self.test_targets

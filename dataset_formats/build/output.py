@@ -25,7 +25,8 @@ from pathlib import Path
 from .common import SPLITS, BuildError
 
 STATS = "stats.json"
-BUILD_FILES = frozenset({*(f"{split}.jsonl" for split in SPLITS), STATS})
+CARD = "README.md"  # the dataset card: the folder uploads to the Hugging Face Hub as it is
+BUILD_FILES = frozenset({*(f"{split}.jsonl" for split in SPLITS), STATS, CARD})
 OWNER = "owner.json"
 AT_FDCWD = -100  # Linux <fcntl.h>: a path relative to the working directory
 RENAME_EXCHANGE = (
@@ -43,6 +44,59 @@ def is_previous_build(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(stats, dict) and {"reviews_read", "accounted"} <= set(stats)
+
+
+def dataset_card(name: str, report: dict, options: dict, inputs: list[str]) -> str:
+    """A Hugging Face dataset card for a build: the ``configs`` block naming the three split
+    files (so ``load_dataset(folder)`` and a recipe's ``path: org/name`` find them), the
+    protocol's thresholds, the counts from stats.json and the source data's terms."""
+    splits = "\n".join(
+        f"  - split: {split}\n    path: {split}.jsonl" for split in SPLITS
+    )
+    thresholds = "\n".join(f"| `--{k.replace('_', '-')}` | {v} |" for k, v in options.items())
+    rows = ", ".join(f"{split} {report['rows_per_split'].get(split, 0)}" for split in SPLITS)
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+{splits}
+license: other
+tags:
+- personalization
+- nextquill
+- amazon-reviews-2023
+---
+
+# {name}
+
+User rows for personalized review generation, built by `nextquill-data build` (the
+nextquill-axolotl package) from Amazon Reviews 2023 with the DPL protocol (Qiu et al., 2025)
+that NextQuill (Zhao et al., 2025) follows: {report['users']} users; rows {rows}.
+
+Each row: `user_id`, `target` (the review to write: item title and description, rating, title,
+text, timestamp) and `history` (the user's earlier reviews, oldest first). Train with Axolotl and
+the NextQuill plugin:
+
+```yaml
+datasets:
+  - path: <this folder, or org/name on the Hub>
+    split: train
+    type: dataset_formats.amazon_reviews
+```
+
+Source files: {', '.join(inputs)}. `stats.json` accounts for every input line (kept or dropped,
+by reason).
+
+| threshold | value |
+| --- | --- |
+{thresholds}
+
+## License
+
+The rows are derived from Amazon Reviews 2023 (McAuley Lab, UCSD,
+https://amazon-reviews-2023.github.io/); its terms apply to this data. Check them before you
+share it.
+"""
 
 
 def aside_path(out_dir: Path) -> Path:
