@@ -18,7 +18,10 @@ inspect, e.g. `nextquill evaluate r.yml --checkpoint out -- --sequence_len 2048`
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +294,28 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
+# Messages libraries print on import that mean nothing to our users: (logger, level) pairs and
+# warning texts. Silenced in our commands only, before anything imports those libraries.
+QUIET_LOGGERS = {
+    "torchao": logging.ERROR,  # its CUDA-only kernels, on a machine without them
+    "torch.utils._pytree": logging.ERROR,  # a deprecation inside torchao
+    "bitsandbytes.backends.cpu.ops": logging.ERROR,  # CPU kernels from the Hub, when offline
+}
+QUIET_WARNINGS = (
+    "Skipping publisher trust check",  # bitsandbytes, in offline mode
+    "You are importing from 'trl.experimental'",  # Axolotl's own imports
+)
+
+
+def quiet_library_noise() -> None:
+    """Keep the known harmless import-time messages of torchao, torch, bitsandbytes and trl off
+    our commands' stderr; every other warning still shows."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    for text in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(text))
+
+
 def build_parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The command line and each subcommand's parser (for its own usage in errors)."""
     parser = argparse.ArgumentParser(
@@ -337,6 +362,7 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
     command line that is wrong (the subcommand's usage says how). Recipe overrides, for the
     commands that read a recipe, go after ``--``: ``nextquill evaluate r.yml -- --sequence_len 2048``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_noise()
     if argv[:1] == ["--version"]:  # without building the parsers, which import torch
         print(f"{prog} {package_version()}")
         return

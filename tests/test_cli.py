@@ -212,3 +212,24 @@ def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
     plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
     assert plain == 0o644
     assert {stat.S_IMODE(p.stat().st_mode) for p in (rows, text)} == {plain}
+
+
+def test_known_library_noise_stays_off_our_commands():
+    """torchao's missing CUDA kernels, torch's pytree deprecation, bitsandbytes' Hub lookups and
+    trl's experimental notice (all printed when Axolotl is imported, as `nextquill weights` and
+    the dataset checks do) mean nothing to our users; our commands keep them off stderr."""
+
+    def stderr_of(quiet: bool) -> str:
+        code = (
+            "from nextquill_plugin.cli import quiet_library_noise\n"
+            + ("quiet_library_noise()\n" if quiet else "")
+            + "import axolotl.cli.config, axolotl.core.trainers.base\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stderr
+
+    assert "_pytree" in stderr_of(quiet=False)  # the noise is there without it
+    quiet = stderr_of(quiet=True)
+    for noise in ("Failed to load", "_pytree", "publisher trust", "trl.experimental"):
+        assert noise not in quiet, noise

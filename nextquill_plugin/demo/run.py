@@ -89,7 +89,9 @@ def shipped_theta0() -> Path:
 
 
 def main() -> None:
+    from ..cli import quiet_library_noise
 
+    quiet_library_noise()
     OUT.mkdir(parents=True, exist_ok=True)
     say(f"working in {OUT}")
     data = build_data()
