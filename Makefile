@@ -15,14 +15,19 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test lint install
 
-# torch first, from the CPU wheel on local disk (otherwise pip pulls a multi-GB CUDA build),
-# then the package with the tested versions pinned by constraints.txt.
+# torch first, then the package with the tested versions pinned by constraints.txt (ours only).
+# Where pip finds a CPU wheel of torch (this project's machines have one on local disk) it takes
+# it; elsewhere it downloads PyPI's torch 2.13.0, the CUDA build (about 3 GB with its CUDA
+# libraries; it runs on the CPU too), unless TORCH_INDEX names the CPU wheels' index:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu      (about 200 MB)
 # pip's output goes to $(VENV)/install.log and is shown only when an install fails.
+TORCH_INDEX ?=
+TORCH_SOURCE := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 $(BIN)/.nextquill-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
 	@( $(BIN)/python -m pip install --upgrade pip \
-	  && $(BIN)/python -m pip install "torch==2.13.0" -c constraints.txt \
+	  && $(BIN)/python -m pip install "torch==2.13.0" $(TORCH_SOURCE) -c constraints.txt \
 	  && $(BIN)/python -m pip install -c constraints.txt -e ".[deepspeed,dev]" ) \
 	  > $(VENV)/install.log 2>&1 || { tail -n 60 $(VENV)/install.log; exit 1; }
 	touch $@

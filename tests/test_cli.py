@@ -233,3 +233,23 @@ def test_known_library_noise_stays_off_our_commands():
     quiet = stderr_of(quiet=True)
     for noise in ("Failed to load", "_pytree", "publisher trust", "trl.experimental"):
         assert noise not in quiet, noise
+
+
+def test_the_demo_checks_what_it_needs_before_its_first_step(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    import nextquill_plugin.demo.run as demo
+    import nextquill_plugin.evaluation.wordnet_data as wordnet_data
+
+    def no_wordnet():
+        raise RuntimeError(wordnet_data.MISSING_WORDNET)
+
+    monkeypatch.setattr(demo, "build_data", lambda: pytest.fail("the demo started its work"))
+    monkeypatch.setattr(wordnet_data, "require_wordnet", no_wordnet)
+    monkeypatch.setattr(demo, "OUT", tmp_path / "demo")
+    with pytest.raises(SystemExit, match="nextquill demo: METEOR needs the WordNet corpus"):
+        demo.main()
+    monkeypatch.setattr(wordnet_data, "require_wordnet", lambda: None)
+    monkeypatch.setattr(demo, "OUT", Path("/proc/self/nextquill-demo"))
+    with pytest.raises(SystemExit, match="not writable; set NEXTQUILL_DEMO_DIR"):
+        demo.main()

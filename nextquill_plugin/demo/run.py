@@ -27,6 +27,23 @@ OUT = Path(os.environ.get("NEXTQUILL_DEMO_DIR", "demo_runs")).resolve()
 STEPS = int(os.environ.get("NEXTQUILL_DEMO_STEPS", "80"))
 
 
+def check_requirements() -> None:
+    """Everything the whole demo needs, before its first step (training takes minutes, and the
+    evaluation at its end needs WordNet): stop with the message alone."""
+    from ..evaluation.wordnet_data import require_wordnet
+
+    try:
+        require_wordnet()
+        folder = next(p for p in [OUT, *OUT.parents] if p.exists())
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(
+                f"the demo writes to {OUT}, and {folder} is not writable; set NEXTQUILL_DEMO_DIR "
+                "to a writable folder"
+            )
+    except (RuntimeError, PermissionError) as error:
+        raise SystemExit(f"nextquill demo: {error}") from None
+
+
 def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
@@ -92,6 +109,7 @@ def main() -> None:
     from ..cli import quiet_library_noise
 
     quiet_library_noise()
+    check_requirements()
     OUT.mkdir(parents=True, exist_ok=True)
     say(f"working in {OUT}")
     data = build_data()
