@@ -373,3 +373,18 @@ def test_a_build_is_a_hub_dataset_that_load_dataset_reads_by_split(tmp_path):
     assert loaded["test"][0]["user_id"] == read_split(out, "test")[0]["user_id"]
     again = build([DEMO_REVIEWS], [DEMO_META], out, BuildOptions(show_progress=False))
     assert again.rows_per_split == report.rows_per_split  # a build with a card is replaced
+
+
+def test_the_build_logs_to_stderr_and_prints_only_its_stats_json_on_stdout(tmp_path):
+    reviews, meta = raw_fixture(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "dataset_formats.build.cli", "build", "--reviews", str(reviews)]
+        + ["--meta", str(meta), "--out", str(tmp_path / "out")]
+        + [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.thresholds().items()],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads(result.stdout)  # pipeable: `nextquill-data build ... | jq .users`
+    assert stats["users"] > 0 and stats["accounted"]
+    assert "[nextquill-data] read" in result.stderr
