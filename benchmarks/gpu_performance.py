@@ -47,10 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset_formats.contract import (  # noqa: E402
     COUNTERFACTUAL_IDS,
     COUNTERFACTUAL_LABELS,
-    COUNTERFACTUAL_MASK,
-    HAS_COUNTERFACTUAL,
     IGNORE_INDEX,
-    TOKEN_EFFECTS,
 )
 from nextquill_common.jsonl import write_text_atomic  # noqa: E402
 
@@ -121,30 +118,11 @@ def build_model(shape: dict, device, dtype, adapter: str | None, checkpointing: 
 
 def sample(vocab: int, lengths: Lengths, device, seed: int = 1) -> dict:
     """One paired sample as the collator makes it, with theta_0 effects (10% above delta)."""
-    import torch
+    from benchmarks.paired_sample import paired_sample
 
-    generator = torch.Generator().manual_seed(seed)
-    target = torch.randint(0, vocab, (lengths.target,), generator=generator)
-
-    def row(prompt_length: int):
-        prompt = torch.randint(0, vocab, (prompt_length,), generator=generator)
-        ids = torch.cat([prompt, target])[None]
-        labels = torch.cat([torch.full_like(prompt, IGNORE_INDEX), target])[None]
-        return ids.to(device), labels.to(device)
-
-    ids, labels = row(lengths.history)
-    cf_ids, cf_labels = row(lengths.counterfactual)
-    effects = torch.where(torch.rand(lengths.target, generator=generator) < 0.1, 1.0, -1.0)
-    return {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": labels,
-        COUNTERFACTUAL_IDS: cf_ids,
-        COUNTERFACTUAL_MASK: torch.ones_like(cf_ids),
-        COUNTERFACTUAL_LABELS: cf_labels,
-        HAS_COUNTERFACTUAL: torch.tensor([True], device=device),
-        TOKEN_EFFECTS: effects[None].to(device),
-    }
+    return paired_sample(
+        vocab, lengths.history, lengths.counterfactual, lengths.target, device, seed
+    )
 
 
 def authors_loss(model, batch: dict, width: int):

@@ -42,7 +42,6 @@ from dataset_formats.contract import (  # noqa: E402
     COUNTERFACTUAL_IDS,
     COUNTERFACTUAL_LABELS,
     COUNTERFACTUAL_MASK,
-    HAS_COUNTERFACTUAL,
     TOKEN_EFFECTS,
 )
 from dataset_formats.contract import (
@@ -79,8 +78,8 @@ def build(
     **shape,
 ):
     """A random Qwen2 (4 heads, MLP 4x hidden unless ``shape`` says otherwise) and one sample."""
-    import torch
 
+    from benchmarks.paired_sample import paired_sample
     from nextquill_plugin.demo.tiny_model import random_qwen2
 
     model = random_qwen2(
@@ -91,30 +90,7 @@ def build(
         max_positions=history + target + 16,
         **shape,
     ).train()
-    generator = torch.Generator().manual_seed(1)
-    target_ids = torch.randint(0, vocab, (target,), generator=generator)
-    prompt = torch.randint(0, vocab, (history,), generator=generator)
-    cf_prompt = torch.randint(0, vocab, (counterfactual,), generator=generator)
-
-    def row(p):
-        ids = torch.cat([p, target_ids])[None]
-        labels = torch.cat([torch.full_like(p, IGNORE), target_ids])[None]
-        return ids, labels
-
-    ids, labels = row(prompt)
-    cf_ids, cf_labels = row(cf_prompt)
-    # theta_0 effects: about 10% of the tokens above delta (weight lambda), as in the demo
-    effects = torch.where(torch.rand(target, generator=generator) < 0.1, 1.0, -1.0)[None]
-    batch = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": labels,
-        COUNTERFACTUAL_IDS: cf_ids,
-        COUNTERFACTUAL_MASK: torch.ones_like(cf_ids),
-        COUNTERFACTUAL_LABELS: cf_labels,
-        HAS_COUNTERFACTUAL: torch.tensor([True]),
-        TOKEN_EFFECTS: effects,
-    }
+    batch = paired_sample(vocab, history, counterfactual, target)
     return model, batch
 
 
