@@ -119,9 +119,15 @@ class NextQuillStrategy(PromptTokenizingStrategy):
 
     @staticmethod
     def row_name(row: Mapping[str, Any]) -> str:
-        """How a message names a row: its user id, else the start of its text."""
+        """How a message names a row: its id, or its user and target item (a user has several
+        rows, one per target), else the start of its text. (The checks before Axolotl reads a
+        file name bad rows by line: ``checks.check_data_file``.)"""
+        if row.get("id") is not None:
+            return f"id={row['id']!r}"
         if row.get("user_id") is not None:
-            return f"user_id={row['user_id']!r}"
+            target = row.get("target")
+            item = target.get("item_id") if isinstance(target, Mapping) else None
+            return f"user_id={row['user_id']!r}" + (f", target item_id={item!r}" if item else "")
         return f"{str(dict(row))[:80]}..."
 
     def check_row(self, row: Mapping[str, Any]) -> None:

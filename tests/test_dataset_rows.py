@@ -133,3 +133,17 @@ def test_an_empty_train_file_stops_the_recipe_with_its_name(load_recipe, tmp_pat
     empty = write_lines(tmp_path / "empty_train.jsonl", [])
     with pytest.raises(Exception, match="empty_train.jsonl is empty"):
         load_recipe(datasets=[{"path": str(empty), "type": "dataset_formats.amazon_reviews"}])
+
+
+def test_a_bad_row_is_named_by_user_and_target_item(tiny_tokenizer, synthetic_splits):
+    """A user has one row per target: the user id alone would name eight rows."""
+    from dataset_formats.amazon_reviews import load
+    from dataset_formats.strategy import BadRow
+
+    row = bad_amazon_row(synthetic_splits["train"][0], {"target": {"text": 5}})
+    strategy = load(
+        tiny_tokenizer, {"nextquill": True, "sequence_len": 512, "nextquill_strict_rows": True}
+    )
+    item = row["target"]["item_id"]
+    with pytest.raises(BadRow, match=f"user_id=.*, target item_id={item!r}"):
+        strategy.filter_rows(row)
