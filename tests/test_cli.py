@@ -74,7 +74,7 @@ def test_recipes_are_copied_out_and_nothing_is_overwritten(tmp_path, capsys):
     shipped = sorted((Path(__file__).parents[1] / "recipes").glob("*.yml"))
     main(["recipes", str(tmp_path / "mine")])
     copied = sorted((tmp_path / "mine").iterdir())
-    assert [p.name for p in copied] == [p.name for p in shipped] and len(copied) == 19
+    assert [p.name for p in copied] == [p.name for p in shipped] and len(copied) == 22  # 21 + mixed
     assert all(a.read_text() == b.read_text() for a, b in zip(copied, shipped, strict=True))
     (tmp_path / "mine" / "books_sft.yml").write_text("my own edits\n")
     with pytest.raises(SystemExit, match="already has .*books_sft.yml.*nothing was copied"):
