@@ -27,6 +27,16 @@ def _value_type(hint: Any) -> Any:
     return hint
 
 
+def package_version() -> str:
+    """The installed version of this package, for ``--version``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nextquill-axolotl")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def cli_fields(cls: type) -> list[Field]:
     """The fields of ``cls`` that are command-line options."""
     return [f for f in fields(cls) if f.metadata.get("cli", True)]

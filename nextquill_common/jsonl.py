@@ -66,6 +66,19 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
             os.unlink(tmp)
 
 
+def write_problem(folder: Path) -> str | None:
+    """Why nothing can be written in ``folder`` (made if missing), found out by creating and
+    removing a file there (permission bits alone miss read-only mounts and immutable folders),
+    or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nextquill-write-check-"):
+            pass
+    except OSError as error:
+        return str(error.strerror or error)
+    return None
+
+
 def current_umask() -> int:
     """The process's umask (read by setting it and putting it back)."""
     mask = os.umask(0)

@@ -27,7 +27,11 @@ from typing import Any
 
 import yaml
 
-from nextquill_common.cli_options import add_dataclass_options, dataclass_from_args
+from nextquill_common.cli_options import (
+    add_dataclass_options,
+    dataclass_from_args,
+    package_version,
+)
 from nextquill_common.jsonl import write_text_atomic
 
 
@@ -283,15 +287,6 @@ COMMANDS = {
     "recipes": run_recipes,
     "prompts": run_prompts,
 }
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("nextquill-axolotl")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 # Messages libraries print on import that mean nothing to our users: (logger, level) pairs and

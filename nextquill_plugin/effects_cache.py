@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from dataset_formats.contract import (
     IGNORE_INDEX,
     TOKEN_EFFECTS,
 )
-from nextquill_common.jsonl import atomic_file
+from nextquill_common.jsonl import atomic_file, write_problem
 
 from . import distributed
 from .equations import PreferenceRule
@@ -231,20 +230,16 @@ def cache_dir_writable(folder: Path) -> bool:
     """Whether the cache can be written to ``folder``, found out before the pass (by creating
     and removing a file in it). A read-only or immutable folder gets a warning: the effects are
     then used for this run only."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nextquill-write-check-"):
-            pass
-    except OSError as error:
+    problem = write_problem(folder)
+    if problem:
         LOG.warning(
             "NextQuill: cannot write the theta_0 cache to %s (%s); the effects are computed and "
             "used for this run only. Set nextquill_weight_cache_dir to a writable folder to "
             "keep them.",
             folder,
-            error.strerror or error,
+            problem,
         )
-        return False
-    return True
+    return problem is None
 
 
 def _compute_shared(model, dataset, pad_token_id, batch_size, autocast) -> TokenEffects:

@@ -12,20 +12,15 @@ import json
 import sys
 from pathlib import Path
 
-from nextquill_common.cli_options import add_dataclass_options, dataclass_from_args
+from nextquill_common.cli_options import (
+    add_dataclass_options,
+    dataclass_from_args,
+    package_version,
+)
 from nextquill_common.jsonl import write_jsonl
 
 from . import BuildError, BuildOptions, build
 from .dpl import convert_dpl
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("nextquill-axolotl")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> None:

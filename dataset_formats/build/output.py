@@ -22,6 +22,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from nextquill_common.jsonl import write_problem
+
 from .common import SPLITS, BuildError
 
 STATS = "stats.json"
@@ -122,14 +124,12 @@ def check_writable(out_dir: Path) -> None:
     for folder in (nearest, out_dir):
         if not folder.is_dir():
             continue
-        try:
-            probe = tempfile.mkdtemp(prefix=".nextquill-write-check-", dir=folder)
-            os.rmdir(probe)
-        except OSError as error:
+        problem = write_problem(folder)
+        if problem:
             raise BuildError(
-                f"--out {out_dir}: cannot write to {folder} ({error.strerror or error}); give a "
-                "folder on a writable disk"
-            ) from None
+                f"--out {out_dir}: cannot write to {folder} ({problem}); give a folder on a "
+                "writable disk"
+            )
 
 
 def recover_interrupted_swap(out_dir: Path) -> str | None:
