@@ -62,7 +62,15 @@ def main(argv: list[str] | None = None) -> None:
         "--reviews-per-user", type=int, default=22, help="reviews per user (default: 22)"
     )
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    from .synthetic import Style
+
+    add_dataclass_options(s, Style)
     args = parser.parse_args(argv)
+    if args.command == "synthetic":
+        try:
+            style = dataclass_from_args(Style, args)
+        except ValueError as error:
+            s.error(str(error))
     try:
         if args.command == "build":
             options = dataclass_from_args(BuildOptions, args)
@@ -78,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from .synthetic import synthetic_raw_amazon
 
-            reviews, meta = synthetic_raw_amazon(args.users, args.reviews_per_user, seed=args.seed)
+            reviews, meta = synthetic_raw_amazon(
+                args.users, args.reviews_per_user, seed=args.seed, style=style
+            )
             write_jsonl(args.out / "reviews.jsonl.gz", reviews, sort_keys=True)
             write_jsonl(args.out / "meta.jsonl.gz", meta, sort_keys=True)
             print(f"wrote {len(reviews)} reviews and {len(meta)} items to {args.out}")

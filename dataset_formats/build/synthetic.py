@@ -2,7 +2,10 @@
 
 Each user has a consistent taste (a few opinion words and a favourite phrase) and a sign-off;
 their reviews mix shared boilerplate with those words, so the history really predicts parts of
-the target review and the causal effect has something to find.
+the target review and the causal effect has something to find. A ``Style`` says where the
+personal words come from (a small inventory shared by everyone, or made-up words drawn per user
+from a large pool, which only the user's own history predicts), how often they recur, and
+whether a review's title gives the taste away.
 
 - ``synthetic_rows``: user rows in the schema of ``nextquill-data build`` (fast, for tests).
 - ``synthetic_raw_amazon``: the same kind of users as raw Amazon Reviews 2023 files (reviews +
@@ -13,7 +16,9 @@ the target review and the causal effect has something to find.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from functools import cache
 
 TASTES = [
     ("luminous", "haunting", "the quiet ending stayed with me"),
@@ -54,13 +59,118 @@ NOUNS = [
     "valley",
 ]
 PLACES = ["the north", "the city", "the islands", "the old house", "the coast", "the mountains"]
+PLAIN_TITLES = ["Good read", "A fine read", "My thoughts", "Worth reading", "Read it"]
+INVENTORY = "inventory"
+SIGN_OFF_FRAME = "Signed "
+# Made-up two-syllable words (consonant, vowel, consonant, vowel) split into disjoint pools:
+# theta_0 is trained on users of the first and measured on users of the second.
+WORD_POOLS = {"train": 3000, "heldout": 1000}
+_CONSONANTS, _VOWELS, _POOL_SHUFFLE_SEED = "bdfgklmnprstvz", "aeiou", 2024
+
+
+@cache
+def word_pool(name: str) -> tuple[str, ...]:
+    """The words of pool ``name`` (one of ``WORD_POOLS``); no word is in two pools."""
+    if name not in WORD_POOLS:
+        raise ValueError(f"no word pool {name!r}; the pools are {sorted(WORD_POOLS)}")
+    words = sorted(
+        c1 + v1 + c2 + v2
+        for c1 in _CONSONANTS
+        for v1 in _VOWELS
+        for c2 in _CONSONANTS
+        for v2 in _VOWELS
+    )
+    random.Random(_POOL_SHUFFLE_SEED).shuffle(words)
+    start = 0
+    for pool, size in WORD_POOLS.items():
+        if pool == name:
+            return tuple(words[start : start + size])
+        start += size
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a population's personal words are made (the defaults: the original generator)."""
+
+    words: str = field(
+        default=INVENTORY,
+        metadata={
+            "help": "where each user's taste words and sign-off come from: 'inventory' (a few "
+            "shared by everyone) or a pool of made-up words drawn per user",
+            "choices": [INVENTORY, *WORD_POOLS],
+        },
+    )
+    recurrence: float = field(
+        default=1.0,
+        metadata={"help": "the share of a user's reviews that carry their taste and sign-off"},
+    )
+    title_names_taste: bool = field(
+        default=True,
+        metadata={
+            "flag": "--plain-titles",
+            "help": "review titles that do not name the user's first taste word",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.words != INVENTORY:
+            word_pool(self.words)
+        if not 0.0 < self.recurrence <= 1.0:
+            raise ValueError(f"recurrence must be in (0, 1], got {self.recurrence}")
 
 
 @dataclass(frozen=True)
 class SyntheticUser:
+    """A user's planted preferences: ``taste`` is (opinion word, opinion word, phrase);
+    ``planted`` the four spans a review of theirs may hold (the taste's three and the sign-off;
+    with made-up words, the sign-off's own words without its shared frame)."""
+
     user_id: str
     taste: tuple[str, str, str]
     sign_off: str
+    style: Style = Style()
+    planted: tuple[str, str, str, str] = ()
+
+    def __post_init__(self) -> None:
+        if not self.planted:
+            own_words = self.sign_off.removeprefix(SIGN_OFF_FRAME).rstrip(".")
+            sign_off = self.sign_off if self.style.words == INVENTORY else own_words
+            object.__setattr__(self, "planted", (*self.taste, sign_off))
+
+    def taste_sentence(self) -> str:
+        """The sentence that carries the taste. Made-up words each follow a word used nowhere
+        else ("even", "truly", and "Signed" in the sign-off), so that the place to copy from is
+        plain to a model that matches one token back, as a two-layer transformer does."""
+        word_a, word_b, phrase = self.taste
+        if self.style.words == INVENTORY:
+            return f"I found it {word_a} and {word_b}, and {phrase}."
+        return f"I found it {word_a}, even {word_b}, truly {phrase}."
+
+    def personal_spans(self) -> list[tuple[str, bool]]:
+        """(text, history_only) of each planted span. A title that names the taste puts its
+        spans in the prompt (with the inventory it names the first word, which implies the
+        rest), so then only the sign-off is history-only."""
+        in_prompt = self.style.title_names_taste
+        return [(text, index == 3 or not in_prompt) for index, text in enumerate(self.planted)]
+
+    def planted_spans(self, text: str) -> list[tuple[int, int, bool]]:
+        """(start, end, history_only) character spans of this user's planted words in ``text``
+        (the first occurrence of each)."""
+        spans = []
+        for needle, history_only in self.personal_spans():
+            found = re.search(rf"(?<!\w){re.escape(needle)}(?!\w)", text)
+            if found:
+                spans.append((found.start(), found.end(), history_only))
+        return spans
+
+    def review_title(self, rng: random.Random) -> str:
+        if not self.style.title_names_taste:
+            return rng.choice(PLAIN_TITLES)
+        if self.style.words == INVENTORY:
+            return f"{self.taste[0].title()} read"
+        word_a, word_b, phrase, _ = self.planted
+        return f"{word_a} and {word_b}: {phrase}"  # as the review text spells them
 
 
 def _item(rng: random.Random, index: int) -> dict:
@@ -75,49 +185,63 @@ def _item(rng: random.Random, index: int) -> dict:
 def _review_text(
     rng: random.Random, user: SyntheticUser, n_boilerplate: int = 2, item_title: str = ""
 ) -> str:
-    word_a, word_b, phrase = user.taste
-    sentences = rng.sample(BOILERPLATE, n_boilerplate)
+    """A review: shared boilerplate, the taste sentence and the sign-off (each kept with
+    probability ``recurrence``; a left-out one is replaced by boilerplate, so the length holds)."""
+    recurrence = user.style.recurrence
+    keep_taste = recurrence >= 1.0 or rng.random() < recurrence
+    keep_sign_off = recurrence >= 1.0 or rng.random() < recurrence
+    sentences = rng.sample(BOILERPLATE, n_boilerplate + (not keep_taste) + (not keep_sign_off))
     opening = [f"I picked up {item_title} last month."] if item_title else []
+    taste = [user.taste_sentence()] if keep_taste else []
     return " ".join(
         [
             *opening,
             sentences[0],
-            f"I found it {word_a} and {word_b}, and {phrase}.",
-            *sentences[1:],
-            user.sign_off,
+            *taste,
+            *sentences[1 : n_boilerplate + (not keep_taste)],
+            *([user.sign_off] if keep_sign_off else sentences[n_boilerplate + (not keep_taste) :]),
         ]
     )
 
 
 def _review(rng: random.Random, user: SyntheticUser, item: dict, timestamp: int) -> dict:
-    word_a = user.taste[0]
     text = _review_text(rng, user)
     return {
         **item,
         "rating": float(rng.choice([4, 5])),
-        "title": f"{word_a.title()} read",
+        "title": user.review_title(rng),
         "text": text,
         "timestamp": timestamp,
     }
 
 
-def synthetic_users(n_users: int, seed: int = 0) -> list[SyntheticUser]:
+def synthetic_users(n_users: int, seed: int = 0, style: Style = Style()) -> list[SyntheticUser]:
+    """The population's users and their planted preferences (the generator's truth)."""
     rng = random.Random(seed)
-    return [
-        SyntheticUser(f"U{seed:02d}{i:05d}", rng.choice(TASTES), rng.choice(SIGN_OFFS))
-        for i in range(n_users)
-    ]
+    if style.words == INVENTORY:
+        return [
+            SyntheticUser(f"U{seed:02d}{i:05d}", rng.choice(TASTES), rng.choice(SIGN_OFFS), style)
+            for i in range(n_users)
+        ]
+    pool = word_pool(style.words)
+    users = []
+    for i in range(n_users):
+        a, b, c, d, e, f = rng.sample(pool, 6)
+        users.append(
+            SyntheticUser(f"U{seed:02d}{i:05d}", (a, b, f"{c} {d}"), f"{SIGN_OFF_FRAME}{e} {f}.", style)
+        )
+    return users
 
 
 def synthetic_rows(
-    n_users: int = 40, reviews_per_user: int = 12, seed: int = 0
+    n_users: int = 40, reviews_per_user: int = 12, seed: int = 0, style: Style = Style()
 ) -> dict[str, list[dict]]:
     """Per-user temporal splits: all but the last two reviews train (one row each), then
     validation and test, each with every earlier review as history."""
     rng = random.Random(seed + 1)
     splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
     item_index = 0
-    for user in synthetic_users(n_users, seed):
+    for user in synthetic_users(n_users, seed, style):
         reviews = []
         for k in range(reviews_per_user):
             item_index += 1
@@ -151,7 +275,11 @@ def corpus_texts(rows: list[dict]) -> list[str]:
 
 
 def synthetic_raw_amazon(
-    n_users: int = 200, reviews_per_user: int = 22, reviews_per_item: int = 16, seed: int = 0
+    n_users: int = 200,
+    reviews_per_user: int = 22,
+    reviews_per_item: int = 16,
+    seed: int = 0,
+    style: Style = Style(),
 ) -> tuple[list[dict], list[dict]]:
     """(review records, item metadata records) in the raw Amazon Reviews 2023 schema.
 
@@ -188,14 +316,14 @@ def synthetic_raw_amazon(
             }
         )
     reviews = []
-    for user in synthetic_users(n_users, seed):
+    for user in synthetic_users(n_users, seed, style):
         items = rng.sample(range(n_items), min(reviews_per_user, n_items))
         for k, index in enumerate(items):
             asin = meta[index]["parent_asin"]
             reviews.append(
                 {
                     "rating": float(rng.choice([4, 5])),
-                    "title": f"{user.taste[0].title()} read",
+                    "title": user.review_title(rng),
                     "text": _review_text(rng, user, 3, meta[index]["title"]),
                     "images": [],
                     "asin": asin,
