@@ -1,5 +1,5 @@
-"""The shipped theta_0 reads the history: its report is about this very file, and its numbers
-are recomputed here on the planted benchmark's users (another population than its own)."""
+"""The shipped theta_0 copies from the history: its report is about this very file, and its
+numbers are recomputed here on users whose words come from a pool it never saw."""
 
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ from nextquill_plugin.demo import theta0
 
 def test_the_report_describes_the_shipped_model(tmp_path):
     report = theta0.load_report()
-    assert report["meets_target"] is True and theta0.meets_target(report["scores"])
-    assert report["scores"]["history_only_first_token_recall"] >= theta0.TARGET_FIRST_TOKEN_RECALL
+    assert report["meets_target"] == theta0.meets_target(report["scores"])
+    # Measured on users of a word pool it never saw: most of what it marks is their own words,
+    # and the history helps on average (the recall target, 80%, is not met: README).
     assert report["scores"]["precision"] >= theta0.TARGET_PRECISION
+    assert report["scores"]["history_only_first_token_recall"] >= 0.5
+    assert report["scores"]["mean_log_prob_gain"] > 0
+    assert (
+        report["populations"]["trained_on"]["words"]
+        != report["populations"]["measured_on"]["words"]
+    )
     # A model that is not the measured one is refused.
     copy = tmp_path / "theta0"
     copy.mkdir()
@@ -40,17 +47,3 @@ def test_make_theta0_never_replaces_a_folder_it_did_not_write(tmp_path):
         theta0.make_theta0(foreign, history_steps=1, mixed_steps=1, work=tmp_path / "work")
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert not (tmp_path / "work").exists()  # refused before any work
-
-
-def test_planted_spans_by_hand():
-    from dataset_formats.build.synthetic import SyntheticUser
-
-    user = SyntheticUser("u", ("gritty", "relentless", "the pacing never lets up"), "Worth it.")
-    text = "I found it gritty and relentless, and the pacing never lets up. Worth it."
-    spans = theta0.planted_spans(text, user)
-    assert [(text[s:e], only) for s, e, only in spans] == [
-        ("gritty", False),
-        ("relentless", False),
-        ("the pacing never lets up", False),
-        ("Worth it.", True),  # only the sign-off is not named by the prompt's review title
-    ]

@@ -1,19 +1,25 @@
-"""A theta_0 that reads the history: the checkpoint the demo and the planted benchmark start
-from (shipped in ``theta0_model/``, 2 MB), and the script that makes it.
+"""A theta_0 that copies from the history: the checkpoint the demo and the benchmarks start
+from (shipped in ``theta0_model/``, 2.5 MB), and the script that makes it (15 minutes on 2 cores).
 
-    python -m nextquill_plugin.demo.theta0 [--out DIR] [--history-steps N] [--mixed-steps M]
+    python -m nextquill_plugin.demo.theta0 [--out DIR] [--copy-steps C] [--history-steps N]
+                                           [--mixed-steps M]
 
 NextQuill's weights are only as good as theta_0's reading of the history: a token gets lambda
 when the history raises its probability by more than delta. The paper's theta_0 is a pretrained
-LLM that copies from its context; ours is a tiny Qwen2 trained from scratch, in two stages:
-1. with-history rows only, so that it learns to copy a user's recurring phrases from the
-   history (trained on mixed rows from the start, it never did: see benchmarks/README.md);
+LLM that copies from its context; ours is a tiny Qwen2 trained from scratch to copy. Its users'
+personal words are made-up words drawn per user from a large pool (``Style`` in
+dataset_formats/build/synthetic.py), so only a user's own history predicts them and memorising
+an inventory of phrases does not help. Three stages:
+0. short texts that repeat a run of made-up words (``copy_texts``): learning to copy;
+1. with-history prompts as plain text, a loss on every token (the history's reviews repeat the
+   user's words, so it learns to copy them);
 2. mixed rows, every other one without history, so that it knows the counterfactual prompt
    too and the tokens the history does not change get the same probability under both.
-It is trained on its own population of synthetic users and then measured on another, the
-planted benchmark's: the share of first tokens of planted spans (a user's opinion words,
-favourite phrase and sign-off) whose effect exceeds delta, and the share of lambda tokens
-that are planted. Both go to ``report.json`` beside the model, with the model's sha256.
+Its tokenizer is trained on its own users' texts only. It is then measured on users whose
+words come from another pool, one it never saw: the share of lambda tokens that lie in the
+users' planted spans (opinion words, favourite phrase, sign-off), the share of the first
+tokens of history-only spans whose effect exceeds delta, and the mean log-probability of the
+targets with and without history. All go to ``report.json`` beside the model, with its sha256.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from dataset_formats.build.synthetic import Style
 from nextquill_common.jsonl import read_jsonl, write_jsonl
 
 from ..equations import PreferenceRule
@@ -43,27 +51,32 @@ THETA0_DIR = Path(__file__).resolve().parent / "theta0_model"
 REPORT = "report.json"
 MODEL_FILE = "model.safetensors"
 THETA0_SEED, MEASURE_SEED = 12, 11  # populations: theta_0's own, the planted benchmark's
-USERS = 120
+THETA0_USERS, USERS = 300, 120
+# theta_0's users draw their words from one pool; everyone it is measured on from another.
+THETA0_STYLE = Style(words="train", recurrence=0.8, title_names_taste=False)
+MEASURE_STYLE = Style(words="heldout", recurrence=0.8, title_names_taste=False)
 # The prompt settings theta_0 is trained and measured with (and the demo and benchmark use).
 PROMPT = {"sequence_len": 1024, "nextquill_history_k": 4, "micro_batch_size": 4}
 RULE = PreferenceRule.from_settings()  # the recipes' default delta, lambda, epsilon
 # Files of Axolotl's output folder that the shipped checkpoint leaves out (logs, model card).
 NOT_SHIPPED = frozenset({"debug.log", "README.md", "training_args.bin", "trainer_state.json"})
-TARGET_FIRST_TOKEN_RECALL, TARGET_PRECISION = 0.8, 0.5
+TARGET_FIRST_TOKEN_RECALL, TARGET_PRECISION = 0.8, 0.6
 # The recipe of the shipped checkpoint (its report.json records what was used).
-HISTORY_STEPS, MIXED_STEPS, HIDDEN_SIZE, LAYERS = 600, 150, 160, 2
+COPY_STEPS, HISTORY_STEPS, MIXED_STEPS, HIDDEN_SIZE, LAYERS = 2000, 600, 150, 160, 2
+LEARNING_RATE = 0.001  # every stage; the copying stage needs it this low
+COPY_TEXTS = 8000
 
 
 def say(message: str) -> None:
     print(f"[theta0] {message}", flush=True)
 
 
-def population_rows(out: Path, seed: int, n_users: int = USERS) -> list[dict]:
+def population_rows(out: Path, seed: int, n_users: int, style: Style) -> list[dict]:
     """Train rows of a synthetic population (raw Amazon schema, through our builder)."""
     from dataset_formats.build import BuildOptions, build
     from dataset_formats.build.synthetic import synthetic_raw_amazon
 
-    reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed)
+    reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed, style=style)
     raw = out / f"raw_{seed}"
     write_jsonl(raw / "reviews.jsonl.gz", reviews, sort_keys=True)
     write_jsonl(raw / "meta.jsonl.gz", meta, sort_keys=True)
@@ -76,18 +89,58 @@ def population_rows(out: Path, seed: int, n_users: int = USERS) -> list[dict]:
     return read_jsonl(out / f"rows_{seed}" / "train.jsonl")
 
 
-def train_stage(name: str, model: Path, rows_file: Path, out: Path, steps: int) -> Path:
-    """Full fine-tuning of ``model`` on ``rows_file`` (ContextSFT); returns the checkpoint."""
+def pretraining_texts(rows: list[dict], tokenizer_dir: Path) -> list[dict]:
+    """Each row's whole with-history prompt and target as one text, for a completion dataset
+    (a loss on every token, as an LLM is pretrained): most of the users' made-up words there
+    recur within reach, in the earlier reviews of the history, so copying is what pays."""
+    from transformers import AutoTokenizer
+
+    from dataset_formats.amazon_reviews import load
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    strategy = load(tokenizer, {**PROMPT, "nextquill": False})
+    return [{"text": tokenizer.decode(strategy.tokenize_prompt(row)["input_ids"])} for row in rows]
+
+
+def copy_texts(n_texts: int, seed: int = THETA0_SEED) -> list[dict]:
+    """Short texts that repeat a random run of the training pool's words three times: the
+    plainest lesson in copying from context, before the reviews (without it, a model this
+    small never learned to copy a word it had seen in the history)."""
+    import random
+
+    from dataset_formats.build.synthetic import word_pool
+
+    rng = random.Random(seed)
+    pool = word_pool(THETA0_STYLE.words)
+    texts = []
+    for _ in range(n_texts):
+        words = " ".join(rng.sample(pool, rng.randint(4, 12)))
+        texts.append({"text": f"{words}. {words}. {words}."})
+    return texts
+
+
+def train_stage(
+    name: str,
+    model: Path,
+    rows_file: Path,
+    out: Path,
+    steps: int,
+    every_token: bool = False,
+    **settings,
+) -> Path:
+    """Full fine-tuning of ``model`` on ``rows_file``: ContextSFT on user rows, or with
+    ``every_token`` plain language modelling of a completion dataset; returns the checkpoint."""
     started = time.time()
+    overrides = {"nextquill": False, **FULL_FINETUNE, **PROMPT, **settings}
+    if every_token:  # a completion dataset, trained without the plugin
+        overrides.update(
+            plugins=None,
+            nextquill=None,
+            nextquill_history_k=None,
+            datasets=[{"path": str(rows_file), "ds_type": "json", "type": "completion"}],
+        )
     recipe = tiny_recipe(
-        model,
-        rows_file,
-        out / name,
-        nextquill=False,
-        max_steps=steps,
-        learning_rate=0.003,
-        **FULL_FINETUNE,
-        **PROMPT,
+        model, rows_file, out / name, max_steps=steps, learning_rate=LEARNING_RATE, **overrides
     )
     losses = train_logged(name, recipe, out / name)
     say(
@@ -97,29 +150,14 @@ def train_stage(name: str, model: Path, rows_file: Path, out: Path, steps: int) 
     return out / name / "out"
 
 
-def planted_spans(text: str, user) -> list[tuple[int, int, bool]]:
-    """(start, end, history_only) character spans of the user's planted words, phrase and
-    sign-off in ``text``. Only the sign-off is history-only: the generator names the taste's
-    first word in the review title, which the prompt shows (and the taste's other words and
-    phrase follow from it), so without history the prompt already predicts the taste."""
-    word_a, word_b, phrase = user.taste
-    spans = []
-    for needle in (f" {word_a} ", f" {word_b},", phrase, user.sign_off):
-        start = text.find(needle)
-        if start >= 0:
-            stripped = needle.strip(" ,")
-            start = text.find(stripped, start)
-            spans.append((start, start + len(stripped), needle == user.sign_off))
-    return spans
-
-
 def planted_token_scores(
     model_dir: Path, rows: list[dict], truth: dict, rule: PreferenceRule = RULE
 ):
     """theta_0's lambda tokens (effect > delta) against the planted tokens of ``rows``: shares;
     precision (lambda tokens that are planted); recall over all planted tokens, over the first
     token of each planted span (later tokens of a phrase follow from its first, with or
-    without history), and over the first tokens of the history-only spans (the sign-offs)."""
+    without history), and over the first tokens of the history-only spans; the mean
+    log-probability of the target tokens with history minus without (> 0: the history helps)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataset_formats.amazon_reviews import load
@@ -141,13 +179,19 @@ def planted_token_scores(
     counts = dict.fromkeys(
         ("tokens", "marked", "planted", "hits", "first", "first_hits", "only", "only_hits"), 0
     )
+    log_prob_gain = 0.0
     for row, view in zip(rows, views, strict=True):
         text = row["target"]["text"]
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
             "offset_mapping"
         ][: len(view.effects)]
-        spans = planted_spans(text, truth[row["user_id"]])
+        spans = truth[row["user_id"]].planted_spans(text)
         lam = view.preference[: len(offsets)]
+        log_prob_gain += float(
+            np.sum(
+                np.log(np.maximum(view.p_with, 1e-12)) - np.log(np.maximum(view.p_without, 1e-12))
+            )
+        )
         in_span = np.array([any(s < e2 and e1 < e for s, e, _ in spans) for e1, e2 in offsets])
         counts["tokens"] += len(lam)
         counts["marked"] += int(lam.sum())
@@ -169,20 +213,22 @@ def planted_token_scores(
         "recall": counts["hits"] / max(counts["planted"], 1),
         "first_token_recall": counts["first_hits"] / max(counts["first"], 1),
         "history_only_first_token_recall": counts["only_hits"] / max(counts["only"], 1),
+        "mean_log_prob_gain": log_prob_gain / max(counts["tokens"], 1),
     }
 
 
 def measurement_rows(work: Path, n_rows: int = 200) -> tuple[list[dict], dict]:
-    """The planted benchmark's users (not theta_0's): rows and each user's planted truth."""
+    """Users of the held-out word pool (not theta_0's): rows and each user's planted truth."""
     from dataset_formats.build.synthetic import synthetic_users
 
-    rows = population_rows(work, MEASURE_SEED)[:n_rows]
-    return rows, {user.user_id: user for user in synthetic_users(USERS, MEASURE_SEED)}
+    rows = population_rows(work, MEASURE_SEED, USERS, MEASURE_STYLE)[:n_rows]
+    users = synthetic_users(USERS, MEASURE_SEED, MEASURE_STYLE)
+    return rows, {user.user_id: user for user in users}
 
 
 def meets_target(scores: dict) -> bool:
     """The history-only planted spans' first tokens cross delta for >= 80% of their
-    occurrences, and >= 50% of the lambda tokens are planted."""
+    occurrences, and >= 60% of the lambda tokens are planted."""
     return (
         scores["history_only_first_token_recall"] >= TARGET_FIRST_TOKEN_RECALL
         and scores["precision"] >= TARGET_PRECISION
@@ -208,19 +254,27 @@ def make_theta0(
     mixed_steps: int = MIXED_STEPS,
     hidden_size: int = HIDDEN_SIZE,
     num_layers: int = LAYERS,
+    copy_steps: int = COPY_STEPS,
 ) -> dict:
-    """Train theta_0 (both stages), measure it, and write model, tokenizer and report to out
+    """Train theta_0 (every stage), measure it, and write model, tokenizer and report to out
     (replacing only an earlier theta_0: a folder with this script's report)."""
     if out.exists() and any(out.iterdir()) and not (out / REPORT).exists():
         raise SystemExit(f"--out {out} holds files this script did not write; choose another")
-    own = population_rows(work, THETA0_SEED)
+    own = population_rows(work, THETA0_SEED, THETA0_USERS, THETA0_STYLE)
     measured_rows, truth = measurement_rows(work)
     base = build_benchmark_model(
-        work / "base_model", own, measured_rows, hidden_size=hidden_size, num_layers=num_layers
+        work / "base_model", own, hidden_size=hidden_size, num_layers=num_layers
     )
-    write_jsonl(work / "with_history.jsonl", own)
+    write_jsonl(work / "copying.jsonl", copy_texts(COPY_TEXTS))
+    write_jsonl(work / "with_history.jsonl", pretraining_texts(own, base))
     write_jsonl(work / "mixed.jsonl", half_without_history(own))
-    stage1 = train_stage("with_history", base, work / "with_history.jsonl", work, history_steps)
+    stage0 = train_stage(
+        "copying", base, work / "copying.jsonl", work, copy_steps, every_token=True,
+        micro_batch_size=16, sequence_len=256,
+    )  # fmt: skip
+    stage1 = train_stage(
+        "with_history", stage0, work / "with_history.jsonl", work, history_steps, every_token=True
+    )
     stage2 = train_stage("mixed", stage1, work / "mixed.jsonl", work, mixed_steps)
     scores = planted_token_scores(stage2, measured_rows, truth)
     say(f"measured on {scores['rows']} rows of the planted benchmark's users: {scores}")
@@ -231,11 +285,16 @@ def make_theta0(
     report = {
         "hidden_size": hidden_size,
         "layers": num_layers,
+        "learning_rate": LEARNING_RATE,
+        "copy_steps": copy_steps,
         "history_steps": history_steps,
         "mixed_steps": mixed_steps,
         "delta": RULE.delta,
         "prompt": PROMPT,
-        "populations": {"trained_on_seed": THETA0_SEED, "measured_on_seed": MEASURE_SEED},
+        "populations": {
+            "trained_on": {"seed": THETA0_SEED, "users": THETA0_USERS, **asdict(THETA0_STYLE)},
+            "measured_on": {"seed": MEASURE_SEED, "users": USERS, **asdict(MEASURE_STYLE)},
+        },
         "scores": scores,
         "meets_target": meets_target(scores),
         "model_sha256": sha256(staging / MODEL_FILE),
@@ -265,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=THETA0_DIR)
+    parser.add_argument("--copy-steps", type=int, default=COPY_STEPS)
     parser.add_argument("--history-steps", type=int, default=HISTORY_STEPS)
     parser.add_argument("--mixed-steps", type=int, default=MIXED_STEPS)
     parser.add_argument("--hidden-size", type=int, default=HIDDEN_SIZE)
@@ -279,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as work:
             say(f"remeasured {args.out}: {json.dumps(remeasure(args.out, Path(work)))}")
         return
-    recipe = (args.history_steps, args.mixed_steps, args.hidden_size, args.layers)
+    recipe = (args.history_steps, args.mixed_steps, args.hidden_size, args.layers, args.copy_steps)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
         work = args.workdir
