@@ -3,15 +3,17 @@
     python benchmarks/planted_preference.py [--seeds 0 1 2] [--steps 120] [--jobs 2]
     python benchmarks/planted_preference.py --smoke      # the test suite's few-step version
 
-Synthetic users in the raw Amazon Reviews 2023 schema (dataset_formats/synthetic.py) have
-planted preference tokens: two opinion words, a favourite phrase and a sign-off that recur in
-their history and targets; the rest of each review is boilerplate shared by everyone. Both
-populations go through our builder (the DPL protocol).
+Synthetic users in the raw Amazon Reviews 2023 schema (dataset_formats/build/synthetic.py)
+have planted preference tokens: two opinion words, a favourite phrase and a sign-off, made-up
+words drawn per user from a pool theta_0 never saw, that recur in their history and targets;
+the rest of each review is boilerplate shared by everyone. Both populations go through our
+builder (the DPL protocol). benchmarks/tuned_comparison.py tunes each method first; this
+script compares more variants at one setting.
 
 Protocol (see benchmarks/README.md for why each step is there):
-1. theta_0: the shipped checkpoint that reads the history (nextquill_plugin/demo/theta0.py:
-   a tiny Qwen2 trained on another population, with-history steps then mixed steps), checked
-   against its report; or, with --theta0 train, one made here the same way.
+1. theta_0: the shipped checkpoint that copies from the history (nextquill_plugin/demo/theta0.py:
+   a tiny Qwen2 trained on another population), checked against its report; or, with
+   --theta0 train, one made here the same way.
 2. From theta_0, with the same budget and seed: SFT, ContextSFT, CausalOnly, NormOnly, NextQuill
    and NextQuill with no gradient through the counterfactual pass (not in the paper), LoRA, for
    every seed.
@@ -73,13 +75,15 @@ def say(message: str) -> None:
     print(f"[planted] {message}", flush=True)
 
 
-def build_population(out: Path, n_users: int) -> tuple[Path, dict]:
-    """The benchmark's users (raw files through our builder) and their planted truth."""
+def build_population(
+    out: Path, n_users: int, style=theta0_script.MEASURE_STYLE, seed=theta0_script.MEASURE_SEED
+) -> tuple[Path, dict]:
+    """The benchmark's users (raw files through our builder; by default theta_0's measurement
+    population, whose words come from a pool theta_0 never saw) and their planted truth."""
     from dataset_formats.build import BuildOptions, build
     from dataset_formats.build.synthetic import synthetic_raw_amazon, synthetic_users
 
-    seed = theta0_script.MEASURE_SEED
-    reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed)
+    reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed, style=style)
     write_jsonl(out / "raw_users" / "reviews.jsonl.gz", reviews, sort_keys=True)
     write_jsonl(out / "raw_users" / "meta.jsonl.gz", meta, sort_keys=True)
     report = build(
@@ -89,7 +93,7 @@ def build_population(out: Path, n_users: int) -> tuple[Path, dict]:
         BuildOptions(show_progress=False),
     )
     say(f"users: {report.rows_per_split} rows of {report.users} users (builder)")
-    return out / "users", {u.user_id: u for u in synthetic_users(n_users, seed)}
+    return out / "users", {u.user_id: u for u in synthetic_users(n_users, seed, style)}
 
 
 def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float]:
@@ -106,14 +110,15 @@ def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float
 
 
 def personalization(record: dict, truth: dict) -> dict[str, float]:
-    """1.0/0.0: the prediction holds the user's own phrase, their sign-off, another's phrase."""
-    from dataset_formats.build.synthetic import TASTES
-
+    """1.0/0.0: the prediction holds the user's own phrase, their sign-off, another user's
+    phrase (with made-up words: the user's own words inside the shared frames)."""
     user, text = truth[record["user_id"]], record["prediction"]
+    phrase, sign_off = user.planted[2], user.planted[3]
+    others = {other.planted[2] for other in truth.values()} - {phrase}
     return {
-        "own_phrase": float(user.taste[2] in text),
-        "sign_off": float(user.sign_off in text),
-        "other_phrase": float(any(t[2] in text for t in TASTES if t != user.taste)),
+        "own_phrase": float(phrase in text),
+        "sign_off": float(sign_off in text),
+        "other_phrase": float(any(other in text for other in others)),
     }
 
 

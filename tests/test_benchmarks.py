@@ -88,6 +88,31 @@ def test_planted_preference_benchmark_smoke(tmp_path):
     assert (tmp_path / "report.md").read_text() in output
 
 
+@pytest.mark.slow
+def test_tuned_comparison_smoke_tunes_tests_and_resumes(tmp_path):
+    output = run_script("tuned_comparison.py", "--smoke", "--out", str(tmp_path), timeout=1200)
+    assert "## rare: personal words in 30%" in output and "theta_0 marks" in output
+    grid = [row for row in table_rows(output) if row[0].startswith(("ContextSFT", "NextQuill"))]
+    assert grid[0][0] == "ContextSFT" and grid[0][1].startswith("**")  # the chosen setting
+    assert grid[1][0] == "NextQuill-weights, alpha 0.05"
+    differences = [
+        row for row in table_rows(output) if row[0] == "NextQuill-weights" and "[" in row[2]
+    ]
+    assert len(differences) == 2 and all("[" in cell for cell in differences[0][1:])  # 2 penalties
+    runs = tmp_path / "rare" / "runs"
+    assert {p.name for p in runs.iterdir()} == {
+        "ContextSFT-lr0.003-seed0",
+        "NextQuill-weights-lr0.003-alpha0.05-seed0",
+    }
+    # A second invocation finds every run trained and evaluated: it trains nothing again.
+    again = run_script("tuned_comparison.py", "--smoke", "--out", str(tmp_path), timeout=600)
+    assert (
+        "[planted] trained" not in again
+        and again.split("# Tuned")[1].split("\n", 1)[1]
+        == (output.split("# Tuned")[1].split("\n", 1)[1])
+    )
+
+
 def test_step_profile_finds_the_same_operators_as_two_target_only_steps():
     """NextQuill's matrix products are those of a target-only step on each prompt, no more."""
     output = run_script("step_profile.py", "--smoke", "--top", "100")
