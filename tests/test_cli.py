@@ -253,3 +253,26 @@ def test_the_demo_checks_what_it_needs_before_its_first_step(monkeypatch, tmp_pa
     monkeypatch.setattr(demo, "OUT", Path("/proc/self/nextquill-demo"))
     with pytest.raises(SystemExit, match="not writable; set NEXTQUILL_DEMO_DIR"):
         demo.main()
+
+
+def test_the_demo_reads_its_comparison_whichever_way_it_falls(tmp_path):
+    """The demo's sentence names the metrics beyond noise on each side and those within it."""
+    from nextquill_common.jsonl import write_jsonl
+    from nextquill_plugin.demo.run import reading
+
+    def records(rouge1: list[float]) -> list[dict]:
+        return [
+            {"user_id": f"u{i}", "prompt_id": f"u{i}/item", "rouge1": r, "rougeL": 0.5,
+             "meteor": 0.5 + 0.01 * (i % 3), "prediction": "a b c", "reference": "a b c"}
+            for i, r in enumerate(rouge1)
+        ]  # fmt: skip
+
+    write_jsonl(tmp_path / "base" / "predictions.jsonl", records([0.4] * 40))
+    write_jsonl(tmp_path / "better" / "predictions.jsonl", records([0.5] * 40))
+    write_jsonl(tmp_path / "worse" / "predictions.jsonl", records([0.3] * 40))
+    better = reading(tmp_path / "better", tmp_path / "base")
+    assert "NextQuill is above ContextSFT beyond noise on ROUGE-1;" in better
+    assert "within noise of ContextSFT on ROUGE-L, METEOR, BLEU" in better
+    assert "below" not in better
+    worse = reading(tmp_path / "worse", tmp_path / "base")
+    assert "NextQuill is below ContextSFT beyond noise on ROUGE-1;" in worse
