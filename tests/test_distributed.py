@@ -28,6 +28,7 @@ import yaml
 from nextquill_common.jsonl import write_jsonl
 from nextquill_plugin.demo.local_runs import FULL_FINETUNE, offline_env, tiny_recipe
 from nextquill_plugin.demo.theta0 import PROMPT, THETA0_DIR
+from nextquill_plugin.equations import PreferenceRule
 from nextquill_plugin.trainer import NEXTQUILL_METRICS
 
 from .stock_configs import ZERO, ZERO_COMMON, write_zero_config
@@ -193,14 +194,24 @@ def test_zero3_theta0_cache_is_the_unpartitioned_models(runs, adapter):
     ],
 )
 def test_bf16_trains_close_to_float32(runs, name, adapter, path):
-    """bf16 (default attention, no flash attention): theta_0 pass and training."""
+    """bf16 (default attention, no flash attention): theta_0 pass and training.
+
+    bf16 keeps 8 bits of mantissa, so a logit near 16 moves by up to 0.06 and a probability
+    near 0.5 by about a quarter of that per logit: effects differ by a few hundredths at
+    worst. What the weights depend on is which tokens pass delta; nearly all must agree."""
     float32 = runs(f"{adapter} DDP", **ADAPTERS[adapter])
     bf16 = runs(name, bf16=True, **ADAPTERS[adapter], **path)
     assert np.abs(column(bf16, "loss") - column(float32, "loss")).max() < 0.02
     _, effects32 = runs.effects(f"{adapter} DDP")
     _, effects16 = runs.effects(name)
-    effect = effects16["p_with"] - effects16["p_without"]
-    assert np.abs(effect - (effects32["p_with"] - effects32["p_without"])).max() < 0.05
+    effect16 = effects16["p_with"] - effects16["p_without"]
+    effect32 = effects32["p_with"] - effects32["p_without"]
+    difference = np.abs(effect16 - effect32)
+    rule = PreferenceRule.from_settings()
+    disagreement = np.mean(rule.mask(effect16) != rule.mask(effect32))
+    summary = f"max {difference.max():.4f}, mean {difference.mean():.5f}, marks {disagreement:.4f}"
+    assert difference.max() < 0.1 and difference.mean() < 2e-3, summary
+    assert disagreement < 0.005, summary
 
 
 def test_stock_zero2_with_optimizer_offload_trains(runs):
