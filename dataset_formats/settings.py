@@ -169,8 +169,14 @@ class PromptSettings:
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """One line per bad key: ``key: what is wrong (got value)``."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'recipe'}: {e['msg']} (got {e.get('input')!r})"
-        for e in error.errors()
-    )
+    """One line per bad key: ``key: what is wrong (got value)``, or the message alone where it
+    already names the key (our own messages name the key and the value)."""
+    lines = []
+    for e in error.errors():
+        key = ".".join(map(str, e["loc"])) or "recipe"
+        message = e["msg"]
+        if message.startswith(f"{key}:") or message.startswith(f"{key} "):
+            lines.append(message)
+        else:
+            lines.append(f"{key}: {message} (got {e.get('input')!r})")
+    return "; ".join(lines)

@@ -1,6 +1,10 @@
-"""What every NextQuill dataset type shares: the Axolotl strategy base, the check that the plugin
-is registered, one policy for bad rows (skip and log, or stop with ``nextquill_strict_rows``),
-and the contract a type meets to be evaluated (``EvaluableType``).
+"""What every NextQuill dataset type shares: the strategy base, the check that the plugin is
+registered, one policy for bad rows (skip and log, or stop with ``nextquill_strict_rows``), and
+the contract a type meets to be evaluated (``EvaluableType``).
+
+Framework-free: Axolotl uses a strategy through what it reads of one (``tokenize_prompt``,
+``filter_rows``, ``supports_batched``; its ``PromptTokenizingStrategy`` is that interface, not a
+registry), and the TRL trainer tokenizes rows with the same classes without importing Axolotl.
 """
 
 from __future__ import annotations
@@ -9,8 +13,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
-
-from axolotl.prompt_tokenizers import PromptTokenizingStrategy
 
 from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, HISTORY_KEPT, TRUNCATION
 from .prompting import PromptRenderer
@@ -60,15 +62,22 @@ class EvaluableType(Protocol):
         """A stable name of the row (``index``: its position in the file)."""
 
 
-class NextQuillStrategy(PromptTokenizingStrategy):
+class NextQuillStrategy:
     """Base of the dataset types. A type says what is wrong with a row (``row_problem``), how
     to build its paired example for a target text (``paired_example``), its reference and its
-    name; tokenizing for training and rendering generation prompts are the same for all."""
+    name; tokenizing for training and rendering generation prompts are the same for all.
+
+    It has the attributes Axolotl reads of a prompt tokenizing strategy (``tokenizer``,
+    ``sequence_len``, ``max_length``, ``train_on_inputs``, ``prompter``, ``supports_batched``)."""
 
     dataset_type = ""  # e.g. "dataset_formats.paired", for messages
+    supports_batched = False  # Axolotl maps rows one at a time
+    train_on_inputs = False  # prompt positions are IGNORE_INDEX; only the target is learned
+    prompter = None  # Axolotl's prompters are for its own types
 
     def __init__(self, tokenizer, settings: PromptSettings, source: str | None = None):
-        super().__init__(None, tokenizer, train_on_inputs=False, sequence_len=settings.sequence_len)
+        self.tokenizer = tokenizer
+        self.sequence_len = self.max_length = settings.sequence_len
         self.settings = settings
         self.renderer = PromptRenderer(tokenizer)
         self.source = source  # checks.data_source of the file the rows come from, if local

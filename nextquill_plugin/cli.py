@@ -110,7 +110,7 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
         )
     dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
     setup_model_and_trainer(cfg, dataset_meta)  # the plugin computes or loads the effects here
-    from .effects_cache import effects_cache_dir
+    from .plugin import effects_cache_dir
 
     print(f"nextquill: theta_0 effects are cached in {effects_cache_dir(cfg)}")
 

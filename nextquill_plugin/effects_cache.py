@@ -15,7 +15,6 @@ import logging
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -261,29 +260,29 @@ def _compute_shared(model, dataset, pad_token_id, batch_size, autocast) -> Token
     return TokenEffects.concatenate(distributed.gather_objects(part))
 
 
-def effects_cache_dir(cfg: Any) -> Path:
-    """Where theta_0 effects are cached: next to the prepared dataset unless configured."""
-    if cfg.nextquill_weight_cache_dir:
-        return Path(cfg.nextquill_weight_cache_dir)
-    from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
-
-    return Path(cfg.dataset_prepared_path or DEFAULT_DATASET_PREPARED_PATH) / "nextquill"
-
-
-def attach_theta0_effects(cfg: Any, settings: NextQuillSettings, trainer, dataset):
-    """Compute (or load) theta_0 effects and add them as the dataset's effects column."""
+def with_theta0_effects(
+    model: nn.Module,
+    tokenizer,
+    dataset,
+    settings: NextQuillSettings,
+    cache_dir: Path,
+    *,
+    model_name: str,
+    batch_size: int,
+):
+    """Compute (or load) theta_0 effects and add them as the dataset's effects column (any
+    trainer: the Axolotl plugin and the TRL trainer call this)."""
     if COUNTERFACTUAL_IDS not in dataset.column_names:
         return dataset
     if TOKEN_EFFECTS in dataset.column_names:
         dataset = dataset.remove_columns(TOKEN_EFFECTS)
-    tokenizer = trainer.processing_class
     effects, path, computed = cached_token_effects(
-        trainer.model,
+        model,
         dataset,
-        effects_cache_dir(cfg),
-        model_name=str(cfg.base_model),
+        cache_dir,
+        model_name=model_name,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        batch_size=cfg.nextquill_weight_batch_size,  # autocast: the model's mixed precision
+        batch_size=batch_size,  # autocast: the model's mixed precision
     )
     if distributed.rank_and_size()[0] == 0:  # every rank has the same effects: say it once
         describe_effects(effects, settings, path, computed)

@@ -39,6 +39,14 @@ from .lm_head import (
 )
 from .settings import NextQuillSettings, WeightNormalization
 
+# The per-micro-batch metrics a trainer logs (the Axolotl and the TRL trainer alike).
+NEXTQUILL_METRICS = (
+    "nextquill/normal_loss",
+    "nextquill/causal_loss",
+    "nextquill/mean_weight",
+    "nextquill/preference_token_fraction",
+)
+
 
 @dataclass
 class BatchLoss:
@@ -61,6 +69,20 @@ class BatchLoss:
             self.loss.normal.item() * self.normalizer / tokens,
             self.loss.causal.item() * self.causal_normalizer / tokens,
         )
+
+    def metrics(self) -> dict[str, float]:
+        """``NEXTQUILL_METRICS`` of this micro-batch: Ln and Lp per target token, the mean
+        weight, and the share of paired tokens the rule marked preference-bearing (empty when
+        the micro-batch has no target token)."""
+        if self.n_tokens == 0:
+            return {}
+        normal, causal = self.per_token()
+        paired = self.causal_token_mask
+        preference_share = 0.0
+        if bool(paired.any()):
+            preference_share = self.preference_mask[paired].float().mean().item()
+        values = (normal, causal, self.weights.mean().item(), preference_share)
+        return dict(zip(NEXTQUILL_METRICS, values, strict=True))
 
 
 def loss_normalizers(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
@@ -28,9 +29,34 @@ from dataset_formats.checks import (
 from dataset_formats.strategy import PLUGIN
 
 from .args import refuse_cli_overrides, settings_from
-from .settings import SETTING_PREFIX
+from .settings import SETTING_PREFIX, NextQuillSettings
 
 DATASET_SPLITS = ("train_dataset", "eval_dataset")
+
+
+def effects_cache_dir(cfg: Any) -> Path:
+    """Where theta_0 effects are cached: next to the prepared dataset unless configured."""
+    if cfg.nextquill_weight_cache_dir:
+        return Path(cfg.nextquill_weight_cache_dir)
+    from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
+
+    return Path(cfg.dataset_prepared_path or DEFAULT_DATASET_PREPARED_PATH) / "nextquill"
+
+
+def attach_theta0_effects(cfg: Any, settings: NextQuillSettings, trainer, dataset):
+    """theta_0 effects for an Axolotl run: the recipe's cache folder, base model and pass
+    batch size (``effects_cache.with_theta0_effects``)."""
+    from .effects_cache import with_theta0_effects
+
+    return with_theta0_effects(
+        trainer.model,
+        trainer.processing_class,
+        dataset,
+        settings,
+        effects_cache_dir(cfg),
+        model_name=str(cfg.base_model),
+        batch_size=cfg.nextquill_weight_batch_size,
+    )
 
 
 def nextquill_enabled(cfg: Any) -> bool:
@@ -105,6 +131,4 @@ class NextQuillPlugin(BasePlugin):
                 continue
             describe_rows(dataset, split)
             if settings.weights_from_theta0:
-                from .effects_cache import attach_theta0_effects
-
                 setattr(trainer, split, attach_theta0_effects(cfg, settings, trainer, dataset))

@@ -9,15 +9,7 @@ from dataset_formats.contract import COUNTERFACTUAL_IDS, ROW_COLUMNS
 
 from .args import settings_from
 from .distributed import mean_over_ranks
-from .objective import BatchLoss, compute_batch_loss
-
-# The per-micro-batch metrics the trainer logs (each rank stores its own).
-NEXTQUILL_METRICS = (
-    "nextquill/normal_loss",
-    "nextquill/causal_loss",
-    "nextquill/mean_weight",
-    "nextquill/preference_token_fraction",
-)
+from .objective import NEXTQUILL_METRICS, compute_batch_loss
 
 
 class NextQuillTrainer(AxolotlTrainer):
@@ -57,29 +49,13 @@ class NextQuillTrainer(AxolotlTrainer):
             if model.training
             else 1,
         )
-        self._log_parts(result, model.training)
+        metrics = result.metrics()  # each rank stores its own; log() averages them over ranks
+        if metrics:
+            self.store_metrics(metrics, train_eval="train" if model.training else "eval")
         if return_outputs:
             result.outputs["loss"] = result.loss.total
             return result.loss.total, result.outputs
         return result.loss.total
-
-    def _log_parts(self, result: BatchLoss, training: bool) -> None:
-        """Ln and Lp per target token of this micro-batch, mean weight, preference-token share."""
-        if result.n_tokens == 0:
-            return
-        normal, causal = result.per_token()
-        paired = result.causal_token_mask
-        preference_share = 0.0
-        if bool(paired.any()):  # the share of paired tokens that the rule marked
-            preference_share = result.preference_mask[paired].float().mean().item()
-        values = (
-            normal,
-            causal,
-            result.weights.mean().item(),
-            preference_share,
-        )
-        metrics = dict(zip(NEXTQUILL_METRICS, values, strict=True))
-        self.store_metrics(metrics, train_eval="train" if training else "eval")
 
     @override
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
