@@ -8,6 +8,7 @@ nextquill setup-wordnet                           WordNet for METEOR from Debian
 nextquill prompts RECIPE.yml [--limit N]          the exact prompt text evaluate generates from
 nextquill recipes DEST                            copy the shipped recipes into DEST
 nextquill demo                                    the end-to-end demo (same as `make demo`)
+nextquill trl-sft --config RECIPE.yaml            train under TRL's SFTTrainer (a TRL-style config)
 
 The same commands run as `axolotl nextquill ...`.
 
@@ -239,31 +240,39 @@ def run_setup_wordnet(args: argparse.Namespace, overrides: dict[str, Any]) -> No
 
 
 def copy_recipes(destination: Path) -> list[Path]:
-    """Copy the recipes shipped with the package into ``destination``; when a file of the same
-    name is already there nothing is copied (and the error names it)."""
+    """Copy the recipes shipped with the package into ``destination`` (the TRL-style configs
+    into its ``trl/``); when a file of the same name is already there nothing is copied (and
+    the error names it)."""
     from importlib.resources import files
 
     try:  # installed from a wheel: the recipes are the package nextquill_plugin.recipes
         folder = files("nextquill_plugin.recipes")
     except ModuleNotFoundError:  # a source checkout (editable install): the recipes/ folder
         folder = Path(__file__).resolve().parents[1] / "recipes"
-    shipped = sorted(
-        (entry for entry in folder.iterdir() if entry.name.endswith(".yml")),
-        key=lambda entry: entry.name,
-    )
+    shipped = [
+        (Path(entry.name), entry) for entry in folder.iterdir() if entry.name.endswith(".yml")
+    ]
+    trl = folder / "trl"
+    if trl.is_dir():
+        shipped += [
+            (Path("trl") / entry.name, entry)
+            for entry in trl.iterdir()
+            if entry.name.endswith(".yaml")
+        ]
+    shipped.sort(key=lambda pair: str(pair[0]))
     if not shipped:
         raise FileNotFoundError("no recipes are installed with this package")
-    destination.mkdir(parents=True, exist_ok=True)
-    existing = [entry.name for entry in shipped if (destination / entry.name).exists()]
+    existing = [str(name) for name, _ in shipped if (destination / name).exists()]
     if existing:
         raise FileExistsError(
             f"{destination} already has {', '.join(existing)}; nothing was copied. Choose "
             "another folder or move those files away."
         )
     copied = []
-    for entry in shipped:
-        write_text_atomic(destination / entry.name, entry.read_text())
-        copied.append(destination / entry.name)
+    for name, entry in shipped:
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(destination / name, entry.read_text())
+        copied.append(destination / name)
     return copied
 
 
@@ -323,6 +332,9 @@ def build_parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse
     )
     weights.add_argument("recipe", help="the recipe whose theta_0 weights to compute")
     commands.add_parser("demo", help="run the end-to-end demo on the tiny local model")
+    commands.add_parser(  # parsed by TRL's own parser (main hands its arguments over)
+        "trl-sft", help="train a TRL-style YAML config under TRL's SFTTrainer: --config FILE"
+    )
     add_evaluate_parser(commands)
     add_compare_parser(commands)
     add_inspect_parser(commands)
@@ -360,6 +372,14 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
     quiet_library_noise()
     if argv[:1] == ["--version"]:  # without building the parsers, which import torch
         print(f"{prog} {package_version()}")
+        return
+    if argv[:1] == ["trl-sft"]:  # TRL's parser takes the rest, as `trl sft` would
+        from .trl.command import main as trl_main
+
+        try:
+            trl_main(argv[1:], prog=f"{prog} trl-sft")
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"{prog} trl-sft: {error}") from None
         return
     parser, subcommands = build_parser(prog)
     overrides: dict[str, Any] = {}

@@ -256,3 +256,100 @@ def test_the_readme_key_table_lists_every_key_with_its_default_and_symbol():
         shown = str(value).lower() if isinstance(value, bool) else str(value)
         assert default == f"`{shown}`", setting.name
         assert paper.startswith(setting.metadata["symbol"]), setting.name
+
+
+# The modules that import Axolotl: its glue (hooks, trainer, collator, CLI, recipe checks).
+AXOLOTL_GLUE = {
+    "dataset_formats/checks.py",
+    "nextquill_plugin/cli.py",
+    "nextquill_plugin/collator.py",
+    "nextquill_plugin/plugin.py",
+    "nextquill_plugin/trainer.py",
+}
+TRL_GLUE = "nextquill_plugin/trl/"
+
+
+def importers_of(library: str) -> set[str]:
+    return {
+        str(path.relative_to(ROOT))
+        for path in product_modules()
+        if any(name.split(".")[0] == library for name in imported_modules(path))
+    }
+
+
+def module_file(name: str) -> Path | None:
+    """The file of one of our modules by its dotted name (a package's __init__.py)."""
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def lazy_export_nodes(tree: ast.AST) -> set[int]:
+    """Imports that run only on demand: a package's PEP 562 ``__getattr__`` and
+    ``if TYPE_CHECKING:`` blocks."""
+    lazy = set()
+    for node in ast.walk(tree):
+        on_demand = isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+        on_demand |= isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+        if on_demand:
+            lazy.update(id(inner) for inner in ast.walk(node))
+    return lazy
+
+
+def our_imports(path: Path) -> set[Path]:
+    """Our modules a file imports, ``from package import module`` included (not a package's
+    lazy exports)."""
+    found = set()
+    tree = ast.parse(path.read_text())
+    lazy = lazy_export_nodes(tree)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom) or id(node) in lazy:
+            continue
+        for name in imported_modules_of_node(path, node):
+            if name.split(".")[0] in PACKAGES and (file := module_file(name)):
+                found.add(file)
+    return found
+
+
+def imported_modules_of_node(path: Path, node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)[:-1]
+    base = parts[: len(parts) - node.level + 1] if node.level else []
+    module = ".".join([*base, node.module or ""]).strip(".")
+    return [module, *(f"{module}.{alias.name}" for alias in node.names)]
+
+
+def import_closure(start: list[Path]) -> set[Path]:
+    seen, todo = set(), list(start)
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(our_imports(path))
+    return seen
+
+
+def test_each_framework_has_its_own_glue_modules():
+    assert importers_of("axolotl") == AXOLOTL_GLUE
+    assert importers_of("trl") and all(p.startswith(TRL_GLUE) for p in importers_of("trl"))
+
+
+def test_the_trl_path_never_reaches_axolotl():
+    trl_modules = sorted((ROOT / TRL_GLUE).glob("*.py"))
+    reached = {str(p.relative_to(ROOT)) for p in import_closure(trl_modules)}
+    assert "nextquill_plugin/objective.py" in reached  # the closure follows our imports
+    assert reached & AXOLOTL_GLUE == set()
+
+
+def test_the_core_imports_no_framework_glue():
+    """The math, the passes and the cache serve both trainers: they import neither's glue."""
+    glue = {*AXOLOTL_GLUE, "nextquill_plugin/axolotl_command.py"}
+    core = [
+        p for p in (ROOT / "nextquill_plugin").glob("*.py") if str(p.relative_to(ROOT)) not in glue
+    ]
+    for path in core:
+        reached = {str(p.relative_to(ROOT)) for p in our_imports(path)}
+        assert not [r for r in reached if r in glue or r.startswith(TRL_GLUE)], path.name

@@ -9,21 +9,27 @@ from typing import Any
 
 import yaml
 
+from dataset_formats import DATASET_TYPES
 from dataset_formats.strategy import EvaluableType
 from nextquill_common.cli_options import option
 from nextquill_common.jsonl import read_jsonl
 
-EVALUABLE_TYPES = ("dataset_formats.amazon_reviews", "dataset_formats.paired")
+from ..trl.command import is_trl_config, recipe_view
+
+EVALUABLE_TYPES = DATASET_TYPES
 
 
 def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The recipe as a dict with command-line overrides applied (as `axolotl train` would)."""
+    """The recipe as a dict with command-line overrides applied (as `axolotl train` would). A
+    TRL-style config (``nextquill trl-sft``'s) is read as the Axolotl recipe it amounts to."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} does not exist")
     recipe = yaml.safe_load(path.read_text()) or {}
     if not isinstance(recipe, dict):
         raise ValueError(f"recipe {path} is not a YAML mapping")
+    if is_trl_config(recipe):
+        recipe = recipe_view(recipe)
     recipe.update(overrides or {})
     if not recipe.get("base_model"):
         raise ValueError(f"recipe {path} has no base_model")

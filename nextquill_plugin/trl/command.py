@@ -1,0 +1,115 @@
+"""``nextquill trl-sft --config recipe.yaml``: a TRL-style YAML config, trained as ``trl sft`` trains
+one (TRL's own parser and dataset loading, so every ScriptArguments, SFTConfig, ModelConfig and
+dataset-mixture key works as in TRL), with ``NextQuillSFTConfig``'s keys and trainer.
+
+Also what ``nextquill evaluate`` and ``inspect`` read of such a config (``recipe_view``): they
+take Axolotl-shaped recipes, and a TRL config says the same things under TRL's names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# A TRL config names its model by this key; an Axolotl recipe by base_model.
+TRL_MODEL_KEY = "model_name_or_path"
+TRL_DEFAULT_MAX_LENGTH = 1024  # SFTConfig's default max_length
+
+
+def is_trl_config(config: dict[str, Any]) -> bool:
+    """Whether a YAML mapping is a TRL-style config (``nextquill trl-sft``'s) rather than an
+    Axolotl recipe."""
+    return TRL_MODEL_KEY in config and "base_model" not in config
+
+
+def training_file(config: dict[str, Any]) -> str | None:
+    """The local file the config trains on: the first dataset's ``data_files`` (a path, a list,
+    or a split mapping), or the train split of ``dataset_name`` read as a folder of
+    ``nextquill-data build`` splits."""
+    datasets = config.get("datasets") or []
+    if datasets and isinstance(datasets[0], dict):
+        files = datasets[0].get("data_files")
+        if isinstance(files, dict):
+            files = files.get(config.get("dataset_train_split", "train")) or next(
+                iter(files.values()), None
+            )
+        if isinstance(files, list):
+            files = files[0] if files else None
+        return str(files) if files else None
+    name = config.get("dataset_name")  # a Hub name has no local file: evaluate then asks for --data
+    if name:
+        return str(Path(name) / f"{config.get('dataset_train_split', 'train')}.jsonl")
+    return None
+
+
+def recipe_view(config: dict[str, Any]) -> dict[str, Any]:
+    """The Axolotl-shaped recipe a TRL config amounts to, for evaluation and inspection: its
+    model, sequence length, NextQuill keys, and its training file with its dataset type."""
+    from dataset_formats import DATASET_TYPES
+
+    view = {key: value for key, value in config.items() if key.startswith("nextquill")}
+    view.pop("nextquill_dataset_type", None)
+    view["nextquill"] = config.get("nextquill", True)
+    view["base_model"] = config[TRL_MODEL_KEY]
+    view["sequence_len"] = config.get("max_length") or TRL_DEFAULT_MAX_LENGTH
+    dataset_type = config.get("nextquill_dataset_type", DATASET_TYPES[0])
+    view["datasets"] = [{"path": training_file(config), "type": dataset_type}]
+    return view
+
+
+def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
+    """Parse the config and the command line as ``trl sft`` does, then train and save."""
+    from trl import (
+        DatasetMixtureConfig,
+        ModelConfig,
+        ScriptArguments,
+        TrlParser,
+        get_dataset,
+        get_peft_config,
+        get_quantization_config,
+    )
+
+    from .config import NextQuillSFTConfig
+    from .trainer import NextQuillSFTTrainer
+
+    parser = TrlParser(
+        (ScriptArguments, NextQuillSFTConfig, ModelConfig, DatasetMixtureConfig), prog=prog
+    )
+    # Unknown keys are refused (trl sft only warns): a misspelled key would train without it.
+    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(
+        argv, fail_with_unknown_args=True
+    )
+    if not model_args.model_name_or_path:
+        parser.error(f"the config names no model; set {TRL_MODEL_KEY}")
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    if dataset_args.datasets:
+        dataset = get_dataset(dataset_args)
+    elif script_args.dataset_name:
+        from datasets import load_dataset
+
+        dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
+    else:
+        parser.error("the config names no data; set datasets (or dataset_name)")
+    for split in (script_args.dataset_train_split, script_args.dataset_test_split):
+        if split == script_args.dataset_test_split and training_args.eval_strategy == "no":
+            continue
+        if split not in dataset:
+            raise ValueError(f"the data has no split {split!r}; it has {sorted(dataset)}")
+    trainer = NextQuillSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=dataset[script_args.dataset_train_split],
+        eval_dataset=dataset[script_args.dataset_test_split]
+        if training_args.eval_strategy != "no"
+        else None,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"NextQuill: model saved to {training_args.output_dir}")

@@ -1,0 +1,131 @@
+"""``NextQuillSFTConfig``: TRL's ``SFTConfig`` plus every NextQuill key, derived, not redeclared.
+
+The keys are the Axolotl recipe's (``args.NextQuillArgs``: the objective's settings from
+``settings.NextQuillSettings`` with their paper symbols, the prompt keys of the dataset types,
+the theta_0 pass's), with the same defaults and checks, so a key means one thing under both
+frameworks. Two differ, and say why: ``nextquill`` defaults to true (the trainer is NextQuill's;
+false trains ContextSFT on the same prompts), and ``nextquill_dataset_type`` names the rows'
+type (Axolotl's recipes give it per dataset as ``type:``). The prompt's length is TRL's
+``max_length``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field, fields, make_dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from trl import SFTConfig
+
+from dataset_formats import DATASET_TYPES
+from dataset_formats.settings import PromptSettings, describe_validation_error
+
+from ..args import NextQuillArgs, nextquill_config_problems, settings_from
+from ..settings import NextQuillSettings
+
+DATASET_TYPE_KEY = "nextquill_dataset_type"
+NLL_LOSS_TYPES = ("nll", "chunked_nll")  # TRL's loss types that are the plain NLL
+# TRL's own options that NextQuill's rows and loss cannot honour: (key, refused when, why).
+REFUSED_TRL_OPTIONS = (
+    ("packing", True, "the counterfactual sequence has no packed layout"),
+    ("padding_free", True, "the counterfactual sequence has no padding-free layout"),
+    ("use_liger_kernel", True, "NextQuill computes its own loss from the final hidden states"),
+    ("assistant_only_loss", True, "the dataset types already mask everything but the review"),
+    ("completion_only_loss", True, "the dataset types already mask everything but the review"),
+)
+
+
+def _field_of(name: str, info: Any) -> tuple[str, Any, Any]:
+    """A dataclass field of ``NextQuillArgs``'s key ``name`` (its default and description)."""
+    default = True if name == "nextquill" else info.default
+    help_text = info.description or ""
+    if name == "nextquill":
+        help_text = "Train with the NextQuill objective (default here: true); false: ContextSFT."
+    if isinstance(default, dict | list):
+        return (
+            name,
+            info.annotation,
+            field(default_factory=lambda: default, metadata={"help": help_text}),
+        )
+    return name, info.annotation, field(default=default, metadata={"help": help_text})
+
+
+def _check(self: Any) -> None:
+    """SFTConfig's own checks, then NextQuill's: each key's type and bounds and the rules
+    across keys, as for an Axolotl recipe, and TRL options that NextQuill cannot honour."""
+    SFTConfig.__post_init__(self)
+    values = {name: getattr(self, name) for name in NextQuillArgs.model_fields}
+    values.update(
+        gradient_checkpointing=self.gradient_checkpointing,
+        gradient_checkpointing_kwargs=self.gradient_checkpointing_kwargs,
+    )
+    try:  # each key's type and bounds (the rules across keys follow, in our words)
+        NextQuillArgs.model_validate({**values, "nextquill": False})
+    except ValidationError as error:
+        raise ValueError("NextQuillSFTConfig: " + describe_validation_error(error)) from None
+    problems = nextquill_config_problems(values) if self.nextquill else []
+    problems += [
+        f"{key}: {value} cannot be combined with NextQuill ({why}); set {key}: false."
+        for key, value, why in REFUSED_TRL_OPTIONS
+        if getattr(self, key, None) is value
+    ]
+    if self.max_length is None:
+        problems.append(
+            "max_length: None leaves the prompts untruncated; NextQuill truncates the history to "
+            "fit max_length (set it, e.g. 4096)."
+        )
+    if self.nextquill and self.loss_type not in NLL_LOSS_TYPES:
+        # nll and chunked_nll are both NLL; NextQuill computes its own in chunks (lm_head.py).
+        problems.append(
+            f"loss_type: {self.loss_type!r} is not NextQuill's loss; use {' or '.join(NLL_LOSS_TYPES)}."
+        )
+    if getattr(self, DATASET_TYPE_KEY) not in DATASET_TYPES:
+        problems.append(
+            f"{DATASET_TYPE_KEY}: {getattr(self, DATASET_TYPE_KEY)!r} is none of {', '.join(DATASET_TYPES)}."
+        )
+    if problems:
+        raise ValueError("NextQuillSFTConfig: " + " ".join(problems))
+    if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
+        # Reentrant checkpointing would run a separate backward per forward pass (see args.py).
+        self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    # The trainer tokenizes the rows itself (the dataset types' prompts), so TRL must not.
+    self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+
+
+def nextquill_settings(self: Any) -> NextQuillSettings:
+    """The objective's settings of this config."""
+    return settings_from(self)
+
+
+def prompt_settings(self: Any) -> PromptSettings:
+    """The dataset types' prompt settings of this config (``max_length`` is the sequence length)."""
+    keys = {name: getattr(self, name) for name in NextQuillArgs.model_fields}
+    return PromptSettings.from_cfg({**keys, "sequence_len": self.max_length})
+
+
+NextQuillSFTConfig = make_dataclass(
+    "NextQuillSFTConfig",
+    [
+        *(_field_of(name, info) for name, info in NextQuillArgs.model_fields.items()),
+        (
+            DATASET_TYPE_KEY,
+            str,
+            field(
+                default=DATASET_TYPES[0],
+                metadata={"help": f"The rows' dataset type: {' or '.join(DATASET_TYPES)}."},
+            ),
+        ),
+    ],
+    bases=(SFTConfig,),
+    namespace={
+        "__post_init__": _check,
+        "nextquill_settings": nextquill_settings,
+        "prompt_settings": prompt_settings,
+    },
+)
+NextQuillSFTConfig.__module__ = __name__
+NextQuillSFTConfig.__doc__ = (
+    "TRL's SFTConfig plus NextQuill's keys (the Axolotl recipe's, same defaults and checks; "
+    "nextquill defaults to true here), and nextquill_dataset_type."
+)
+NEXTQUILL_KEYS = tuple(f.name for f in fields(NextQuillSFTConfig) if f.name.startswith("nextquill"))
