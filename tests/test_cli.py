@@ -71,10 +71,13 @@ def test_recipes_are_copied_out_and_nothing_is_overwritten(tmp_path, capsys):
 
     from nextquill_plugin.cli import main
 
-    shipped = sorted((Path(__file__).parents[1] / "recipes").glob("*.yml"))
+    recipes = Path(__file__).parents[1] / "recipes"
+    shipped = sorted([*recipes.glob("*.yml"), *recipes.glob("trl/*.yaml")])
     main(["recipes", str(tmp_path / "mine")])
-    copied = sorted((tmp_path / "mine").iterdir())
-    assert [p.name for p in copied] == [p.name for p in shipped] and len(copied) == 22  # 21 + mixed
+    copied = sorted(p for p in (tmp_path / "mine").rglob("*") if p.is_file())
+    relative = [p.relative_to(tmp_path / "mine") for p in copied]
+    assert relative == [p.relative_to(recipes) for p in shipped]
+    assert len(copied) == 22 + 6  # 21 + mixed, and the TRL configs in trl/
     assert all(a.read_text() == b.read_text() for a, b in zip(copied, shipped, strict=True))
     (tmp_path / "mine" / "books_sft.yml").write_text("my own edits\n")
     with pytest.raises(SystemExit, match="already has .*books_sft.yml.*nothing was copied"):
@@ -100,6 +103,8 @@ def test_the_wheel_ships_recipes_demo_data_license_and_entry_points(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "nextquill_plugin/recipes/books_nextquill.yml" in names
     assert "nextquill_plugin/recipes/mixed_example.yml" in names
+    assert "nextquill_plugin/recipes/trl/books_nextquill.yaml" in names
+    assert "nextquill_plugin/trl/trainer.py" in names
     assert "dataset_formats/demo_data/Books_demo.jsonl.gz" in names
     for name in ("model.safetensors", "report.json", "tokenizer.json", "config.json"):
         assert f"nextquill_plugin/demo/theta0_model/{name}" in names

@@ -49,13 +49,16 @@ def load_generator():
 
 def test_recipes_match_their_generator():
     expected = load_generator().expected_recipes()
-    # 3 domains x 5 variants, and per domain NextQuill with QLoRA and as the authors train it
-    assert len(expected) == 21
+    # 3 domains x 5 variants, and per domain NextQuill with QLoRA and as the authors train it;
+    # and 3 domains x (NextQuill, ContextSFT) as TRL-style configs
+    assert len(expected) == 21 + 6
     on_disk = {p for p in RECIPES.glob("*.yml") if p.name != "mixed_example.yml"}
+    on_disk |= set((RECIPES / "trl").glob("*.yaml"))
     assert on_disk == set(expected)
     for path, text in expected.items():
         assert path.read_text() == text, f"{path.name} differs from recipes/generate.py"
-        assert "\nbf16: auto" in text  # as Axolotl's examples: GPUs without bf16 run them too
+        if path.suffix == ".yml":
+            assert "\nbf16: auto" in text  # as Axolotl's examples: GPUs without bf16 run them too
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ def run(args, cwd, timeout=900):
 
 def test_every_recipe_validates_with_axolotl(workdir, tiny_model_dir):
     # Only the base model is overridden (it must be local); everything else is the recipe's.
-    generated = sorted(load_generator().expected_recipes())
+    generated = sorted(p for p in load_generator().expected_recipes() if p.suffix == ".yml")
     recipes = [str(p) for p in [*generated, RECIPES / "mixed_example.yml"]]
     result = run(
         [sys.executable, str(HELPER), "validate", *recipes, f"--base_model={tiny_model_dir}"],
