@@ -234,7 +234,7 @@ def trl_sft(config: Path, processes: int = 1) -> str:
     return run_command(command, config.parent)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # not e2e: the axolotl 0.21 lane tests the plugin, not TRL
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_trl_logs_the_losses_the_axolotl_path_logs(tmp_path, train_file, variant):
     """Same rows, model, seed and optimiser: the same loss at every step (1e-5), and the same
@@ -274,7 +274,8 @@ def test_trl_logs_the_losses_the_axolotl_path_logs(tmp_path, train_file, variant
 def test_two_processes_train_as_one_with_the_same_rows_per_step(tmp_path, train_file):
     """2 processes x micro-batch 2 against 1 process x micro-batch 2 x accumulation 2: TRL
     divides by the target tokens of all processes, so the steps are the same (SGD keeps float
-    differences of the reduction order at rounding size)."""
+    differences of the reduction order at rounding size). torchrun starts the processes and
+    accelerate joins them with gloo (`accelerate launch` starts CPU processes only via mpirun)."""
     sgd = {"optim": "sgd", "learning_rate": 0.1}
     one = write_trl_config(tmp_path / "one", train_file, **sgd)
     two = write_trl_config(tmp_path / "two", train_file, **sgd, gradient_accumulation_steps=1)
