@@ -288,3 +288,20 @@ def compute_batch_loss(
         float(normalizer),
         float(causal_normalizer),
     )
+
+
+def trainer_batch_loss(
+    trainer: Any, model: nn.Module, batch: dict[str, Any], num_items_in_batch: Any
+) -> BatchLoss:
+    """``compute_batch_loss`` as a transformers Trainer's ``compute_loss`` calls it (the Axolotl
+    and the TRL trainer alike): the trainer's ``nextquill_settings``, and while training the
+    micro-batches of its accumulation window (fewer in an epoch's last window), for the
+    authors' normalisation."""
+    micro_batches = getattr(trainer, "current_gradient_accumulation_steps", 1)
+    return compute_batch_loss(
+        model,
+        batch,
+        trainer.nextquill_settings,
+        num_items_in_batch,
+        micro_batches=micro_batches if model.training else 1,
+    )

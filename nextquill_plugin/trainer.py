@@ -9,7 +9,7 @@ from dataset_formats.contract import COUNTERFACTUAL_IDS, ROW_COLUMNS
 
 from .args import settings_from
 from .distributed import mean_over_ranks
-from .objective import NEXTQUILL_METRICS, compute_batch_loss
+from .objective import NEXTQUILL_METRICS, trainer_batch_loss
 
 
 class NextQuillTrainer(AxolotlTrainer):
@@ -39,16 +39,7 @@ class NextQuillTrainer(AxolotlTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if COUNTERFACTUAL_IDS not in inputs:  # a batch of ordinary rows only: stock loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        result = compute_batch_loss(
-            model,
-            inputs,
-            self.nextquill_settings,
-            num_items_in_batch,
-            # the window's micro-batches (fewer in an epoch's last window), for weights normalisation
-            micro_batches=getattr(self, "current_gradient_accumulation_steps", 1)
-            if model.training
-            else 1,
-        )
+        result = trainer_batch_loss(self, model, inputs, num_items_in_batch)
         metrics = result.metrics()  # each rank stores its own; log() averages them over ranks
         if metrics:
             self.store_metrics(metrics, train_eval="train" if model.training else "eval")

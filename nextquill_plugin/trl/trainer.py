@@ -18,7 +18,7 @@ from dataset_formats.contract import COUNTERFACTUAL_IDS, ROW_COLUMNS
 from ..distributed import mean_over_ranks
 from ..effects_cache import with_theta0_effects
 from ..lm_head import resolve_lm_head
-from ..objective import NEXTQUILL_METRICS, compute_batch_loss
+from ..objective import NEXTQUILL_METRICS, trainer_batch_loss
 from ..settings import WeightNormalization
 from .config import NextQuillSFTConfig
 from .data import NextQuillSFTCollator, tokenized_rows
@@ -145,15 +145,7 @@ class NextQuillSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if COUNTERFACTUAL_IDS not in inputs:  # ordinary rows only (or nextquill: false): TRL's loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        result = compute_batch_loss(
-            model,
-            inputs,
-            self.nextquill_settings,
-            num_items_in_batch,
-            micro_batches=getattr(self, "current_gradient_accumulation_steps", 1)
-            if model.training
-            else 1,
-        )
+        result = trainer_batch_loss(self, model, inputs, num_items_in_batch)
         metrics = self._metrics["train" if model.training else "eval"]
         for name, value in result.metrics().items():  # this process's; log() averages them all
             metrics[name].append(value)
