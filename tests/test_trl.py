@@ -281,7 +281,8 @@ def test_two_processes_train_as_one_with_the_same_rows_per_step(tmp_path, train_
     two = write_trl_config(tmp_path / "two", train_file, **sgd, gradient_accumulation_steps=1)
     trl_sft(one)
     output = trl_sft(two, processes=2)
-    assert "computed theta_0 effects" in output or "NextQuill theta_0 effects" in output
+    assert "NextQuill: computed theta_0 effects for 12 rows" in output  # the pass, shared
+    assert "are preference-bearing (effect > delta=0.05)" in output
     single, double = scalars(tmp_path / "one" / "out"), scalars(tmp_path / "two" / "out")
     for name in ("loss", *NEXTQUILL_METRICS):
         np.testing.assert_allclose(double[name], single[name], atol=1e-5, err_msg=name)

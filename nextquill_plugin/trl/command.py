@@ -57,8 +57,23 @@ def recipe_view(config: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+def show_nextquill_messages() -> None:
+    """Our INFO messages (where the theta_0 effects came from, how many tokens the rule marks,
+    skipped rows) on stderr, as Axolotl shows them in its runs."""
+    import logging
+
+    from dataset_formats.strategy import LOG as ROWS_LOG
+
+    from ..effects_cache import LOG as EFFECTS_LOG
+
+    logging.basicConfig(format="%(message)s")  # the messages say NextQuill themselves
+    for logger in (EFFECTS_LOG, ROWS_LOG):
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     """Parse the config and the command line as ``trl sft`` does, then train and save."""
+    show_nextquill_messages()
     from trl import (
         DatasetMixtureConfig,
         ModelConfig,
