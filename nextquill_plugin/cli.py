@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
 
         try:
             trl_main(argv[1:], prog=f"{prog} trl-sft")
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, TypeError) as error:  # TypeError: rows of the wrong kind
             raise SystemExit(f"{prog} trl-sft: {error}") from None
         return
     parser, subcommands = build_parser(prog)

@@ -126,6 +126,20 @@ def test_rows_of_another_type_are_refused_naming_the_type(tiny_model_dir, synthe
         )
 
 
+def test_a_bad_config_file_is_refused_by_the_command_in_one_line(tmp_path, capsys):
+    from nextquill_plugin.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text("model_name_or_path: nowhere\nnextquill_alpha: -1\noutput_dir: out\n")
+    with pytest.raises(SystemExit, match=r"nextquill trl-sft: NextQuillSFTConfig: nextquill_alpha"):
+        main(["trl-sft", "--config", str(config), "--use_cpu", "true", "--bf16", "false"])
+    config.write_text("model_name_or_path: nowhere\nnextquil_alpha: 0.1\noutput_dir: out\n")
+    with pytest.raises(
+        SystemExit, match=r"unknown keys: nextquil_alpha \(did you mean nextquill_alpha"
+    ):
+        main(["trl-sft", "--config", str(config), "--use_cpu", "true", "--bf16", "false"])
+
+
 def test_evaluation_reads_a_trl_config_as_the_recipe_it_amounts_to():
     from nextquill_plugin.evaluation.recipe_data import read_recipe
 

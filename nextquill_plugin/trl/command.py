@@ -71,6 +71,30 @@ def show_nextquill_messages() -> None:
         logger.setLevel(logging.INFO)
 
 
+def refuse_unknown_config_keys(parser: Any, argv: list[str]) -> None:
+    """Name each key of the ``--config`` file that no dataclass of the parser declares, with the
+    closest known key (TRL's own error would only list them)."""
+    import difflib
+
+    import yaml
+
+    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+        return
+    path = Path(argv[argv.index("--config") + 1])
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} does not exist")
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config {path} is not a YAML mapping")
+    known = {action.dest for action in parser._actions} | {"env"}
+    problems = []
+    for key in sorted(set(config) - known, key=str):
+        close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.8)
+        problems.append(f"{key}" + (f" (did you mean {close[0]}?)" if close else ""))
+    if problems:
+        raise ValueError(f"{path}: unknown keys: {'; '.join(problems)}")
+
+
 def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     """Parse the config and the command line as ``trl sft`` does, then train and save."""
     show_nextquill_messages()
@@ -90,6 +114,7 @@ def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     parser = TrlParser(
         (ScriptArguments, NextQuillSFTConfig, ModelConfig, DatasetMixtureConfig), prog=prog
     )
+    refuse_unknown_config_keys(parser, argv)
     # Unknown keys are refused (trl sft only warns): a misspelled key would train without it.
     script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(
         argv, fail_with_unknown_args=True
