@@ -110,10 +110,10 @@ class NextQuillSFTTrainer(SFTTrainer):
             processing_class=tokenizer,
             **kwargs,
         )
-        self.model_accepts_loss_kwargs = True
         self.nextquill_settings = args.nextquill_settings()
-        if not args.nextquill:
+        if not args.nextquill:  # ContextSFT on the same prompts: TRL's loss, as TRL sets it up
             return
+        self.model_accepts_loss_kwargs = True
         resolve_lm_head(self.model)  # fails now, not at the first step, for odd heads
         if self.nextquill_settings.weights_from_theta0:
             for split in ("train_dataset", "eval_dataset"):
