@@ -47,3 +47,20 @@ def test_make_theta0_never_replaces_a_folder_it_did_not_write(tmp_path):
         theta0.make_theta0(foreign, history_steps=1, mixed_steps=1, work=tmp_path / "work")
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert not (tmp_path / "work").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("words", theta0.COPY_WORDS)
+def test_copy_texts_repeat_a_run_and_never_show_a_measured_word(words):
+    from dataset_formats.build.synthetic import word_pool
+
+    texts = theta0.copy_texts(300, words=words)
+    runs = [text["text"].rstrip(".").split(". ") for text in texts]
+    assert all(len(set(parts)) == 1 and len(parts) == 3 for parts in runs)  # one run, 3 times
+    seen = {word.strip(".") for text in texts for word in text["text"].split()}
+    assert seen & set(word_pool(theta0.MEASURE_STYLE.words)) == set()
+    if words == "pool":
+        assert seen <= set(word_pool(theta0.THETA0_STYLE.words))
+    else:  # fresh strings: other lengths than the pools' four letters, drawn anew
+        assert {len(word) for word in seen} == {3, 4, 5, 6, 7}
+        # a four-letter one may be a training-pool word by chance (3,000 of the 4,900 there are)
+        assert len(seen & set(word_pool(theta0.THETA0_STYLE.words))) < 0.1 * len(seen)

@@ -65,7 +65,8 @@ SIGN_OFF_FRAME = "Signed "
 # Made-up two-syllable words (consonant, vowel, consonant, vowel) split into disjoint pools:
 # theta_0 is trained on users of the first and measured on users of the second.
 WORD_POOLS = {"train": 3000, "heldout": 1000}
-_CONSONANTS, _VOWELS, _POOL_SHUFFLE_SEED = "bdfgklmnprstvz", "aeiou", 2024
+# The made-up words' letters (the pools: every consonant-vowel-consonant-vowel word of them).
+CONSONANTS, VOWELS, _POOL_SHUFFLE_SEED = "bdfgklmnprstvz", "aeiou", 2024
 
 
 @cache
@@ -75,10 +76,10 @@ def word_pool(name: str) -> tuple[str, ...]:
         raise ValueError(f"no word pool {name!r}; the pools are {sorted(WORD_POOLS)}")
     words = sorted(
         c1 + v1 + c2 + v2
-        for c1 in _CONSONANTS
-        for v1 in _VOWELS
-        for c2 in _CONSONANTS
-        for v2 in _VOWELS
+        for c1 in CONSONANTS
+        for v1 in VOWELS
+        for c2 in CONSONANTS
+        for v2 in VOWELS
     )
     random.Random(_POOL_SHUFFLE_SEED).shuffle(words)
     start = 0

@@ -2,7 +2,7 @@
 from (shipped in ``theta0_model/``, 2.5 MB), and the script that makes it (15 minutes on 2 cores).
 
     python -m nextquill_plugin.demo.theta0 [--out DIR] [--copy-steps C] [--history-steps N]
-                                           [--mixed-steps M]
+                                           [--mixed-steps M] [--copy-words pool|fresh]
 
 NextQuill's weights are only as good as theta_0's reading of the history: a token gets lambda
 when the history raises its probability by more than delta. The paper's theta_0 is a pretrained
@@ -102,20 +102,48 @@ def pretraining_texts(rows: list[dict], tokenizer_dir: Path) -> list[dict]:
     return [{"text": tokenizer.decode(strategy.tokenize_prompt(row)["input_ids"])} for row in rows]
 
 
-def copy_texts(n_texts: int, seed: int = THETA0_SEED) -> list[dict]:
-    """Short texts that repeat a random run of the training pool's words three times: the
-    plainest lesson in copying from context, before the reviews (without it, a model this
-    small never learned to copy a word it had seen in the history)."""
+# What the copying stage's texts are made of: "pool", runs of the training pool's words (the
+# shipped checkpoint's recipe); "fresh", runs of letter strings drawn anew, of other lengths
+# than the pools' four letters and never a held-out word, so that only copying predicts them.
+COPY_WORDS = ("pool", "fresh")
+
+
+def fresh_word(rng, excluded: frozenset[str]) -> str:
+    """A made-up word of 3 to 7 letters, consonants and vowels alternating, not in ``excluded``."""
+    from dataset_formats.build.synthetic import CONSONANTS, VOWELS
+
+    while True:
+        length, start = rng.randint(3, 7), rng.randint(0, 1)
+        letters = [
+            rng.choice(CONSONANTS if (i + start) % 2 == 0 else VOWELS) for i in range(length)
+        ]
+        word = "".join(letters)
+        if word not in excluded:
+            return word
+
+
+def copy_texts(n_texts: int, seed: int = THETA0_SEED, words: str = "pool") -> list[dict]:
+    """Short texts that repeat a random run of words three times: the plainest lesson in
+    copying from context, before the reviews (without it, a model this small never learned to
+    copy a word it had seen in the history). ``words``: see ``COPY_WORDS``."""
     import random
 
     from dataset_formats.build.synthetic import word_pool
 
+    if words not in COPY_WORDS:
+        raise ValueError(f"copy words {words!r}: one of {', '.join(COPY_WORDS)}")
     rng = random.Random(seed)
     pool = word_pool(THETA0_STYLE.words)
+    held_out = frozenset(word_pool(MEASURE_STYLE.words))
     texts = []
     for _ in range(n_texts):
-        words = " ".join(rng.sample(pool, rng.randint(4, 12)))
-        texts.append({"text": f"{words}. {words}. {words}."})
+        count = rng.randint(4, 12)
+        if words == "pool":
+            run = rng.sample(pool, count)
+        else:
+            run = [fresh_word(rng, held_out) for _ in range(count)]
+        text = " ".join(run)
+        texts.append({"text": f"{text}. {text}. {text}."})
     return texts
 
 
@@ -255,6 +283,7 @@ def make_theta0(
     hidden_size: int = HIDDEN_SIZE,
     num_layers: int = LAYERS,
     copy_steps: int = COPY_STEPS,
+    copy_words: str = "pool",
 ) -> dict:
     """Train theta_0 (every stage), measure it, and write model, tokenizer and report to out
     (replacing only an earlier theta_0: a folder with this script's report)."""
@@ -265,7 +294,7 @@ def make_theta0(
     base = build_benchmark_model(
         work / "base_model", own, hidden_size=hidden_size, num_layers=num_layers
     )
-    write_jsonl(work / "copying.jsonl", copy_texts(COPY_TEXTS))
+    write_jsonl(work / "copying.jsonl", copy_texts(COPY_TEXTS, words=copy_words))
     write_jsonl(work / "with_history.jsonl", pretraining_texts(own, base))
     write_jsonl(work / "mixed.jsonl", half_without_history(own))
     stage0 = train_stage(
@@ -287,6 +316,7 @@ def make_theta0(
         "layers": num_layers,
         "learning_rate": LEARNING_RATE,
         "copy_steps": copy_steps,
+        "copy_words": copy_words,
         "history_steps": history_steps,
         "mixed_steps": mixed_steps,
         "delta": RULE.delta,
@@ -325,6 +355,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=THETA0_DIR)
     parser.add_argument("--copy-steps", type=int, default=COPY_STEPS)
+    parser.add_argument(
+        "--copy-words",
+        choices=COPY_WORDS,
+        default="pool",
+        help="the copying stage's words: the training pool's (the shipped recipe) or fresh "
+        "letter strings (see COPY_WORDS)",
+    )
     parser.add_argument("--history-steps", type=int, default=HISTORY_STEPS)
     parser.add_argument("--mixed-steps", type=int, default=MIXED_STEPS)
     parser.add_argument("--hidden-size", type=int, default=HIDDEN_SIZE)
@@ -343,10 +380,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
         work = args.workdir
-        report = make_theta0(args.out, work, *recipe)
+        report = make_theta0(args.out, work, *recipe, copy_words=args.copy_words)
     else:
         with tempfile.TemporaryDirectory() as work:
-            report = make_theta0(args.out, Path(work), *recipe)
+            report = make_theta0(args.out, Path(work), *recipe, copy_words=args.copy_words)
     say(f"wrote {args.out} in {(time.time() - started) / 60:.1f} min: {json.dumps(report)}")
 
 
