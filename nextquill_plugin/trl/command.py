@@ -13,7 +13,6 @@ from typing import Any
 
 # A TRL config names its model by this key; an Axolotl recipe by base_model.
 TRL_MODEL_KEY = "model_name_or_path"
-TRL_DEFAULT_MAX_LENGTH = 1024  # SFTConfig's default max_length
 
 
 def is_trl_config(config: dict[str, Any]) -> bool:
@@ -42,6 +41,15 @@ def training_file(config: dict[str, Any]) -> str | None:
     return None
 
 
+def sft_default(key: str) -> Any:
+    """TRL's default of an SFTConfig key (read from TRL, not restated here)."""
+    from dataclasses import fields
+
+    from trl import SFTConfig
+
+    return next(f.default for f in fields(SFTConfig) if f.name == key)
+
+
 def recipe_view(config: dict[str, Any]) -> dict[str, Any]:
     """The Axolotl-shaped recipe a TRL config amounts to, for evaluation and inspection: its
     model, sequence length, NextQuill keys, and its training file with its dataset type."""
@@ -51,7 +59,7 @@ def recipe_view(config: dict[str, Any]) -> dict[str, Any]:
     view.pop("nextquill_dataset_type", None)
     view["nextquill"] = config.get("nextquill", True)
     view["base_model"] = config[TRL_MODEL_KEY]
-    view["sequence_len"] = config.get("max_length") or TRL_DEFAULT_MAX_LENGTH
+    view["sequence_len"] = config.get("max_length") or sft_default("max_length")
     dataset_type = config.get("nextquill_dataset_type", DATASET_TYPES[0])
     view["datasets"] = [{"path": training_file(config), "type": dataset_type}]
     return view
