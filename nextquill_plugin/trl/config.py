@@ -25,13 +25,13 @@ from ..settings import NextQuillSettings
 
 DATASET_TYPE_KEY = "nextquill_dataset_type"
 NLL_LOSS_TYPES = ("nll", "chunked_nll")  # TRL's loss types that are the plain NLL
-# TRL's own options that NextQuill's rows and loss cannot honour: (key, refused when, why).
+# TRL's own switches that NextQuill's rows and loss cannot honour when on: (key, why).
 REFUSED_TRL_OPTIONS = (
-    ("packing", True, "the counterfactual sequence has no packed layout"),
-    ("padding_free", True, "the counterfactual sequence has no padding-free layout"),
-    ("use_liger_kernel", True, "NextQuill computes its own loss from the final hidden states"),
-    ("assistant_only_loss", True, "the dataset types already mask everything but the review"),
-    ("completion_only_loss", True, "the dataset types already mask everything but the review"),
+    ("packing", "the counterfactual sequence has no packed layout"),
+    ("padding_free", "the counterfactual sequence has no padding-free layout"),
+    ("use_liger_kernel", "NextQuill computes its own loss from the final hidden states"),
+    ("assistant_only_loss", "the dataset types already mask everything but the review"),
+    ("completion_only_loss", "the dataset types already mask everything but the review"),
 )
 
 
@@ -50,11 +50,16 @@ def _field_of(name: str, info: Any) -> tuple[str, Any, Any]:
     return name, info.annotation, field(default=default, metadata={"help": help_text})
 
 
+def recipe_keys(self: Any) -> dict[str, Any]:
+    """This config's values of the recipe keys (``NextQuillArgs``'s)."""
+    return {name: getattr(self, name) for name in NextQuillArgs.model_fields}
+
+
 def _check(self: Any) -> None:
     """SFTConfig's own checks, then NextQuill's: each key's type and bounds and the rules
     across keys, as for an Axolotl recipe, and TRL options that NextQuill cannot honour."""
     SFTConfig.__post_init__(self)
-    values = {name: getattr(self, name) for name in NextQuillArgs.model_fields}
+    values = recipe_keys(self)
     values.update(
         gradient_checkpointing=self.gradient_checkpointing,
         gradient_checkpointing_kwargs=self.gradient_checkpointing_kwargs,
@@ -65,9 +70,9 @@ def _check(self: Any) -> None:
         raise ValueError("NextQuillSFTConfig: " + describe_validation_error(error)) from None
     problems = nextquill_config_problems(values) if self.nextquill else []
     problems += [
-        f"{key}: {value} cannot be combined with NextQuill ({why}); set {key}: false."
-        for key, value, why in REFUSED_TRL_OPTIONS
-        if getattr(self, key, None) is value
+        f"{key}: True cannot be combined with NextQuill ({why}); set {key}: false."
+        for key, why in REFUSED_TRL_OPTIONS
+        if getattr(self, key, None) is True
     ]
     if self.max_length is None:
         problems.append(
@@ -98,9 +103,9 @@ def nextquill_settings(self: Any) -> NextQuillSettings:
 
 
 def prompt_settings(self: Any) -> PromptSettings:
-    """The dataset types' prompt settings of this config (``max_length`` is the sequence length)."""
-    keys = {name: getattr(self, name) for name in NextQuillArgs.model_fields}
-    return PromptSettings.from_cfg({**keys, "sequence_len": self.max_length})
+    """The dataset types' prompt settings of this config (``max_length`` is the sequence length;
+    counterfactual prompts when ``nextquill``)."""
+    return PromptSettings.from_cfg({**recipe_keys(self), "sequence_len": self.max_length})
 
 
 NextQuillSFTConfig = make_dataclass(

@@ -90,7 +90,6 @@ class NextQuillSFTTrainer(SFTTrainer):
         if tokenizer.pad_token is None:  # as TRL: the end-of-text token pads
             tokenizer.pad_token = tokenizer.eos_token
         prompts = args.prompt_settings()
-        prompts.emit_counterfactual = args.nextquill
         train = tokenized_rows(
             train_dataset, args.nextquill_dataset_type, tokenizer, prompts, "train"
         )
