@@ -48,8 +48,12 @@ install: $(BIN)/.nextquill-installed $(VENV)/nltk_data/corpora/wordnet/lexnames
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m nextquill_plugin.demo.run
 
+# Tests run in TEST_WORKERS pytest-xdist processes: most tests wait on one single-threaded
+# subprocess (axolotl train, torchrun), so two workers keep two cores busy. --durations names
+# the slowest, for keeping CI under its hour.
+TEST_WORKERS ?= 2
 test: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15 tests
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
