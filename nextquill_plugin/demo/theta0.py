@@ -1,5 +1,6 @@
 """A theta_0 that copies from the history: the checkpoint the demo and the benchmarks start
-from (shipped in ``theta0_model/``, 2.5 MB), and the script that makes it (15 minutes on 2 cores).
+from (shipped in ``theta0_model/``, 2.5 MB), and the script that makes it (its time and scores:
+benchmarks/README.md, section 3a).
 
     python -m nextquill_plugin.demo.theta0 [--out DIR] [--copy-steps C] [--history-steps N]
                                            [--mixed-steps M] [--copy-words pool|fresh]
@@ -10,7 +11,7 @@ LLM that copies from its context; ours is a tiny Qwen2 trained from scratch to c
 personal words are made-up words drawn per user from a large pool (``Style`` in
 dataset_formats/build/synthetic.py), so only a user's own history predicts them and memorising
 an inventory of phrases does not help. Three stages:
-0. short texts that repeat a run of made-up words (``copy_texts``): learning to copy;
+0. short texts that repeat a run of letter strings drawn anew (``copy_texts``): learning to copy;
 1. with-history prompts as plain text, a loss on every token (the history's reviews repeat the
    user's words, so it learns to copy them);
 2. mixed rows, every other one without history, so that it knows the counterfactual prompt
