@@ -154,7 +154,11 @@ def column(steps: list[dict], key: str) -> np.ndarray:
 def test_ddp_matches_one_process_with_the_same_rows_per_step(runs, adapter):
     ddp = runs(f"{adapter} DDP", **ADAPTERS[adapter])
     one = runs(f"{adapter} 1 process", 1, gradient_accumulation_steps=2, **ADAPTERS[adapter])
-    assert column(ddp, "loss")[0] == pytest.approx(column(one, "loss")[0], abs=2e-3)
+    # Before any update both see the same rows: Ln, Lp, weights and marks over them are equal.
+    for key in ("nextquill/normal_loss", "nextquill/causal_loss", "nextquill/mean_weight"):
+        assert column(ddp, key)[0] == pytest.approx(column(one, key)[0], abs=1e-4), key
+    # The loss differs a little: Axolotl divides each rank's loss by that rank's target tokens,
+    # one process divides both micro-batches' by the window's (docs/distributed.md).
     assert np.abs(column(ddp, "loss") - column(one, "loss")).max() < 5e-3
     # the weights matter: theta_0 gives some target tokens lambda
     assert column(ddp, "nextquill/preference_token_fraction").max() > 0

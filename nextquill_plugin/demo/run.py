@@ -30,7 +30,7 @@ STEPS = int(os.environ.get("NEXTQUILL_DEMO_STEPS", "60"))
 # section 3b; same budget of 60 LoRA steps): each method's learning rate, NextQuill's alpha
 # (the paper's normalisation, nextquill_weight_normalization: tokens).
 CONTEXT_SFT_SETTINGS = {"learning_rate": 0.003}
-NEXTQUILL_SETTINGS = {"learning_rate": 0.003, "nextquill_alpha": 0.05}
+NEXTQUILL_SETTINGS = {"learning_rate": 0.001, "nextquill_alpha": 0.05}
 
 
 def check_requirements() -> None:
