@@ -29,7 +29,6 @@ ContextSFT, averaged over seeds, with 95% bootstrap intervals) and writes them t
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -100,8 +99,7 @@ def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float
     """One `axolotl train` subprocess; returns (output folder, seconds)."""
     workdir = out / "runs" / name
     started = time.time()
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the child (offline_env copies)
-    steps = train_logged(name, recipe, workdir)
+    steps = train_logged(name, recipe, workdir, threads=threads)
     say(
         f"trained {name} in {time.time() - started:.0f}s: "
         f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"

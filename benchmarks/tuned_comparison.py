@@ -190,7 +190,7 @@ class Study:
                 "--penalty-scope",
                 scope,
             ],  # fmt: skip
-            env={**offline_env(), "OMP_NUM_THREADS": str(threads)},
+            env=offline_env(threads),
             capture_output=True,
             text=True,
         )

@@ -1,5 +1,5 @@
 """Axolotl features a user expects to keep working with the plugin: TensorBoard logging,
-resuming from a checkpoint, QLoRA."""
+resuming from a checkpoint, QLoRA; and the thread count its launcher gives a CPU run."""
 
 from __future__ import annotations
 
@@ -154,3 +154,26 @@ def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our
     )
     assert inference.returncode == 0, (inference.stdout + inference.stderr)[-3000:]
     assert "[Item Title]" in inference.stdout  # the streamer echoes our prompt, then generates
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_accelerate_launch_threads_follow_offline_env(tmp_path, threads):
+    """`axolotl train` runs under `accelerate launch`, which gives a CPU run one torch thread
+    unless OMP_NUM_THREADS is set; ``offline_env(threads)`` sets it (the demo uses ALL_CORES)."""
+    import subprocess
+    import sys
+
+    from nextquill_plugin.demo.local_runs import offline_env
+
+    script = tmp_path / "threads.py"
+    script.write_text("import torch\nprint('threads', torch.get_num_threads())\n")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = offline_env(threads)
+    if threads is None:
+        env.pop("OMP_NUM_THREADS", None)  # as in a shell that does not set it
+    done = subprocess.run(
+        [str(accelerate), "launch", "--num_processes", "1", str(script)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"threads {threads or 1}" in done.stdout

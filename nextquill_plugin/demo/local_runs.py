@@ -89,9 +89,17 @@ def use_offline_mode() -> None:
     os.environ.update(OFFLINE_VARIABLES)
 
 
-def offline_env() -> dict[str, str]:
-    """This process's environment with ``OFFLINE_VARIABLES`` set, for a child process."""
+# `accelerate launch` (which `axolotl train` calls) gives a CPU run one torch thread unless
+# OMP_NUM_THREADS is set; a run that has the machine to itself takes every core.
+ALL_CORES = os.cpu_count() or 1
+
+
+def offline_env(threads: int | None = None) -> dict[str, str]:
+    """This process's environment with ``OFFLINE_VARIABLES`` set, for a child process; with
+    ``threads``, torch in the child uses that many CPU threads (OMP_NUM_THREADS)."""
     env = {**os.environ, **OFFLINE_VARIABLES}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -103,8 +111,10 @@ def run_axolotl(
     timeout: int = 600,
     extra_args: tuple[str, ...] = (),
     name: str = "recipe.yml",
+    threads: int | None = None,
 ) -> subprocess.CompletedProcess:
-    """`axolotl <command> recipe.yml`, exactly as a user runs it (from the venv's bin)."""
+    """`axolotl <command> recipe.yml`, exactly as a user runs it (from the venv's bin); with
+    ``threads``, torch uses that many CPU threads."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / name
     config.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -112,7 +122,7 @@ def run_axolotl(
     return subprocess.run(
         [str(axolotl), command, str(config.resolve()), *extra_args],
         cwd=workdir,
-        env=offline_env(),
+        env=offline_env(threads),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -123,10 +133,14 @@ class TrainingFailed(RuntimeError):
     """`axolotl train` exited with an error; the message ends with its log's tail."""
 
 
-def train_logged(name: str, recipe: dict, workdir: Path, timeout: int = 3600) -> list[dict]:
+def train_logged(
+    name: str, recipe: dict, workdir: Path, timeout: int = 3600, threads: int | None = None
+) -> list[dict]:
     """`axolotl train` on ``recipe`` in ``workdir``, its whole log kept in workdir/train.log;
     returns the logged per-step metrics, or raises TrainingFailed with the log's tail."""
-    result = run_axolotl("train", recipe, workdir, timeout=timeout, name=f"{name}.yml")
+    result = run_axolotl(
+        "train", recipe, workdir, timeout=timeout, name=f"{name}.yml", threads=threads
+    )
     log = result.stdout + result.stderr
     (workdir / "train.log").write_text(log)
     if result.returncode != 0:
