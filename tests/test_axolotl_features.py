@@ -159,7 +159,7 @@ def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our
 @pytest.mark.parametrize("threads", [None, 2])
 def test_accelerate_launch_threads_follow_offline_env(tmp_path, threads):
     """`axolotl train` runs under `accelerate launch`, which gives a CPU run one torch thread
-    unless OMP_NUM_THREADS is set; ``offline_env(threads)`` sets it (the demo uses ALL_CORES)."""
+    unless OMP_NUM_THREADS is set; ``offline_env(threads)`` sets it (the demo passes solo_run_threads())."""
     import subprocess
     import sys
 
@@ -177,3 +177,14 @@ def test_accelerate_launch_threads_follow_offline_env(tmp_path, threads):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"threads {threads or 1}" in done.stdout
+
+
+def test_solo_run_threads_keeps_the_callers_setting_else_takes_every_usable_core(monkeypatch):
+    import os
+
+    from nextquill_plugin.demo.local_runs import solo_run_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert solo_run_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert solo_run_threads() == len(os.sched_getaffinity(0))

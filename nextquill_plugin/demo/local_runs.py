@@ -89,9 +89,15 @@ def use_offline_mode() -> None:
     os.environ.update(OFFLINE_VARIABLES)
 
 
-# `accelerate launch` (which `axolotl train` calls) gives a CPU run one torch thread unless
-# OMP_NUM_THREADS is set; a run that has the machine to itself takes every core.
-ALL_CORES = os.cpu_count() or 1
+def solo_run_threads() -> int:
+    """Torch threads for a run that has the machine to itself: the caller's OMP_NUM_THREADS if
+    set, else every core this process may use. (`accelerate launch`, which `axolotl train`
+    calls, gives a CPU run one thread unless OMP_NUM_THREADS is set.)"""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def offline_env(threads: int | None = None) -> dict[str, str]:

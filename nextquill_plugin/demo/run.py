@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .local_runs import ALL_CORES, TrainingFailed, tiny_recipe, train_logged
+from .local_runs import TrainingFailed, solo_run_threads, tiny_recipe, train_logged
 
 OUT = Path(os.environ.get("NEXTQUILL_DEMO_DIR", "demo_runs")).resolve()
 STEPS = int(os.environ.get("NEXTQUILL_DEMO_STEPS", "60"))
@@ -59,7 +59,7 @@ def train(name: str, recipe: dict) -> list[dict]:
     workdir = OUT / name
     started = time.time()
     try:
-        steps = train_logged(name, recipe, workdir, timeout=1800, threads=ALL_CORES)
+        steps = train_logged(name, recipe, workdir, timeout=1800, threads=solo_run_threads())
     except TrainingFailed as failure:
         say(str(failure))
         sys.exit(1)

@@ -41,10 +41,10 @@ from nextquill_common.jsonl import read_jsonl, write_jsonl
 
 from ..equations import PreferenceRule
 from .local_runs import (
-    ALL_CORES,
     FULL_FINETUNE,
     build_benchmark_model,
     half_without_history,
+    solo_run_threads,
     tiny_recipe,
     train_logged,
 )
@@ -176,7 +176,7 @@ def train_stage(
     recipe = tiny_recipe(
         model, rows_file, out / name, max_steps=steps, learning_rate=LEARNING_RATE, **overrides
     )
-    losses = train_logged(name, recipe, out / name, threads=ALL_CORES)
+    losses = train_logged(name, recipe, out / name, threads=solo_run_threads())
     say(
         f"{name}: {steps} steps in {time.time() - started:.0f}s, "
         f"loss {losses[0]['loss']:.3f} -> {losses[-1]['loss']:.3f}"
