@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nextquill_plugin.demo.local_runs import use_offline_mode  # noqa: E402
+from nextquill_plugin.demo.local_runs import offline_env, use_offline_mode  # noqa: E402
 
 use_offline_mode()
 
@@ -62,14 +62,13 @@ def run(recipe: Path, out: Path, processes: int, args: argparse.Namespace) -> di
     evaluate = ["-m", "nextquill_plugin.cli", "evaluate", str(recipe), "--out", str(out)]
     evaluate += ["--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size)]
     evaluate += ["--bootstrap", "10", "--repetition-penalty", "1.0"]
-    env = dict(os.environ)
     if processes == 1:
-        command = [sys.executable, *evaluate]
+        command, threads = [sys.executable, *evaluate], None
     else:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // processes))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         command += ["--nproc_per_node", str(processes), *evaluate]
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+        threads = max(1, (os.cpu_count() or 2) // processes)
+    done = subprocess.run(command, capture_output=True, text=True, env=offline_env(threads))
     if done.returncode != 0:
         raise SystemExit(f"{processes} process(es) failed:\n{done.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())

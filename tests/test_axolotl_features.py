@@ -159,7 +159,8 @@ def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our
 @pytest.mark.parametrize("threads", [None, 2])
 def test_accelerate_launch_threads_follow_offline_env(tmp_path, threads):
     """`axolotl train` runs under `accelerate launch`, which gives a CPU run one torch thread
-    unless OMP_NUM_THREADS is set; ``offline_env(threads)`` sets it (the demo passes solo_run_threads())."""
+    unless OMP_NUM_THREADS is set; ``offline_env(threads)`` sets it (the demo passes
+    ``solo_run_threads()``)."""
     import subprocess
     import sys
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from nextquill_common.jsonl import read_jsonl, write_jsonl
+from nextquill_plugin.demo.local_runs import offline_env
 
 from .evaluation_helpers import PLUGIN, evaluate, paired_rows_of
 
@@ -68,8 +68,9 @@ def test_two_processes_generate_exactly_what_one_does(recipes, tmp_path):
     ]
     command += ["-m", "nextquill_plugin.cli", "evaluate", str(recipes["amazon"]), "--out", str(two)]
     command += ["--max-new-tokens", "16", "--bootstrap", "30", "--batch-size", "3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=offline_env(1), timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert json.loads((two / "metrics.json").read_text())["processes"] == 2
     first = read_jsonl(one / "predictions.jsonl")
