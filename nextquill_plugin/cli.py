@@ -58,7 +58,7 @@ def parse_overrides(extra: list[str]) -> dict[str, Any]:
     """``--key value`` / ``--key=value`` pairs, as `axolotl train` takes them; a key that looks
     like NextQuill's but is none of them is refused, as in a recipe."""
     overrides = _parse_pairs(extra)
-    from .args import NextQuillArgs, misspelled_keys
+    from .config_keys import NextQuillArgs, misspelled_keys
 
     misspelled = misspelled_keys(overrides, known=set(NextQuillArgs.model_fields))
     if misspelled:
@@ -85,35 +85,6 @@ def _parse_pairs(extra: list[str]) -> dict[str, Any]:
         overrides[key] = parse_value(value)
         i += 1
     return overrides
-
-
-def compute_weights(recipe: str, overrides: dict[str, Any]) -> None:
-    """Prepare the data and load the model exactly as training does, then fill the cache."""
-    from axolotl.cli.args import TrainerCliArgs
-    from axolotl.cli.config import load_cfg
-    from axolotl.common.datasets import load_datasets
-    from axolotl.train import setup_model_and_trainer
-
-    from .args import settings_from
-
-    if not Path(recipe).is_file():
-        raise FileNotFoundError(f"recipe {recipe} does not exist")
-    cfg = load_cfg(recipe, **overrides)
-    if not cfg.nextquill:
-        raise SystemExit(
-            f"nextquill: {recipe} does not set `nextquill: true`; there are no weights to compute."
-        )
-    settings = settings_from(cfg)
-    if not settings.weights_from_theta0:
-        raise SystemExit(
-            "nextquill: this recipe needs no theta_0 pass (nextquill_token_weighting is false or "
-            "nextquill_weight_source is current)."
-        )
-    dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
-    setup_model_and_trainer(cfg, dataset_meta)  # the plugin computes or loads the effects here
-    from .plugin import effects_cache_dir
-
-    print(f"nextquill: theta_0 effects are cached in {effects_cache_dir(cfg)}")
 
 
 def add_evaluate_parser(commands) -> None:
@@ -394,10 +365,13 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
             + (hint if extra[0].startswith("--") else "")
         )
     if args.command == "weights":
+        from .axolotl.weights import compute_weights  # on use: it imports Axolotl
+
         try:
-            compute_weights(args.recipe, overrides)
+            cache = compute_weights(args.recipe, overrides)
         except (OSError, ValueError) as error:
             raise SystemExit(f"{prog} weights: {error}") from None
+        print(f"nextquill: theta_0 effects are cached in {cache}")
     elif args.command in COMMANDS:
         try:
             COMMANDS[args.command](args, overrides)

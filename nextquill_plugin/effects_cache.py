@@ -31,7 +31,7 @@ from nextquill_common.jsonl import atomic_file, write_problem
 from . import distributed
 from .equations import PreferenceRule
 from .lm_head import unwrap_model
-from .settings import NextQuillSettings
+from .settings import WEIGHT_PASS_BATCH_SIZE, NextQuillSettings
 from .token_effects import TokenEffects, compute_token_effects, initial_model_context
 
 CACHE_FORMAT_VERSION = "1"
@@ -187,7 +187,7 @@ def cached_token_effects(
     *,
     model_name: str,
     pad_token_id: int,
-    batch_size: int = 4,
+    batch_size: int = WEIGHT_PASS_BATCH_SIZE,
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     extra_key: str = "",
 ) -> tuple[TokenEffects, Path, bool]:

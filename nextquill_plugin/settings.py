@@ -13,6 +13,10 @@ from typing import Any
 
 SETTING_PREFIX = "nextquill_"  # recipe key of a setting: SETTING_PREFIX + field name
 
+# Rows per forward pass of the theta_0 pass: the default of nextquill_weight_batch_size (not an
+# objective setting: it changes the pass's memory, not its values).
+WEIGHT_PASS_BATCH_SIZE = 4
+
 
 class WeightSource(StrEnum):
     """Which model's causal effects decide the token weights."""

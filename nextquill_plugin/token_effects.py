@@ -22,6 +22,7 @@ from dataset_formats.contract import COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS, 
 from .batching import length_buckets, pad_sequences, padded_batch
 from .equations import causal_effects
 from .lm_head import head_token_log_probs, resolve_lm_head, target_hidden_states, unwrap_model
+from .settings import WEIGHT_PASS_BATCH_SIZE
 
 
 @dataclass
@@ -72,7 +73,7 @@ def compute_token_effects(
     rows: dict[str, list[list[int]]],
     *,
     pad_token_id: int,
-    batch_size: int = 4,
+    batch_size: int = WEIGHT_PASS_BATCH_SIZE,
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     show_progress: bool = True,
 ) -> TokenEffects:

@@ -111,7 +111,7 @@ def test_math_and_tools_import_without_axolotl_and_the_plugin_loads_by_its_recip
 
 @pytest.mark.parametrize("key", ["cpu_ram_efficient_loading", "fsdp_cpu_ram_efficient_loading"])
 def test_fsdp_ram_efficient_loading_with_theta0_weights_is_refused_with_the_fix(key):
-    from nextquill_plugin.args import nextquill_config_problems
+    from nextquill_plugin.config_keys import nextquill_config_problems
 
     recipe = {"nextquill": True, "fsdp_version": 2, "fsdp_config": {key: True}}
     problems = " ".join(nextquill_config_problems(recipe))
@@ -131,7 +131,7 @@ def test_fsdp_ram_efficient_loading_with_theta0_weights_is_refused_with_the_fix(
     ],
 )
 def test_fsdp1_is_refused_with_the_fix(recipe):
-    from nextquill_plugin.args import nextquill_config_problems
+    from nextquill_plugin.config_keys import nextquill_config_problems
 
     problems = " ".join(nextquill_config_problems({"nextquill": True, **recipe}))
     assert "(FSDP1" in problems and "set fsdp_version: 2" in problems
@@ -144,7 +144,7 @@ def test_fsdp1_is_refused_when_axolotl_loads_the_recipe(load):
 
 
 def test_settings_that_work_are_not_refused():
-    from nextquill_plugin.args import nextquill_config_problems
+    from nextquill_plugin.config_keys import nextquill_config_problems
 
     for recipe in (
         {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": False}},

@@ -29,7 +29,7 @@ from nextquill_common.jsonl import write_jsonl
 from nextquill_plugin.demo.local_runs import FULL_FINETUNE, offline_env, tiny_recipe
 from nextquill_plugin.demo.theta0 import PROMPT, THETA0_DIR
 from nextquill_plugin.equations import PreferenceRule
-from nextquill_plugin.trainer import NEXTQUILL_METRICS
+from nextquill_plugin.objective import NEXTQUILL_METRICS
 
 from .stock_configs import ZERO, ZERO_COMMON, write_zero_config
 

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from dataset_formats import contract
-from nextquill_plugin.args import NextQuillArgs, NextQuillTrainingArgsMixin, ObjectiveArgs
+from nextquill_plugin.axolotl.args import NextQuillTrainingArgsMixin
+from nextquill_plugin.config_keys import NextQuillArgs, ObjectiveArgs
 from nextquill_plugin.settings import SETTING_PREFIX, NextQuillSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,11 @@ def rule_spellings(path: Path) -> list[tuple[int, str]]:
 def test_the_preference_rule_is_applied_only_by_preference_rule(tmp_path):
     """eq. 3 (effect > delta -> lambda, else epsilon) has one home: ``PreferenceRule``. No other
     product module or benchmark compares with delta or reads lambda and epsilon."""
-    homes = {"equations.py", "settings.py", "args.py"}  # the rule, the settings, their checks
+    homes = {
+        "equations.py",
+        "settings.py",
+        "config_keys.py",
+    }  # the rule, the settings, their checks
     spelled = {
         str(path.relative_to(ROOT)): rule_spellings(path)
         for path in [*product_modules(), *(ROOT / "benchmarks").glob("*.py")]
@@ -169,7 +174,7 @@ def test_each_objective_setting_is_declared_once_and_derived_everywhere():
 
 def test_the_plugin_passes_every_setting_to_the_trainer():
     pytest.importorskip("axolotl")
-    from nextquill_plugin.plugin import NextQuillPlugin
+    from nextquill_plugin.axolotl.plugin import NextQuillPlugin
 
     changed = {
         "nextquill_alpha": 0.3,
@@ -188,7 +193,7 @@ def test_the_plugin_passes_every_setting_to_the_trainer():
     passed = NextQuillPlugin().get_training_args(cfg)
     assert passed == changed
     trainer_args = SimpleNamespace(**passed)
-    from nextquill_plugin.args import settings_from
+    from nextquill_plugin.config_keys import settings_from
 
     assert settings_from(trainer_args) == NextQuillSettings(
         alpha=0.3,
@@ -258,15 +263,10 @@ def test_the_readme_key_table_lists_every_key_with_its_default_and_symbol():
         assert paper.startswith(setting.metadata["symbol"]), setting.name
 
 
-# The modules that import Axolotl: its glue (hooks, trainer, collator, CLI, recipe checks).
-AXOLOTL_GLUE = {
-    "dataset_formats/checks.py",
-    "nextquill_plugin/cli.py",
-    "nextquill_plugin/collator.py",
-    "nextquill_plugin/plugin.py",
-    "nextquill_plugin/trainer.py",
-}
-TRL_GLUE = "nextquill_plugin/trl/"
+# Each framework's glue is one subpackage of the plugin; the data side's recipe checks
+# (dataset_formats/checks.py, run by the Axolotl plugin's hooks) log through Axolotl's logger.
+FRAMEWORK_GLUE = {"axolotl": "nextquill_plugin/axolotl/", "trl": "nextquill_plugin/trl/"}
+AXOLOTL_DATA_CHECKS = "dataset_formats/checks.py"
 
 
 def importers_of(library: str) -> set[str]:
@@ -332,24 +332,50 @@ def import_closure(start: list[Path]) -> set[Path]:
     return seen
 
 
-def test_each_framework_has_its_own_glue_modules():
-    assert importers_of("axolotl") == AXOLOTL_GLUE
-    assert importers_of("trl") and all(p.startswith(TRL_GLUE) for p in importers_of("trl"))
+def glue_modules(framework: str) -> set[str]:
+    return {str(p.relative_to(ROOT)) for p in (ROOT / FRAMEWORK_GLUE[framework]).glob("*.py")}
+
+
+def test_each_framework_is_imported_only_by_its_own_subpackage():
+    axolotl_importers = importers_of("axolotl")
+    assert axolotl_importers & glue_modules("axolotl")  # the scan sees the glue's imports
+    assert axolotl_importers - glue_modules("axolotl") == {AXOLOTL_DATA_CHECKS}
+    assert importers_of("trl") and importers_of("trl") <= glue_modules("trl")
 
 
 def test_the_trl_path_never_reaches_axolotl():
-    trl_modules = sorted((ROOT / TRL_GLUE).glob("*.py"))
+    trl_modules = sorted((ROOT / FRAMEWORK_GLUE["trl"]).glob("*.py"))
     reached = {str(p.relative_to(ROOT)) for p in import_closure(trl_modules)}
     assert "nextquill_plugin/objective.py" in reached  # the closure follows our imports
-    assert reached & AXOLOTL_GLUE == set()
+    assert reached & (glue_modules("axolotl") | {AXOLOTL_DATA_CHECKS}) == set()
 
 
 def test_the_core_imports_no_framework_glue():
-    """The math, the passes and the cache serve both trainers: they import neither's glue."""
-    glue = {*AXOLOTL_GLUE, "nextquill_plugin/axolotl_command.py"}
-    core = [
-        p for p in (ROOT / "nextquill_plugin").glob("*.py") if str(p.relative_to(ROOT)) not in glue
-    ]
-    for path in core:
+    """The math, the passes, the cache and the trainer mixin serve every framework: the
+    package's top-level modules import no framework's glue and no framework (but the command
+    line, which hands each framework's command to its subpackage)."""
+    glue = set().union(*(glue_modules(framework) for framework in FRAMEWORK_GLUE))
+    for path in (ROOT / "nextquill_plugin").glob("*.py"):
+        if path.name == "cli.py":
+            continue
         reached = {str(p.relative_to(ROOT)) for p in our_imports(path)}
-        assert not [r for r in reached if r in glue or r.startswith(TRL_GLUE)], path.name
+        assert not reached & glue, path.name
+        frameworks = {n.split(".")[0] for n in imported_modules(path)} & set(FRAMEWORK_GLUE)
+        assert not frameworks, path.name
+
+
+def test_each_framework_trainer_is_the_mixin_and_two_hooks():
+    """A framework's trainer adds to the shared mixin only where it stores metrics and which
+    split a log belongs to (plus its own construction)."""
+    shared = {"_nextquill_metric_lists", "_logged_split", "__init__"}
+    for framework, module in (("axolotl", "trainer.py"), ("trl", "trainer.py")):
+        tree = ast.parse((ROOT / FRAMEWORK_GLUE[framework] / module).read_text())
+        trainers = [
+            node
+            for node in tree.body
+            if isinstance(node, ast.ClassDef)
+            and any(getattr(b, "id", "") == "NextQuillTrainerMixin" for b in node.bases)
+        ]
+        assert len(trainers) == 1, framework
+        methods = {n.name for n in trainers[0].body if isinstance(n, ast.FunctionDef)}
+        assert methods <= shared, (framework, methods - shared)

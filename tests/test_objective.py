@@ -33,7 +33,7 @@ def effects_for(weights):
 
 
 def collate(tokenizer, features, weights=None):
-    from nextquill_plugin.collator import NextQuillDataCollator
+    from nextquill_plugin.axolotl.collator import NextQuillDataCollator
 
     feats = [dict(f) for f in features]
     if weights is not None:

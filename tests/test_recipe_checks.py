@@ -36,7 +36,7 @@ def test_bad_recipe_values_are_refused_naming_the_key(load_recipe, overrides, me
 
 
 def test_plugin_keys_on_axolotls_command_line_are_refused():
-    from nextquill_plugin.args import refuse_cli_overrides
+    from nextquill_plugin.axolotl.args import refuse_cli_overrides
 
     with pytest.raises(ValueError, match="--nextquill_alpha on the command line does not reach"):
         refuse_cli_overrides(["/venv/bin/axolotl", "train", "r.yml", "--nextquill_alpha", "0.7"])

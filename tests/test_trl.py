@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from nextquill_common.jsonl import write_jsonl
-from nextquill_plugin.args import NextQuillArgs
+from nextquill_plugin.config_keys import NextQuillArgs, settings_from
 from nextquill_plugin.demo.local_runs import FULL_FINETUNE, offline_env, run_axolotl, tiny_recipe
 from nextquill_plugin.demo.theta0 import PROMPT, THETA0_DIR
 from nextquill_plugin.objective import NEXTQUILL_METRICS
@@ -54,7 +54,7 @@ def test_the_config_derives_every_recipe_key_with_its_default():
         if name in ("nextquill_alpha", "nextquill_delta", "nextquill_high_weight"):
             symbol = {"nextquill_alpha": "alpha", "nextquill_delta": "delta"}.get(name, "lambda")
             assert declared[name].metadata["help"].startswith(symbol), name
-    assert config.nextquill_settings().alpha == 0.05
+    assert settings_from(config).alpha == 0.05
     assert config.prompt_settings().sequence_len == config.max_length
     assert config.dataset_kwargs == {"skip_prepare_dataset": True}  # the trainer tokenizes
     assert config.gradient_checkpointing_kwargs == {"use_reentrant": False}

@@ -362,7 +362,7 @@ class InspectionRequest(RecipeRowsRequest):
 def run_inspection(request: InspectionRequest, show_progress: bool = True) -> dict[str, Path]:
     """Write tokens.html, the two plots and summary.json into ``request.out``; return their
     paths."""
-    from ..args import settings_from
+    from ..config_keys import settings_from
     from .generation import load_model_for_generation
 
     recipe, dataset_type, data, rows = request.load_recipe_and_rows(

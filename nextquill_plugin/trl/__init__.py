@@ -13,23 +13,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nextquill_common.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from .config import NextQuillSFTConfig
     from .trainer import NextQuillSFTTrainer
 
 __all__ = ["NextQuillSFTConfig", "NextQuillSFTTrainer"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy, as the package's own __init__: importing TRL imports transformers and accelerate.
-    if name == "NextQuillSFTConfig":
-        from .config import NextQuillSFTConfig
-
-        return NextQuillSFTConfig
-    if name == "NextQuillSFTTrainer":
-        from .trainer import NextQuillSFTTrainer
-
-        return NextQuillSFTTrainer
-    raise AttributeError(f"module 'nextquill_plugin.trl' has no attribute {name!r}")
+# On first use, as the package's own exports: importing TRL imports transformers and accelerate.
+__getattr__ = lazy_exports(
+    __name__, {"NextQuillSFTConfig": ".config", "NextQuillSFTTrainer": ".trainer"}
+)

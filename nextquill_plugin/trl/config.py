@@ -20,8 +20,7 @@ from trl import SFTConfig
 from dataset_formats import DATASET_TYPES
 from dataset_formats.settings import PromptSettings, describe_validation_error
 
-from ..args import NextQuillArgs, nextquill_config_problems, settings_from
-from ..settings import NextQuillSettings
+from ..config_keys import NextQuillArgs, checkpointing_kwargs, nextquill_config_problems
 
 DATASET_TYPE_KEY = "nextquill_dataset_type"
 NLL_LOSS_TYPES = ("nll", "chunked_nll")  # TRL's loss types that are the plain NLL
@@ -90,16 +89,11 @@ def _check(self: Any) -> None:
         )
     if problems:
         raise ValueError("NextQuillSFTConfig: " + " ".join(problems))
-    if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
-        # Reentrant checkpointing would run a separate backward per forward pass (see args.py).
-        self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    self.gradient_checkpointing_kwargs = checkpointing_kwargs(
+        self.gradient_checkpointing, self.gradient_checkpointing_kwargs
+    )
     # The trainer tokenizes the rows itself (the dataset types' prompts), so TRL must not.
     self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
-
-
-def nextquill_settings(self: Any) -> NextQuillSettings:
-    """The objective's settings of this config."""
-    return settings_from(self)
 
 
 def prompt_settings(self: Any) -> PromptSettings:
@@ -124,7 +118,6 @@ NextQuillSFTConfig = make_dataclass(
     bases=(SFTConfig,),
     namespace={
         "__post_init__": _check,
-        "nextquill_settings": nextquill_settings,
         "prompt_settings": prompt_settings,
     },
 )

@@ -1,25 +1,20 @@
 """``NextQuillSFTTrainer``: TRL's ``SFTTrainer`` whose loss is NextQuill's L = Ln + alpha * Lp.
 
-Thin glue, as the Axolotl trainer: the rows are tokenized by the dataset types (``data.py``),
-theta_0 effects come from the same pass and cache (``effects_cache.py``), and the loss of a
-micro-batch is ``objective.compute_batch_loss``.
+Thin glue, as the Axolotl trainer: the rows are tokenized by the dataset types (``data.py``);
+the loss, the metrics, the kept columns and the theta_0 effects are ``NextQuillTrainerMixin``'s.
 """
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer
 from trl import SFTTrainer
 
-from dataset_formats.contract import COUNTERFACTUAL_IDS, ROW_COLUMNS
-
-from ..distributed import mean_over_ranks
-from ..effects_cache import with_theta0_effects
-from ..lm_head import resolve_lm_head
-from ..objective import NEXTQUILL_METRICS, trainer_batch_loss
-from ..settings import WeightNormalization
+from ..config_keys import settings_from
+from ..trainer_mixin import NextQuillTrainerMixin
 from .config import NextQuillSFTConfig
 from .data import NextQuillSFTCollator, tokenized_rows
 
@@ -41,7 +36,7 @@ def reentrant_under_zero3(args: Any, peft_config: Any) -> bool:
     )
 
 
-class NextQuillSFTTrainer(SFTTrainer):
+class NextQuillSFTTrainer(NextQuillTrainerMixin, SFTTrainer):
     """TRL's SFTTrainer on NextQuill rows, with two forward passes per batch (with and without
     history) and the LM head on targets only.
 
@@ -109,72 +104,16 @@ class NextQuillSFTTrainer(SFTTrainer):
             processing_class=tokenizer,
             **kwargs,
         )
-        self.nextquill_settings = args.nextquill_settings()
-        if not args.nextquill:  # ContextSFT on the same prompts: TRL's loss, as TRL sets it up
-            return
-        self.model_accepts_loss_kwargs = True
-        resolve_lm_head(self.model)  # fails now, not at the first step, for odd heads
-        if self.nextquill_settings.weights_from_theta0:
-            for split in ("train_dataset", "eval_dataset"):
-                if getattr(self, split, None) is not None:
-                    setattr(self, split, self._with_theta0_effects(getattr(self, split), model))
+        self.nextquill_settings = settings_from(args)
+        if args.nextquill:  # else ContextSFT on the same prompts: TRL's loss, as TRL sets it up
+            self.prepare_nextquill(
+                args.nextquill_weight_cache_dir or Path(args.output_dir) / "nextquill",
+                model_name=model_name_of(model),
+                batch_size=args.nextquill_weight_batch_size,
+            )
 
-    def _with_theta0_effects(self, dataset, model: Any):
-        """theta_0 effects of ``dataset``'s rows, from the cache or the pass (LoRA's adapter off),
-        shared by all processes; the cache is ``nextquill_weight_cache_dir`` or the output
-        folder's ``nextquill/``."""
-        cache = self.args.nextquill_weight_cache_dir or Path(self.args.output_dir) / "nextquill"
-        return with_theta0_effects(
-            self.model,
-            self.processing_class,
-            dataset,
-            self.nextquill_settings,
-            Path(cache),
-            model_name=model_name_of(model),
-            batch_size=self.args.nextquill_weight_batch_size,
-        )
+    def _nextquill_metric_lists(self, split: str) -> MutableMapping[str, list[float]]:
+        return self._metrics[split]
 
-    def _set_signature_columns_if_needed(self):
-        # Keep NextQuill's columns (and the mask the collator pads) when remove_unused_columns is on.
-        super()._set_signature_columns_if_needed()
-        for column in ("attention_mask", *ROW_COLUMNS):
-            if column not in self._signature_columns:
-                self._signature_columns.append(column)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if COUNTERFACTUAL_IDS not in inputs:  # ordinary rows only (or nextquill: false): TRL's loss
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        result = trainer_batch_loss(self, model, inputs, num_items_in_batch)
-        metrics = self._metrics["train" if model.training else "eval"]
-        for name, value in result.metrics().items():  # this process's; log() averages them all
-            metrics[name].append(value)
-        loss = result.loss.total
-        if self._tokens_counted_across_processes(num_items_in_batch):
-            # As TRL's own loss: num_items_in_batch counts every process's target tokens and
-            # DDP averages the gradients over the processes, so the loss is scaled back up.
-            loss = loss * self.accelerator.num_processes
-        if return_outputs:
-            result.outputs["loss"] = loss
-            return loss, result.outputs
-        return loss
-
-    def _tokens_counted_across_processes(self, num_items_in_batch: Any) -> bool:
-        """Whether the loss was divided by the target tokens of all processes (TRL's
-        ``average_tokens_across_devices``, under the paper's token normalisation)."""
-        return (
-            num_items_in_batch is not None
-            and self.args.average_tokens_across_devices
-            and self.nextquill_settings.weight_normalization == WeightNormalization.tokens
-        )
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Every process logs at the same step: its NextQuill values become their mean over all
-        # processes (one all-reduce, whatever each stored), then TRL averages and logs its lists.
-        stored = self._metrics["train" if self.model.training else "eval"]
-        local = {name: stored[name] for name in NEXTQUILL_METRICS if name in stored}
-        for name, mean in mean_over_ranks(local, NEXTQUILL_METRICS, self.args.device).items():
-            if mean is None:
-                stored.pop(name, None)
-            else:
-                stored[name] = [mean]
-        super().log(logs, start_time)
+    def _logged_split(self, logs: dict[str, float]) -> str:
+        return "train" if self.model.training else "eval"  # SFTTrainer.log's rule

@@ -7,7 +7,7 @@ import sys
 import torch
 
 from nextquill_plugin.distributed import mean_over_ranks
-from nextquill_plugin.trainer import NEXTQUILL_METRICS
+from nextquill_plugin.objective import NEXTQUILL_METRICS
 
 torch.distributed.init_process_group("gloo")
 rank = torch.distributed.get_rank()

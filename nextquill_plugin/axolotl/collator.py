@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
 
-from .batching import PairedBatchMixin
+from ..batching import PairedBatchMixin
 
 
 @dataclass

@@ -1,18 +1,22 @@
-"""Recipe keys of the NextQuill plugin (merged into Axolotl's config schema) and their checks.
+"""NextQuill's configuration keys (``nextquill_*``) and their checks, shared by both frameworks:
+an Axolotl recipe's keys (``NextQuillArgs`` is merged into Axolotl's config schema) and a TRL
+config's (``trl.config.NextQuillSFTConfig`` derives its fields from ``NextQuillArgs``).
 
 Nothing is declared here twice: the objective's keys are derived from
 ``settings.NextQuillSettings`` and the prompt keys are the dataset types' own
 (``dataset_formats.settings.PromptArgs``); ``NextQuillArgs`` composes them with the keys of the
-plugin itself.
+theta_0 pass.
+
+The schemas are built at import (``create_model``) from the settings' dataclass fields, which
+type checkers cannot see through; writing each key out as a class attribute would declare every
+setting twice, which is the drift this module exists to prevent.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import Field, fields, make_dataclass
-from dataclasses import field as dataclass_field
+from dataclasses import Field, fields
 from enum import Enum
-from pathlib import Path
 from typing import Any, get_type_hints
 
 from pydantic import (
@@ -28,9 +32,9 @@ from pydantic_core import PydanticCustomError
 
 from dataset_formats.settings import PromptArgs, describe_validation_error
 
-from .settings import SETTING_PREFIX, NextQuillSettings, WeightSource
+from .settings import SETTING_PREFIX, WEIGHT_PASS_BATCH_SIZE, NextQuillSettings, WeightSource
 
-_SETTING_TYPES = get_type_hints(NextQuillSettings)
+SETTING_TYPES = get_type_hints(NextQuillSettings)
 
 
 def recipe_key(setting: Field) -> str:
@@ -45,7 +49,7 @@ def _schema_field(setting: Field) -> Any:
     """The pydantic field of a setting, with the bounds declared in its metadata. Numbers are
     strict and finite: the text "0.05" is refused rather than parsed, and so are nan and inf
     (a nan weight trains to a nan loss)."""
-    number = _SETTING_TYPES[setting.name] is float
+    number = SETTING_TYPES[setting.name] is float
     return PydanticField(
         default=setting.default,
         description=f"{setting.metadata['symbol']}: {setting.metadata['description']}",
@@ -102,19 +106,8 @@ ObjectiveArgs: type[BaseModel] = create_model(
     __validators__={
         "describe_errors": field_validator(*_SETTINGS_BY_KEY, mode="wrap")(_describe_errors)
     },
-    **{key: (_SETTING_TYPES[f.name], _schema_field(f)) for key, f in _SETTINGS_BY_KEY.items()},
+    **{key: (SETTING_TYPES[f.name], _schema_field(f)) for key, f in _SETTINGS_BY_KEY.items()},
 )
-
-# The settings the trainer needs, carried on its TrainingArguments (Axolotl mixes this in).
-NextQuillTrainingArgsMixin = make_dataclass(
-    "NextQuillTrainingArgsMixin",
-    [
-        (recipe_key(f), _SETTING_TYPES[f.name], dataclass_field(default=f.default))
-        for f in fields(NextQuillSettings)
-    ],
-)
-NextQuillTrainingArgsMixin.__module__ = __name__
-NextQuillTrainingArgsMixin.__doc__ = "NextQuillSettings as nextquill_* training arguments."
 
 
 def settings_from(source: Any) -> NextQuillSettings:
@@ -123,7 +116,7 @@ def settings_from(source: Any) -> NextQuillSettings:
     if isinstance(source, dict):
         source = objective_args(source)
     values = {f.name: getattr(source, recipe_key(f)) for f in fields(NextQuillSettings)}
-    for name, kind in _SETTING_TYPES.items():  # enum settings arrive as their text
+    for name, kind in SETTING_TYPES.items():  # enum settings arrive as their text
         if isinstance(kind, type) and issubclass(kind, Enum):
             values[name] = kind(values[name])
     return NextQuillSettings(**values)
@@ -146,7 +139,9 @@ class NextQuillArgs(ObjectiveArgs, PromptArgs):
         description="Train with the NextQuill objective. False: the plugin changes nothing.",
     )
     nextquill_weight_batch_size: int = PydanticField(
-        default=4, ge=1, description="Micro-batch size of the theta_0 weight pass."
+        default=WEIGHT_PASS_BATCH_SIZE,
+        ge=1,
+        description="Micro-batch size of the theta_0 weight pass.",
     )
     nextquill_weight_cache_dir: str | None = PydanticField(
         default=None,
@@ -167,28 +162,21 @@ class NextQuillArgs(ObjectiveArgs, PromptArgs):
         problems = nextquill_config_problems(data)
         if problems:
             raise ValueError("NextQuill config: " + " ".join(problems))
-        if data.get("gradient_checkpointing") and data.get("gradient_checkpointing_kwargs") is None:
-            # Axolotl would default to reentrant checkpointing, under which each of our two
-            # forward passes runs its own backward and DeepSpeed ZeRO reduces gradients twice.
-            data = {**data, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
-        return data
-
-
-def refuse_cli_overrides(argv: list[str]) -> None:
-    """Fail when ``axolotl train recipe.yml --nextquill_alpha 0.7`` was typed.
-
-    Axolotl's command line only knows its own keys: a plugin key given there is dropped (or,
-    under some launchers, rejected), so the run would use the recipe's value without a word.
-    """
-    program = Path(argv[0]) if argv else Path()
-    from_axolotl_cli = program.name == "axolotl" or {"axolotl", "cli"} <= set(program.parts)
-    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--nextquill")]
-    if from_axolotl_cli and given:
-        raise ValueError(
-            f"NextQuill: {', '.join(given)} on the command line does not reach the plugin "
-            "(Axolotl's CLI passes on only its own keys). Set the key in the recipe, or run a "
-            "grid with `axolotl train recipe.yml --sweep sweep.yml` (see the README)."
+        kwargs = checkpointing_kwargs(
+            data.get("gradient_checkpointing"), data.get("gradient_checkpointing_kwargs")
         )
+        return {**data, "gradient_checkpointing_kwargs": kwargs} if kwargs is not None else data
+
+
+def checkpointing_kwargs(gradient_checkpointing: Any, kwargs: dict | None) -> dict | None:
+    """NextQuill's default for ``gradient_checkpointing_kwargs``: non-reentrant when checkpointing
+    is on and the config gives none. Under reentrant checkpointing (Axolotl's and TRL's default)
+    each of NextQuill's two forward passes runs its own backward and DeepSpeed ZeRO reduces
+    gradients twice. Applied where each framework reads its config: Axolotl's model loader
+    enables checkpointing from the recipe, before any trainer exists."""
+    if gradient_checkpointing and kwargs is None:
+        return {"use_reentrant": False}
+    return kwargs
 
 
 def misspelled_keys(data: dict[str, Any], known: set[str]) -> list[str]:

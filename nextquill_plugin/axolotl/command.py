@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import click
 
+from ..cli import main
+
 
 @click.command(
     "nextquill",
@@ -18,6 +20,4 @@ import click
 @click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
 def nextquill(arguments: tuple[str, ...]) -> None:
     """NextQuill: theta_0 weights, evaluate, compare, inspect, recipes, demo."""
-    from .cli import main
-
     main(list(arguments), prog="axolotl nextquill")

@@ -1,0 +1,36 @@
+"""`nextquill weights RECIPE.yml`: theta_0 effects into the cache ahead of training, with the
+data prepared and the model loaded exactly as `axolotl train` does (the plugin's
+``post_trainer_create`` computes or loads them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from axolotl.cli.args import TrainerCliArgs
+from axolotl.cli.config import load_cfg
+from axolotl.common.datasets import load_datasets
+from axolotl.train import setup_model_and_trainer
+
+from ..config_keys import settings_from
+from .plugin import effects_cache_dir
+
+
+def compute_weights(recipe: str, overrides: dict[str, Any]) -> Path:
+    """Prepare the data and load the model as training does, which fills the cache; returns
+    the cache folder."""
+    if not Path(recipe).is_file():
+        raise FileNotFoundError(f"recipe {recipe} does not exist")
+    cfg = load_cfg(recipe, **overrides)
+    if not cfg.nextquill:
+        raise SystemExit(
+            f"nextquill: {recipe} does not set `nextquill: true`; there are no weights to compute."
+        )
+    if not settings_from(cfg).weights_from_theta0:
+        raise SystemExit(
+            "nextquill: this recipe needs no theta_0 pass (nextquill_token_weighting is false or "
+            "nextquill_weight_source is current)."
+        )
+    dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
+    setup_model_and_trainer(cfg, dataset_meta)  # the plugin computes or loads the effects here
+    return effects_cache_dir(cfg)
