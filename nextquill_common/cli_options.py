@@ -47,10 +47,13 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
     without a default is a positional argument."""
     hints = get_type_hints(cls)
     for f in cli_fields(cls):
-        kind = _value_type(hints[f.name])
+        kind = f.metadata.get("type") or _value_type(hints[f.name])
         help_text = f.metadata.get("help", "")
         if f.default is MISSING and f.default_factory is MISSING:
-            parser.add_argument(f.name, type=kind, help=help_text or None)
+            nargs = f.metadata.get("nargs")
+            if nargs:  # a list of values: each of the list's item type
+                kind = typing.get_args(hints[f.name])[0]
+            parser.add_argument(f.name, type=kind, nargs=nargs, help=help_text or None)
             continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         if kind is bool:
@@ -82,11 +85,16 @@ def option(
     default: Any = None,
     choices: tuple[str, ...] | None = None,
     flag: str | None = None,
+    type: Any = None,
 ) -> Any:
     """A dataclass field that is a command-line option with this help text."""
     metadata: dict[str, Any] = {"help": help}
-    if choices is not None:
-        metadata["choices"] = choices
-    if flag is not None:
-        metadata["flag"] = flag
+    for key, value in (("choices", choices), ("flag", flag), ("type", type)):
+        if value is not None:
+            metadata[key] = value
     return field(default=default, metadata=metadata)
+
+
+def argument(help: str, *, nargs: str | None = None) -> Any:
+    """A dataclass field that is a positional argument (``nargs="+"``: one or more)."""
+    return field(metadata={"help": help, **({"nargs": nargs} if nargs else {})})

@@ -1,6 +1,6 @@
 """`nextquill` command line: work done ahead of or after `axolotl train`.
 
-nextquill weights RECIPE.yml [--key value ...]   theta_0 effects into the cache, no training
+nextquill weights RECIPE.yml [-- --key value ...] theta_0 effects into the cache, no training
 nextquill evaluate RECIPE.yml [--checkpoint DIR]  generate for a split and score it (Table 1)
 nextquill compare RUN_DIR RUN_DIR ...             Table-1/2-style comparison of evaluations
 nextquill inspect RECIPE.yml [--checkpoint DIR]   per-token causal effects: HTML, terminal, plots
@@ -12,17 +12,21 @@ nextquill trl-sft --config RECIPE.yaml            train under TRL's SFTTrainer (
 
 The same commands run as `axolotl nextquill ...`.
 
-Recipe overrides (`--key value`, as `axolotl train` takes them) go after `--` for evaluate and
-inspect, e.g. `nextquill evaluate r.yml --checkpoint out -- --sequence_len 2048`.
+Recipe overrides (`--key value`, as `axolotl train` takes them) go after `--` for the commands
+that read a recipe, e.g. `nextquill evaluate r.yml --checkpoint out -- --sequence_len 2048`.
+
+Every subcommand is one row of ``SUBCOMMANDS``: its help, the dataclasses whose fields are its
+options (``nextquill_common.cli_options``), and the function that runs it. The modules that do
+the work are imported when their subcommand runs, so that `nextquill --version` imports no torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import sys
-import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +34,13 @@ import yaml
 
 from nextquill_common.cli_options import (
     add_dataclass_options,
+    argument,
     dataclass_from_args,
+    option,
     package_version,
 )
 from nextquill_common.jsonl import write_text_atomic
+from nextquill_common.quiet import quiet_library_noise
 
 
 def parse_value(text: str) -> Any:
@@ -57,9 +64,9 @@ def parse_value(text: str) -> Any:
 def parse_overrides(extra: list[str]) -> dict[str, Any]:
     """``--key value`` / ``--key=value`` pairs, as `axolotl train` takes them; a key that looks
     like NextQuill's but is none of them is refused, as in a recipe."""
-    overrides = _parse_pairs(extra)
-    from .config_keys import NextQuillArgs, misspelled_keys
+    from .config_keys import NextQuillArgs, misspelled_keys  # on use: pydantic schemas
 
+    overrides = _parse_pairs(extra)
     misspelled = misspelled_keys(overrides, known=set(NextQuillArgs.model_fields))
     if misspelled:
         raise SystemExit("nextquill: " + " ".join(misspelled))
@@ -87,40 +94,6 @@ def _parse_pairs(extra: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def add_evaluate_parser(commands) -> None:
-    from .evaluation.evaluate import EvaluationRequest
-    from .evaluation.generation import GenerationSettings
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="generate a review for every row of a split and score ROUGE-1/L, METEOR, BLEU",
-        description="Without --checkpoint the recipe's base_model is evaluated as it is "
-        "(the paper's untuned row). Writes predictions.jsonl and metrics.json.",
-    )
-    add_dataclass_options(evaluate, EvaluationRequest)
-    add_dataclass_options(evaluate, GenerationSettings)
-
-
-def add_compare_parser(commands) -> None:
-    compare = commands.add_parser("compare", help="compare evaluations (Table 1 / Table 2)")
-    compare.add_argument("runs", nargs="+", help="evaluation folders or metrics.json files")
-    compare.add_argument("--baseline", help="run name to report relative improvement against")
-    compare.add_argument(
-        "--format",
-        choices=("markdown", "csv"),
-        default="markdown",
-        help="table format (default: markdown)",
-    )
-    compare.add_argument("--ci", action="store_true", help="show 95%% confidence intervals")
-    compare.add_argument("--csv", help="also write the CSV table to this file")
-    compare.add_argument(
-        "--resamples",
-        type=at_least_one,
-        default=1000,
-        help="bootstrap resamples of the paired differences from --baseline (default: 1000)",
-    )
-
-
 def at_least_one(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -132,40 +105,83 @@ def at_least_one(text: str) -> int:
     return value
 
 
-def add_inspect_parser(commands) -> None:
-    from .evaluation.inspection import InspectionRequest
+# --- the requests of the subcommands whose work is not in evaluation/ ----------------------------
 
-    inspect = commands.add_parser(
-        "inspect", help="per-token causal effects and weights: HTML page, terminal, plots"
+
+@dataclass
+class WeightsRequest:
+    """`nextquill weights`: which recipe's theta_0 effects to compute."""
+
+    recipe: str = argument("the recipe whose theta_0 weights to compute")
+    overrides: dict[str, Any] | None = field(default=None, metadata={"cli": False})
+
+
+@dataclass
+class CompareRequest:
+    """`nextquill compare`: which evaluations, against which baseline, in which format."""
+
+    runs: list[str] = argument("evaluation folders or metrics.json files", nargs="+")
+    baseline: str | None = option("run name to report relative improvement against")
+    format: str = option("table format", default="markdown", choices=("markdown", "csv"))
+    ci: bool = option("show 95% confidence intervals", default=False)
+    csv: str | None = option("also write the CSV table to this file")
+    resamples: int = option(
+        "bootstrap resamples of the paired differences from --baseline",
+        default=1000,
+        type=at_least_one,
     )
-    add_dataclass_options(inspect, InspectionRequest)
 
 
-def run_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from .evaluation.evaluate import EvaluationRequest, run_evaluation
-    from .evaluation.generation import GenerationSettings
+@dataclass
+class WordnetRequest:
+    """`nextquill setup-wordnet`: where Debian's WordNet is and where NLTK should find it."""
 
-    settings = dataclass_from_args(GenerationSettings, args)
-    request = dataclass_from_args(EvaluationRequest, args, overrides=overrides)
+    source: str = option(
+        "where Debian's wordnet-base put WordNet", default="/usr/share/wordnet", flag="--source"
+    )
+    nltk_dir: str | None = option(
+        "the nltk_data folder to copy it into (default: <sys.prefix>/nltk_data)"
+    )
+
+
+@dataclass
+class RecipesRequest:
+    """`nextquill recipes`: where to copy the shipped recipes."""
+
+    destination: str = argument("folder to copy them into (created if missing)")
+
+
+# --- what each subcommand runs (the work's modules imported on use: see the docstring) ---------
+
+
+def run_weights(request: WeightsRequest) -> None:
+    from .axolotl.weights import compute_weights
+
+    cache = compute_weights(request.recipe, request.overrides or {})
+    print(f"nextquill: theta_0 effects are cached in {cache}")
+
+
+def run_evaluate(request, generation) -> None:
+    import torch.distributed as dist
+
+    from .evaluation.evaluate import run_evaluation
+
     try:
-        document = run_evaluation(request, settings)
+        document = run_evaluation(request, generation)
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     if document is None:  # ranks other than 0 generate only
         return
-    metrics = document["metrics"]
     summary = ", ".join(
         f"{key} {value['value']:.4f} [{value['ci_low']:.4f}, {value['ci_high']:.4f}]"
-        for key, value in metrics.items()
+        for key, value in document["metrics"].items()
     )
     print(f"nextquill evaluate: {document['name']}: {document['n']} rows; {summary}")
     print(f"nextquill evaluate: wrote {document['out_dir']}/predictions.jsonl and metrics.json")
 
 
-def run_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+def run_compare(request: CompareRequest) -> None:
     from .evaluation.compare import (
         comparison_table,
         comparison_warnings,
@@ -173,49 +189,64 @@ def run_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
         load_run,
     )
 
-    if overrides:
-        raise ValueError("compare takes no recipe overrides")
-    runs = [load_run(path) for path in args.runs]
+    runs = [load_run(path) for path in request.runs]
     for warning in comparison_warnings(runs):
         print(f"warning: {warning}", file=sys.stderr)
-    print(
-        comparison_table(runs, baseline=args.baseline, fmt=args.format, intervals=args.ci), end=""
+    table = comparison_table(
+        runs, baseline=request.baseline, fmt=request.format, intervals=request.ci
     )
-    if args.baseline and args.format == "markdown":
+    print(table, end="")
+    if request.baseline and request.format == "markdown":
         print()
-        print(
-            difference_table(runs, args.baseline, resamples=args.resamples, show_progress=True),
-            end="",
+        differences = difference_table(
+            runs, request.baseline, resamples=request.resamples, show_progress=True
         )
-    if args.csv:
-        write_text_atomic(
-            args.csv, comparison_table(runs, baseline=args.baseline, fmt="csv", intervals=True)
-        )
+        print(differences, end="")
+    if request.csv:
+        csv = comparison_table(runs, baseline=request.baseline, fmt="csv", intervals=True)
+        write_text_atomic(request.csv, csv)
 
 
-def run_inspect(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from .evaluation.inspection import InspectionRequest, run_inspection
+def run_inspect(request) -> None:
+    from .evaluation.inspection import run_inspection
 
-    paths = run_inspection(dataclass_from_args(InspectionRequest, args, overrides=overrides))
-    for kind, path in paths.items():
+    for kind, path in run_inspection(request).items():
         print(f"nextquill inspect: {kind}: {path}")
 
 
-def run_setup_wordnet(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-
+def run_setup_wordnet(request: WordnetRequest) -> None:
     from .evaluation.wordnet_data import install_wordnet, require_wordnet
 
-    target = install_wordnet(Path(args.source), Path(args.nltk_dir) if args.nltk_dir else None)
+    nltk_dir = Path(request.nltk_dir) if request.nltk_dir else None
+    target = install_wordnet(Path(request.source), nltk_dir)
     require_wordnet()
     print(f"nextquill setup-wordnet: WordNet 3.0 installed in {target}")
+
+
+def run_prompts(request) -> None:
+    from .evaluation.prompts import render_prompts
+
+    print("\n\n".join(render_prompts(request)))
+
+
+def run_recipes(request: RecipesRequest) -> None:
+    copied = copy_recipes(Path(request.destination))
+    print(f"nextquill recipes: copied {len(copied)} recipes into {request.destination}")
+
+
+def run_demo() -> None:
+    from nextquill_common.offline import use_offline_mode
+
+    use_offline_mode()  # the demo is local (tiny model, shipped data): before its libraries load
+    from .demo.run import main as demo_main
+
+    demo_main()
 
 
 def copy_recipes(destination: Path) -> list[Path]:
     """Copy the recipes shipped with the package into ``destination`` (the TRL-style configs
     into its ``trl/``); when a file of the same name is already there nothing is copied (and
     the error names it)."""
-    from importlib.resources import files
-
     try:  # installed from a wheel: the recipes are the package nextquill_plugin.recipes
         folder = files("nextquill_plugin.recipes")
     except ModuleNotFoundError:  # a source checkout (editable install): the recipes/ folder
@@ -247,48 +278,83 @@ def copy_recipes(destination: Path) -> list[Path]:
     return copied
 
 
-def run_prompts(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from .evaluation.prompts import PromptsRequest, render_prompts
-
-    prompts = render_prompts(dataclass_from_args(PromptsRequest, args, overrides=overrides))
-    print("\n\n".join(prompts))
+# --- the table ----------------------------------------------------------------------------------
 
 
-def run_recipes(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    copied = copy_recipes(Path(args.destination))
-    print(f"nextquill recipes: copied {len(copied)} recipes into {args.destination}")
+def evaluation_request(name: str) -> Callable[[], type]:
+    """The request class of an evaluation subcommand, imported when the parser is built (those
+    modules import torch: `--version` builds no parser)."""
+
+    def load() -> type:
+        import importlib
+
+        module, _, cls = name.rpartition(".")
+        return getattr(importlib.import_module(f"nextquill_plugin.evaluation.{module}"), cls)
+
+    return load
 
 
-COMMANDS = {
-    "evaluate": run_evaluate,
-    "compare": run_compare,
-    "inspect": run_inspect,
-    "setup-wordnet": run_setup_wordnet,
-    "recipes": run_recipes,
-    "prompts": run_prompts,
+@dataclass(frozen=True)
+class Subcommand:
+    """One `nextquill` subcommand: its help, the dataclasses whose fields are its options (one
+    with an ``overrides`` field takes the recipe overrides given after ``--``), and its runner,
+    called with one instance of each."""
+
+    help: str
+    requests: tuple[type | Callable[[], type], ...]
+    run: Callable[..., None]
+    description: str | None = None
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError)
+
+    def request_classes(self) -> list[type]:
+        return [r if isinstance(r, type) else r() for r in self.requests]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "weights": Subcommand(
+        "compute the theta_0 token weights of a recipe ahead of training",
+        (WeightsRequest,),
+        run_weights,
+        errors=(OSError, ValueError),
+    ),
+    "evaluate": Subcommand(
+        "generate a review for every row of a split and score ROUGE-1/L, METEOR, BLEU",
+        (
+            evaluation_request("evaluate.EvaluationRequest"),
+            evaluation_request("generation.GenerationSettings"),
+        ),
+        run_evaluate,
+        description="Without --checkpoint the recipe's base_model is evaluated as it is "
+        "(the paper's untuned row). Writes predictions.jsonl and metrics.json.",
+    ),
+    "compare": Subcommand(
+        "compare evaluations (Table 1 / Table 2)", (CompareRequest,), run_compare
+    ),
+    "inspect": Subcommand(
+        "per-token causal effects and weights: HTML page, terminal, plots",
+        (evaluation_request("inspection.InspectionRequest"),),
+        run_inspect,
+    ),
+    "setup-wordnet": Subcommand(
+        "copy Debian's WordNet 3.0 (wordnet-base) where NLTK finds it",
+        (WordnetRequest,),
+        run_setup_wordnet,
+    ),
+    "prompts": Subcommand(
+        "print the exact prompt text `evaluate` generates from (for other tools)",
+        (evaluation_request("prompts.PromptsRequest"),),
+        run_prompts,
+    ),
+    "recipes": Subcommand(
+        "copy the shipped recipes (every domain and variant, and the mixed example)",
+        (RecipesRequest,),
+        run_recipes,
+    ),
+    "demo": Subcommand("run the end-to-end demo on the tiny local model", (), run_demo, errors=()),
 }
-
-
-# Messages libraries print on import that mean nothing to our users: (logger, level) pairs and
-# warning texts. Silenced in our commands only, before anything imports those libraries.
-QUIET_LOGGERS = {
-    "torchao": logging.ERROR,  # its CUDA-only kernels, on a machine without them
-    "torch.utils._pytree": logging.ERROR,  # a deprecation inside torchao
-    "bitsandbytes.backends.cpu.ops": logging.ERROR,  # CPU kernels from the Hub, when offline
-}
-QUIET_WARNINGS = (
-    "Skipping publisher trust check",  # bitsandbytes, in offline mode
-    "You are importing from 'trl.experimental'",  # Axolotl's own imports
-)
-
-
-def quiet_library_noise() -> None:
-    """Keep the known harmless import-time messages of torchao, torch, bitsandbytes and trl off
-    our commands' stderr; every other warning still shows."""
-    for name, level in QUIET_LOGGERS.items():
-        logging.getLogger(name).setLevel(level)
-    for text in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=re.escape(text))
+# Parsed by TRL's own parser, which takes every argument after it (as `trl sft` would).
+TRL_SFT = "trl-sft"
+TRL_SFT_HELP = "train a TRL-style YAML config under TRL's SFTTrainer: --config FILE"
 
 
 def build_parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -298,41 +364,22 @@ def build_parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    weights = commands.add_parser(
-        "weights", help="compute the theta_0 token weights of a recipe ahead of training"
-    )
-    weights.add_argument("recipe", help="the recipe whose theta_0 weights to compute")
-    commands.add_parser("demo", help="run the end-to-end demo on the tiny local model")
-    commands.add_parser(  # parsed by TRL's own parser (main hands its arguments over)
-        "trl-sft", help="train a TRL-style YAML config under TRL's SFTTrainer: --config FILE"
-    )
-    add_evaluate_parser(commands)
-    add_compare_parser(commands)
-    add_inspect_parser(commands)
-    wordnet = commands.add_parser(
-        "setup-wordnet", help="copy Debian's WordNet 3.0 (wordnet-base) where NLTK finds it"
-    )
-    wordnet.add_argument(
-        "--source",
-        default="/usr/share/wordnet",
-        help="where Debian's wordnet-base put WordNet (default: /usr/share/wordnet)",
-    )
-    wordnet.add_argument(
-        "--nltk-dir",
-        default=None,
-        help="the nltk_data folder to copy it into (default: <sys.prefix>/nltk_data)",
-    )
-    from .evaluation.prompts import PromptsRequest
-
-    prompts = commands.add_parser(
-        "prompts", help="print the exact prompt text `evaluate` generates from (for other tools)"
-    )
-    add_dataclass_options(prompts, PromptsRequest)
-    recipes = commands.add_parser(
-        "recipes", help="copy the shipped recipes (every domain and variant, and the mixed example)"
-    )
-    recipes.add_argument("destination", help="folder to copy them into (created if missing)")
+    commands.add_parser(TRL_SFT, help=TRL_SFT_HELP)
+    for name, subcommand in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=subcommand.help, description=subcommand.description)
+        for request in subcommand.request_classes():
+            add_dataclass_options(sub, request)
     return parser, commands.choices
+
+
+def run_trl_sft(argv: list[str], prog: str) -> None:
+    """`nextquill trl-sft ...`: TRL's parser takes the rest, as `trl sft` would."""
+    from .trl.command import main as trl_main
+
+    try:
+        trl_main(argv, prog=f"{prog} {TRL_SFT}")
+    except (OSError, ValueError, TypeError) as error:  # TypeError: rows of the wrong kind
+        raise SystemExit(f"{prog} {TRL_SFT}: {error}") from None
 
 
 def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
@@ -344,15 +391,9 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
     if argv[:1] == ["--version"]:  # without building the parsers, which import torch
         print(f"{prog} {package_version()}")
         return
-    if argv[:1] == ["trl-sft"]:  # TRL's parser takes the rest, as `trl sft` would
-        from .trl.command import main as trl_main
-
-        try:
-            trl_main(argv[1:], prog=f"{prog} trl-sft")
-        except (OSError, ValueError, TypeError) as error:  # TypeError: rows of the wrong kind
-            raise SystemExit(f"{prog} trl-sft: {error}") from None
-        return
-    parser, subcommands = build_parser(prog)
+    if argv[:1] == [TRL_SFT]:
+        return run_trl_sft(argv[1:], prog)
+    parser, subparsers = build_parser(prog)
     overrides: dict[str, Any] = {}
     if "--" in argv:
         cut = argv.index("--")
@@ -360,30 +401,30 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
     args, extra = parser.parse_known_args(argv)
     if extra:
         hint = f"; recipe overrides go after --: {prog} {args.command} ... -- {' '.join(extra)}"
-        subcommands[args.command].error(
+        subparsers[args.command].error(
             f"unrecognized arguments: {' '.join(extra)}"
             + (hint if extra[0].startswith("--") else "")
         )
-    if args.command == "weights":
-        from .axolotl.weights import compute_weights  # on use: it imports Axolotl
+    subcommand = SUBCOMMANDS[args.command]
+    classes = subcommand.request_classes()
+    if overrides and not any(reads_recipe(cls) for cls in classes):
+        subparsers[args.command].error(f"{args.command} takes no recipe overrides")
+    try:
+        requests = [
+            dataclass_from_args(
+                cls, args, **({"overrides": overrides} if reads_recipe(cls) else {})
+            )
+            for cls in classes
+        ]
+        subcommand.run(*requests)
+    except subcommand.errors as error:
+        raise SystemExit(f"{prog} {args.command}: {error}") from None
 
-        try:
-            cache = compute_weights(args.recipe, overrides)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"{prog} weights: {error}") from None
-        print(f"nextquill: theta_0 effects are cached in {cache}")
-    elif args.command in COMMANDS:
-        try:
-            COMMANDS[args.command](args, overrides)
-        except (OSError, ValueError, RuntimeError) as error:
-            raise SystemExit(f"{prog} {args.command}: {error}") from None
-    elif args.command == "demo":
-        from .demo.local_runs import use_offline_mode
 
-        use_offline_mode()  # the demo is local: tiny model, shipped data
-        from .demo.run import main as demo_main
-
-        demo_main()
+def reads_recipe(request: type) -> bool:
+    """Whether a request reads a recipe, and so takes the recipe overrides (an ``overrides``
+    field)."""
+    return "overrides" in {f.name for f in fields(request)}
 
 
 if __name__ == "__main__":

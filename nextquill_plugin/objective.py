@@ -260,11 +260,46 @@ def compute_batch_loss(
         if causal_loss:
             preference_component = paired_hidden - hidden_without
 
-    n_tokens = int(token_ids.numel())
+    loss, normalizer, causal_normalizer = weighted_loss(
+        lm_head,
+        hidden_with,
+        token_ids,
+        weights,
+        preference_component,
+        causal_token_mask,
+        settings,
+        num_items_in_batch,
+        micro_batches,
+    )
+    return BatchLoss(
+        loss,
+        weights.weights,
+        weights.preference_mask,
+        causal_token_mask,
+        int(token_ids.numel()),
+        outputs,
+        normalizer,
+        causal_normalizer,
+    )
+
+
+def weighted_loss(
+    lm_head: nn.Module,
+    hidden_with: torch.Tensor,
+    token_ids: torch.Tensor,
+    weights: TokenWeights,
+    preference_component: torch.Tensor | None,
+    causal_token_mask: torch.Tensor,
+    settings: NextQuillSettings,
+    num_items_in_batch: int | torch.Tensor | None,
+    micro_batches: int,
+) -> tuple[NextQuillLoss, float, float]:
+    """Ln + alpha * Lp (eq. 5-7) from the final hidden states at the target positions, with what
+    Ln and Lp were divided by (``loss_normalizers``). The LM head is applied in chunks: no
+    [N, V] logits are held."""
     normalizer, causal_normalizer = loss_normalizers(
         settings, weights, causal_token_mask, num_items_in_batch, micro_batches
     )
-    # Ln and Lp apply the LM head to final hidden states in chunks: no [N, V] logits held.
     loss = nextquill_loss(
         hidden_with,
         token_ids,
@@ -278,16 +313,7 @@ def compute_batch_loss(
         normal_cross_entropy=partial(head_cross_entropy_sum, lm_head),
         causal_cross_entropy=partial(head_cross_entropy_sum, lm_head, without_bias=True),
     )
-    return BatchLoss(
-        loss,
-        weights.weights,
-        weights.preference_mask,
-        causal_token_mask,
-        n_tokens,
-        outputs,
-        float(normalizer),
-        float(causal_normalizer),
-    )
+    return loss, float(normalizer), float(causal_normalizer)
 
 
 def trainer_batch_loss(

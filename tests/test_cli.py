@@ -226,7 +226,7 @@ def test_known_library_noise_stays_off_our_commands():
 
     def stderr_of(quiet: bool) -> str:
         code = (
-            "from nextquill_plugin.cli import quiet_library_noise\n"
+            "from nextquill_common.quiet import quiet_library_noise\n"
             + ("quiet_library_noise()\n" if quiet else "")
             + "import axolotl.cli.config, axolotl.core.trainers.base\n"
         )
@@ -250,11 +250,11 @@ def test_the_demo_checks_what_it_needs_before_its_first_step(monkeypatch, tmp_pa
         raise RuntimeError(wordnet_data.MISSING_WORDNET)
 
     monkeypatch.setattr(demo, "build_data", lambda: pytest.fail("the demo started its work"))
-    monkeypatch.setattr(wordnet_data, "require_wordnet", no_wordnet)
+    monkeypatch.setattr(demo, "require_wordnet", no_wordnet)
     monkeypatch.setattr(demo, "OUT", tmp_path / "demo")
     with pytest.raises(SystemExit, match="nextquill demo: METEOR needs the WordNet corpus"):
         demo.main()
-    monkeypatch.setattr(wordnet_data, "require_wordnet", lambda: None)
+    monkeypatch.setattr(demo, "require_wordnet", lambda: None)
     monkeypatch.setattr(demo, "OUT", Path("/proc/self/nextquill-demo"))
     with pytest.raises(SystemExit, match="not writable; set NEXTQUILL_DEMO_DIR"):
         demo.main()

@@ -153,7 +153,7 @@ def test_evaluation_reads_a_trl_config_as_the_recipe_it_amounts_to():
     assert recipe["nextquill_alpha"] == 0.05 and recipe["nextquill_history_k"] == 8
     baseline = read_recipe(ROOT / "recipes" / "trl" / "books_context_sft.yaml")
     assert baseline["nextquill"] is False
-    from nextquill_plugin.trl.command import recipe_view
+    from nextquill_plugin.trl.recipe_view import recipe_view
 
     # without max_length, the budget is TRL's default, as the trainer would use it
     assert recipe_view({"model_name_or_path": "m"})["sequence_len"] == trl_config().max_length

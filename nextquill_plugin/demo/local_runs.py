@@ -5,13 +5,23 @@ Used by the demo, the benchmarks and the tests; not needed to train with the plu
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from dataset_formats.build.synthetic import corpus_texts
+from nextquill_common.offline import offline_env, solo_run_threads, use_offline_mode
+
+from .tiny_model import build_tiny_model
+
+__all__ = [
+    "offline_env",
+    "solo_run_threads",
+    "use_offline_mode",
+]  # re-exported for the scripts that run axolotl
 
 CPU_SETTINGS = {
     "bf16": False,
@@ -66,48 +76,6 @@ def tiny_recipe(model_dir: Path, train_file: Path, workdir: Path, **overrides) -
     }
     recipe.update(overrides)
     return {key: value for key, value in recipe.items() if value is not None}
-
-
-# Nothing local asks the network for anything: no Hub downloads (bitsandbytes, imported by
-# Axolotl, otherwise asks the Hub for CPU kernels), no experiment tracking, no telemetry.
-OFFLINE_VARIABLES = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
-
-def use_offline_mode() -> None:
-    """Set ``OFFLINE_VARIABLES`` in this process (and its children).
-
-    Call before importing transformers, huggingface_hub or Axolotl: they read these at import.
-    """
-    os.environ.update(OFFLINE_VARIABLES)
-
-
-def solo_run_threads() -> int:
-    """Torch threads for a run that has the machine to itself: the caller's OMP_NUM_THREADS if
-    set, else every core this process may use. (`accelerate launch`, which `axolotl train`
-    calls, gives a CPU run one thread unless OMP_NUM_THREADS is set.)"""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def offline_env(threads: int | None = None) -> dict[str, str]:
-    """This process's environment with ``OFFLINE_VARIABLES`` set, for a child process; with
-    ``threads``, torch in the child uses that many CPU threads (OMP_NUM_THREADS)."""
-    env = {**os.environ, **OFFLINE_VARIABLES}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def run_axolotl(
@@ -168,9 +136,6 @@ def build_benchmark_model(
 ) -> Path:
     """A tiny Qwen2 for the demo and the benchmarks (by default 2 layers, hidden 96) with a
     1000-token vocabulary, its tokenizer trained on the texts of up to 400 rows of each set."""
-    from dataset_formats.build.synthetic import corpus_texts
-
-    from .tiny_model import build_tiny_model
 
     rows = [row for row_set in row_sets for row in row_set[:400]]
     return build_tiny_model(

@@ -22,6 +22,19 @@ import sys
 import time
 from pathlib import Path
 
+from dataset_formats.build import BuildOptions, build
+from dataset_formats.demo_data import DEMO_META, DEMO_REVIEWS, demo_users
+from nextquill_common.jsonl import read_jsonl
+from nextquill_common.quiet import quiet_library_noise
+
+from ..evaluation.compare import comparison_table, difference_table, load_run
+from ..evaluation.evaluate import EvaluationRequest, run_evaluation
+from ..evaluation.generation import GenerationSettings
+from ..evaluation.inspection import InspectionRequest, run_inspection
+from ..evaluation.metrics import METRIC_LABELS
+from ..evaluation.significance import paired_differences, read_predictions
+from ..evaluation.wordnet_data import require_wordnet
+from . import theta0 as theta0_script
 from .local_runs import TrainingFailed, solo_run_threads, tiny_recipe, train_logged
 
 OUT = Path(os.environ.get("NEXTQUILL_DEMO_DIR", "demo_runs")).resolve()
@@ -36,7 +49,6 @@ NEXTQUILL_SETTINGS = {"learning_rate": 0.001, "nextquill_alpha": 0.05}
 def check_requirements() -> None:
     """Everything the whole demo needs, before its first step (training takes minutes, and the
     evaluation at its end needs WordNet): stop with the message alone."""
-    from ..evaluation.wordnet_data import require_wordnet
 
     try:
         require_wordnet()
@@ -72,8 +84,6 @@ def train(name: str, recipe: dict) -> list[dict]:
 
 def build_data() -> Path:
     """Demo rows from the shipped raw files."""
-    from dataset_formats.build import BuildOptions, build
-    from dataset_formats.demo_data import DEMO_META, DEMO_REVIEWS
 
     data = OUT / "data"
     report = build([DEMO_REVIEWS], [DEMO_META], data, BuildOptions(show_progress=False))
@@ -86,14 +96,12 @@ def build_data() -> Path:
 
 def theta0_prompt() -> dict:
     """The prompt settings theta_0 was trained and measured with."""
-    from . import theta0 as theta0_script
 
     return dict(theta0_script.PROMPT)
 
 
 def shipped_theta0() -> Path:
     """The shipped theta_0, checked against its report and copied to OUT/theta0/out."""
-    from . import theta0 as theta0_script
 
     report = theta0_script.load_report()
     target = OUT / "theta0" / "out"
@@ -113,10 +121,6 @@ def shipped_theta0() -> Path:
 
 def theta0_marks(theta0: Path, data: Path) -> None:
     """What theta_0 marks on the demo's training rows, against the generator's truth."""
-    from dataset_formats.demo_data import demo_users
-    from nextquill_common.jsonl import read_jsonl
-
-    from . import theta0 as theta0_script
 
     scores = theta0_script.planted_token_scores(
         theta0, read_jsonl(data / "train.jsonl")[:200], demo_users()
@@ -131,8 +135,6 @@ def theta0_marks(theta0: Path, data: Path) -> None:
 
 
 def main() -> None:
-    from ..cli import quiet_library_noise
-
     quiet_library_noise()
     check_requirements()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -179,8 +181,6 @@ def main() -> None:
 
 def reading(method: Path, baseline: Path) -> str:
     """One sentence on NextQuill against ContextSFT in this run, whichever way it falls."""
-    from ..evaluation.metrics import METRIC_LABELS
-    from ..evaluation.significance import paired_differences, read_predictions
 
     differences = paired_differences(read_predictions(method), read_predictions(baseline))
     above = [METRIC_LABELS[d.metric] for d in differences if d.significant and d.mean > 0]
@@ -201,10 +201,6 @@ def reading(method: Path, baseline: Path) -> str:
 
 def evaluate_and_inspect(data: Path) -> None:
     """Step 5: `nextquill evaluate`, `compare` and `inspect` on the demo's test users."""
-    from ..evaluation.compare import comparison_table, difference_table, load_run
-    from ..evaluation.evaluate import EvaluationRequest, run_evaluation
-    from ..evaluation.generation import GenerationSettings
-    from ..evaluation.inspection import InspectionRequest, run_inspection
 
     # name: (recipe, checkpoint or None for the untuned theta_0, CoS gamma, output folder)
     runs = {

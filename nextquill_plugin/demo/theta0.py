@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import shutil
 import tempfile
 import time
@@ -35,11 +36,22 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dataset_formats.build.synthetic import Style
-from nextquill_common.jsonl import read_jsonl, write_jsonl
+from dataset_formats.amazon_reviews import load
+from dataset_formats.build import BuildOptions, build
+from dataset_formats.build.synthetic import (
+    CONSONANTS,
+    VOWELS,
+    Style,
+    synthetic_raw_amazon,
+    synthetic_users,
+    word_pool,
+)
+from nextquill_common.jsonl import read_jsonl, write_jsonl, write_text_atomic
 
 from ..equations import PreferenceRule
+from ..evaluation.inspection import paired_rows, token_views
 from .local_runs import (
     FULL_FINETUNE,
     build_benchmark_model,
@@ -76,8 +88,6 @@ def say(message: str) -> None:
 
 def population_rows(out: Path, seed: int, n_users: int, style: Style) -> list[dict]:
     """Train rows of a synthetic population (raw Amazon schema, through our builder)."""
-    from dataset_formats.build import BuildOptions, build
-    from dataset_formats.build.synthetic import synthetic_raw_amazon
 
     reviews, meta = synthetic_raw_amazon(n_users=n_users, seed=seed, style=style)
     raw = out / f"raw_{seed}"
@@ -96,9 +106,6 @@ def pretraining_texts(rows: list[dict], tokenizer_dir: Path) -> list[dict]:
     """Each row's whole with-history prompt and target as one text, for a completion dataset
     (a loss on every token, as an LLM is pretrained): most of the users' made-up words there
     recur within reach, in the earlier reviews of the history, so copying is what pays."""
-    from transformers import AutoTokenizer
-
-    from dataset_formats.amazon_reviews import load
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     strategy = load(tokenizer, {**PROMPT, "nextquill": False})
@@ -114,7 +121,6 @@ COPY_WORDS = ("pool", "fresh")
 
 def fresh_word(rng, excluded: frozenset[str]) -> str:
     """A made-up word of 3 to 7 letters, consonants and vowels alternating, not in ``excluded``."""
-    from dataset_formats.build.synthetic import CONSONANTS, VOWELS
 
     while True:
         length, start = rng.randint(3, 7), rng.randint(0, 1)
@@ -132,9 +138,6 @@ def copy_texts(
     """Short texts that repeat a random run of words three times: the plainest lesson in
     copying from context, before the reviews (without it, a model this small never learned to
     copy a word it had seen in the history). ``words``: see ``COPY_WORDS``."""
-    import random
-
-    from dataset_formats.build.synthetic import word_pool
 
     if words not in COPY_WORDS:
         raise ValueError(f"copy words {words!r}: one of {', '.join(COPY_WORDS)}")
@@ -192,11 +195,6 @@ def planted_token_scores(
     token of each planted span (later tokens of a phrase follow from its first, with or
     without history), and over the first tokens of the history-only spans; the mean
     log-probability of the target tokens with history minus without (> 0: the history helps)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dataset_formats.amazon_reviews import load
-
-    from ..evaluation.inspection import paired_rows, token_views
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -253,7 +251,6 @@ def planted_token_scores(
 
 def measurement_rows(work: Path, n_rows: int = 200) -> tuple[list[dict], dict]:
     """Users of the held-out word pool (not theta_0's): rows and each user's planted truth."""
-    from dataset_formats.build.synthetic import synthetic_users
 
     rows = population_rows(work, MEASURE_SEED, USERS, MEASURE_STYLE)[:n_rows]
     users = synthetic_users(USERS, MEASURE_SEED, MEASURE_STYLE)
@@ -345,7 +342,6 @@ def make_theta0(
 def remeasure(out: Path, work: Path) -> dict:
     """Measure an existing theta_0 again (after a change of the measurement) and rewrite its
     report; the model must be the one the report names."""
-    from nextquill_common.jsonl import write_text_atomic
 
     report = load_report(out)
     rows, truth = measurement_rows(work, report["scores"]["rows"])

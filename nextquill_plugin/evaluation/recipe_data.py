@@ -14,7 +14,7 @@ from dataset_formats.strategy import EvaluableType
 from nextquill_common.cli_options import option
 from nextquill_common.jsonl import read_jsonl
 
-from ..trl.command import is_trl_config, recipe_view
+from ..trl.recipe_view import is_trl_config, recipe_view
 
 EVALUABLE_TYPES = DATASET_TYPES
 

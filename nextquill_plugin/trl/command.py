@@ -2,78 +2,37 @@
 one (TRL's own parser and dataset loading, so every ScriptArguments, SFTConfig, ModelConfig and
 dataset-mixture key works as in TRL), with ``NextQuillSFTConfig``'s keys and trainer.
 
-Also what ``nextquill evaluate`` and ``inspect`` read of such a config (``recipe_view``): they
-take Axolotl-shaped recipes, and a TRL config says the same things under TRL's names.
+The command imports TRL when it runs (``nextquill`` dispatches here before building any parser).
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 from pathlib import Path
 from typing import Any
 
-# A TRL config names its model by this key; an Axolotl recipe by base_model.
-TRL_MODEL_KEY = "model_name_or_path"
+import yaml
+from trl import (
+    DatasetMixtureConfig,
+    ModelConfig,
+    ScriptArguments,
+    TrlParser,
+    get_dataset,
+    get_peft_config,
+    get_quantization_config,
+)
 
+from dataset_formats.strategy import LOG as ROWS_LOG
 
-def is_trl_config(config: dict[str, Any]) -> bool:
-    """Whether a YAML mapping is a TRL-style config (``nextquill trl-sft``'s) rather than an
-    Axolotl recipe."""
-    return TRL_MODEL_KEY in config and "base_model" not in config
-
-
-def training_file(config: dict[str, Any]) -> str | None:
-    """The local file the config trains on: the first dataset's ``data_files`` (a path, a list,
-    or a split mapping), or the train split of ``dataset_name`` read as a folder of
-    ``nextquill-data build`` splits."""
-    datasets = config.get("datasets") or []
-    if datasets and isinstance(datasets[0], dict):
-        files = datasets[0].get("data_files")
-        if isinstance(files, dict):
-            files = files.get(config.get("dataset_train_split", "train")) or next(
-                iter(files.values()), None
-            )
-        if isinstance(files, list):
-            files = files[0] if files else None
-        return str(files) if files else None
-    name = config.get("dataset_name")  # a Hub name has no local file: evaluate then asks for --data
-    if name:
-        return str(Path(name) / f"{config.get('dataset_train_split', 'train')}.jsonl")
-    return None
-
-
-def sft_default(key: str) -> Any:
-    """TRL's default of an SFTConfig key (read from TRL, not restated here)."""
-    from dataclasses import fields
-
-    from trl import SFTConfig
-
-    return next(f.default for f in fields(SFTConfig) if f.name == key)
-
-
-def recipe_view(config: dict[str, Any]) -> dict[str, Any]:
-    """The Axolotl-shaped recipe a TRL config amounts to, for evaluation and inspection: its
-    model, sequence length, NextQuill keys, and its training file with its dataset type."""
-    from dataset_formats import DATASET_TYPES
-
-    view = {key: value for key, value in config.items() if key.startswith("nextquill")}
-    view.pop("nextquill_dataset_type", None)
-    view["nextquill"] = config.get("nextquill", True)
-    view["base_model"] = config[TRL_MODEL_KEY]
-    view["sequence_len"] = config.get("max_length") or sft_default("max_length")
-    dataset_type = config.get("nextquill_dataset_type", DATASET_TYPES[0])
-    view["datasets"] = [{"path": training_file(config), "type": dataset_type}]
-    return view
-
+from ..effects_cache import LOG as EFFECTS_LOG
+from .config import NextQuillSFTConfig
+from .recipe_view import TRL_MODEL_KEY
+from .trainer import NextQuillSFTTrainer
 
 def show_nextquill_messages() -> None:
     """Our INFO messages (where the theta_0 effects came from, how many tokens the rule marks,
     skipped rows) on stderr, as Axolotl shows them in its runs."""
-    import logging
-
-    from dataset_formats.strategy import LOG as ROWS_LOG
-
-    from ..effects_cache import LOG as EFFECTS_LOG
-
     logging.basicConfig(format="%(message)s")  # the messages say NextQuill themselves
     for logger in (EFFECTS_LOG, ROWS_LOG):
         logger.setLevel(logging.INFO)
@@ -82,10 +41,6 @@ def show_nextquill_messages() -> None:
 def refuse_unknown_config_keys(parser: Any, argv: list[str]) -> None:
     """Name each key of the ``--config`` file that no dataclass of the parser declares, with the
     closest known key (TRL's own error would only list them)."""
-    import difflib
-
-    import yaml
-
     if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
         return
     path = Path(argv[argv.index("--config") + 1])
@@ -106,19 +61,6 @@ def refuse_unknown_config_keys(parser: Any, argv: list[str]) -> None:
 def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     """Parse the config and the command line as ``trl sft`` does, then train and save."""
     show_nextquill_messages()
-    from trl import (
-        DatasetMixtureConfig,
-        ModelConfig,
-        ScriptArguments,
-        TrlParser,
-        get_dataset,
-        get_peft_config,
-        get_quantization_config,
-    )
-
-    from .config import NextQuillSFTConfig
-    from .trainer import NextQuillSFTTrainer
-
     parser = TrlParser(
         (ScriptArguments, NextQuillSFTConfig, ModelConfig, DatasetMixtureConfig), prog=prog
     )
