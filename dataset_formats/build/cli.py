@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     s = commands.add_parser(
         "synthetic", help="raw Amazon-schema files with planted per-user preferences"
     )
-    s.add_argument("--out", required=True, type=Path, help="folder for reviews.jsonl.gz and meta.jsonl.gz")
+    s.add_argument(
+        "--out", required=True, type=Path, help="folder for reviews.jsonl.gz and meta.jsonl.gz"
+    )
     s.add_argument("--users", type=int, default=200, help="how many users (default: 200)")
     s.add_argument(
         "--reviews-per-user", type=int, default=22, help="reviews per user (default: 22)"

@@ -229,7 +229,9 @@ def synthetic_users(n_users: int, seed: int = 0, style: Style = Style()) -> list
     for i in range(n_users):
         a, b, c, d, e, f = rng.sample(pool, 6)
         users.append(
-            SyntheticUser(f"U{seed:02d}{i:05d}", (a, b, f"{c} {d}"), f"{SIGN_OFF_FRAME}{e} {f}.", style)
+            SyntheticUser(
+                f"U{seed:02d}{i:05d}", (a, b, f"{c} {d}"), f"{SIGN_OFF_FRAME}{e} {f}.", style
+            )
         )
     return users
 
