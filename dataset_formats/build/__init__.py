@@ -26,12 +26,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .common import SPLITS, BuildError, BuildOptions, Report, sql_text
+from .common import SPLITS, BuildError, BuildOptions, Report, Tables, count_rows, sql_text
 from .output import (
     CARD,
     check_out_dir,
-    dataset_card,
     check_writable,
+    dataset_card,
     make_work_folder,
     put_in_place,
     recover_interrupted_swap,
@@ -83,7 +83,11 @@ def build(
     def say(message: str) -> None:
         if options.show_progress:
             # Progress goes to stderr: stdout carries only the stats JSON, for pipes.
-            print(f"[nextquill-data] {message} ({time.time() - started:.0f}s)", file=sys.stderr, flush=True)
+            print(
+                f"[nextquill-data] {message} ({time.time() - started:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     check_inputs(reviews, meta)  # every input, before a line of any is read
     check_writable(out_dir)
@@ -124,7 +128,7 @@ def build(
             con.execute("PRAGMA enable_progress_bar")
         with database_step("the database step"):
             select_users_and_targets(con, report, options, say)
-        if con.execute("SELECT count(*) FROM r").fetchone()[0] == 0:
+        if count_rows(con, Tables.REVIEWS) == 0:
             raise BuildError(
                 "no user survived the protocol's filters; see the drop counts: "
                 + json.dumps(dict(report.reviews_dropped))
