@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rank_bm25 import BM25Okapi
+
 from .prompting import build_paired_example, shorten
 from .settings import HistorySelection, PromptSettings
 from .sources import data_source
@@ -68,7 +70,6 @@ def select_history(
     newest_first = sorted(history, key=lambda r: r.get("timestamp") or 0, reverse=True)
     if selection != HistorySelection.bm25 or len(newest_first) <= k:
         return newest_first[:k]
-    from rank_bm25 import BM25Okapi
 
     def words(review: dict) -> list[str]:
         return f"{review.get('item_title') or ''} {review.get('item_description') or ''}".lower().split()

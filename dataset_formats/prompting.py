@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .contract import (
     COUNTERFACTUAL_IDS,
@@ -91,6 +91,20 @@ HistoryEntry = Callable[[int | None], str]
 UserMessage = Callable[[str, int | None], str]
 
 
+# The prompt's token ids for the history entries kept and a description limit.
+PromptIds = Callable[[Sequence[HistoryEntry], int | None], list[int]]
+
+
+class FittedHistory(NamedTuple):
+    """The history entries that fit the budget, the description limit they needed, the
+    with-history prompt they make and the ``nq_truncation`` flags of what was cut."""
+
+    entries: list[HistoryEntry]
+    limit: int | None
+    prompt: list[int]
+    flags: int
+
+
 def build_paired_example(
     renderer: PromptRenderer,
     settings: PromptSettings,
@@ -108,60 +122,88 @@ def build_paired_example(
     target is cut. The item, the output rating/title and the assistant header are
     never cut.
     """
-    budget = settings.sequence_len
     target = renderer.target_ids(target_text)
-    candidates = list(history[: settings.history_k]) if settings.include_history else []
-    entries = list(candidates)
-    flags = 0
 
-    def with_history_ids(kept: Sequence[HistoryEntry], limit: int | None) -> list[int]:
+    def prompt_ids(kept: Sequence[HistoryEntry], limit: int | None) -> list[int]:
         block = history_block([entry(limit) for entry in kept]) if kept else settings.placeholder
         return renderer.prompt_ids(settings.system_prompt, user_message(block, limit))
 
-    limit: int | None = None
-    prompt = with_history_ids(entries, limit)
-    while len(prompt) + len(target) > budget and len(entries) > 1:
+    candidates = list(history[: settings.history_k]) if settings.include_history else []
+    fitted = _fit_history(candidates, prompt_ids, len(target), settings.sequence_len)
+    cf_prompt = prompt_ids([], fitted.limit)  # the placeholder instead of the history block
+    longest_prompt = max(len(fitted.prompt), len(cf_prompt))
+    target, flags = _fit_target(target, longest_prompt, settings.sequence_len, fitted.flags)
+    return _paired_row(settings, fitted, cf_prompt, target, flags)
+
+
+def _fit_history(
+    candidates: list[HistoryEntry], prompt_ids: PromptIds, target_length: int, budget: int
+) -> FittedHistory:
+    """The truncation order of ``build_paired_example``, up to (not including) the target."""
+
+    def fits(prompt: list[int]) -> bool:
+        return len(prompt) + target_length <= budget
+
+    entries, limit, flags = list(candidates), None, 0
+    prompt = prompt_ids(entries, limit)
+    while not fits(prompt) and len(entries) > 1:
         entries.pop()
         flags |= DROPPED_OLD_HISTORY
-        prompt = with_history_ids(entries, limit)
+        prompt = prompt_ids(entries, limit)
     for candidate in DESCRIPTION_LIMITS:
-        if len(prompt) + len(target) <= budget:
+        if fits(prompt):
             break
         limit, flags = candidate, flags | SHORTENED_DESCRIPTIONS
-        prompt = with_history_ids(entries, limit)
-    if len(prompt) + len(target) > budget and entries:
+        prompt = prompt_ids(entries, limit)
+    if not fits(prompt) and entries:
         # The most important entry is too long on its own: keep the others that fit.
         entries, flags = [], flags | SKIPPED_LONG_ENTRY
         for entry in candidates[1:]:
-            if len(with_history_ids([*entries, entry], limit)) + len(target) <= budget:
+            if fits(prompt_ids([*entries, entry], limit)):
                 entries.append(entry)
         if not entries:
             flags = (flags & ~SKIPPED_LONG_ENTRY) | DROPPED_ALL_HISTORY
-        prompt = with_history_ids(entries, limit)
-    cf_prompt = renderer.prompt_ids(
-        settings.system_prompt, user_message(settings.placeholder, limit)
-    )
-    longest_prompt = max(len(prompt), len(cf_prompt))
-    if longest_prompt + len(target) > budget:
-        room = budget - longest_prompt
-        if room < 2:
-            raise ValueError(
-                f"sequence_len={budget} cannot hold even the prompt without history "
-                f"({longest_prompt} tokens); raise sequence_len."
-            )
-        target, flags = [*target[: room - 1], target[-1]], flags | CUT_TARGET
+        prompt = prompt_ids(entries, limit)
+    return FittedHistory(entries, limit, prompt, flags)
 
+
+def _fit_target(
+    target: list[int], longest_prompt: int, budget: int, flags: int
+) -> tuple[list[int], int]:
+    """The target cut (keeping its EOS) to fit beside the longer of the two prompts, and the
+    flags with ``CUT_TARGET`` if it was."""
+    if longest_prompt + len(target) <= budget:
+        return target, flags
+    room = budget - longest_prompt
+    if room < 2:
+        raise ValueError(
+            f"sequence_len={budget} cannot hold even the prompt without history "
+            f"({longest_prompt} tokens); raise sequence_len."
+        )
+    return [*target[: room - 1], target[-1]], flags | CUT_TARGET
+
+
+def _paired_row(
+    settings: PromptSettings,
+    fitted: FittedHistory,
+    cf_prompt: list[int],
+    target: list[int],
+    flags: int,
+) -> dict[str, Any]:
+    """The columns of one sample: the with-history sequence, and the counterfactual one when
+    the settings ask for it."""
+    prompt = fitted.prompt
     row: dict[str, Any] = {
         "input_ids": prompt + target,
         "attention_mask": [1] * (len(prompt) + len(target)),
         "labels": [IGNORE_INDEX] * len(prompt) + target,
-        HISTORY_KEPT: len(entries),
+        HISTORY_KEPT: len(fitted.entries),
         TRUNCATION: flags,
         PROMPT_SETTINGS: settings.fingerprint(),
     }
     if settings.emit_counterfactual:
         # A row whose history had to go entirely has no causal contrast: no counterfactual.
-        has_pair = bool(entries)
+        has_pair = bool(fitted.entries)
         row[COUNTERFACTUAL_IDS] = cf_prompt + target if has_pair else []
         row[COUNTERFACTUAL_LABELS] = [IGNORE_INDEX] * len(cf_prompt) + target if has_pair else []
     return row

@@ -2,7 +2,9 @@
 
 ``PromptArgs`` is the pydantic schema of the keys (the plugin's ``NextQuillArgs`` composes it
 into Axolotl's config); ``PromptSettings`` is what a dataset type works with, resolved from a
-recipe (a validated Axolotl config or a raw dict) by ``PromptSettings.from_cfg``.
+recipe (a validated Axolotl config or a raw dict) by ``PromptSettings.from_cfg``. A field of
+``PromptSettings`` read from a recipe key names that key once (``from_recipe_key``) and takes
+its default from ``PromptArgs``, so a default is never written twice.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -123,19 +125,27 @@ class PromptArgs(BaseModel):
         return labels
 
 
+def from_recipe_key(key: str) -> Any:
+    """A ``PromptSettings`` field read from the recipe key ``key``, with that key's default
+    (declared once, in ``PromptArgs``)."""
+    return field(default=PromptArgs.model_fields[key].default, metadata={"recipe_key": key})
+
+
 @dataclass
 class PromptSettings:
     """What a dataset type needs to build prompts: ``PromptArgs`` resolved for one recipe."""
 
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    placeholder: str = "None"
-    history_k: int = 8
-    selection: HistorySelection = HistorySelection.recent
-    include_history: bool = True
+    system_prompt: str = from_recipe_key("nextquill_system_prompt")
+    placeholder: str = from_recipe_key("nextquill_history_placeholder")
+    history_k: int = from_recipe_key("nextquill_history_k")
+    selection: HistorySelection = from_recipe_key("nextquill_history_selection")
+    include_history: bool = from_recipe_key("nextquill_include_history")
+    # Counterfactual prompts are only needed by the NextQuill trainer (the recipe's `nextquill`).
     emit_counterfactual: bool = True
+    # The defaults with the recipe's nextquill_field_labels over them.
     labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FIELD_LABELS))
     sequence_len: int = DEFAULT_SEQUENCE_LEN
-    strict_rows: bool = False
+    strict_rows: bool = from_recipe_key("nextquill_strict_rows")
 
     def fingerprint(self) -> str:
         """Identity of what these settings make of a row (the prepared data's settings)."""
@@ -154,17 +164,16 @@ class PromptSettings:
             args = PromptArgs.model_validate(given)
         except ValidationError as error:
             raise ValueError(describe_validation_error(error)) from None
+        from_keys = {
+            f.name: getattr(args, f.metadata["recipe_key"])
+            for f in fields(cls)
+            if "recipe_key" in f.metadata
+        }
         return cls(
-            system_prompt=args.nextquill_system_prompt,
-            placeholder=args.nextquill_history_placeholder,
-            history_k=args.nextquill_history_k,
-            selection=args.nextquill_history_selection,
-            include_history=args.nextquill_include_history,
-            # Counterfactual prompts are only needed by the NextQuill trainer.
+            **from_keys,
             emit_counterfactual=bool(get("nextquill")),
             labels={**DEFAULT_FIELD_LABELS, **(args.nextquill_field_labels or {})},
             sequence_len=int(get("sequence_len") or DEFAULT_SEQUENCE_LEN),
-            strict_rows=args.nextquill_strict_rows,
         )
 
 

@@ -168,3 +168,14 @@ def test_bad_rows_and_labels_fail_clearly(tiny_tokenizer):
         load_amazon(tiny_tokenizer, CFG).tokenize_prompt({"user_id": "u", "history": []})
     with pytest.raises(ValueError, match="unknown keys"):
         load_amazon(tiny_tokenizer, {**CFG, "nextquill_field_labels": {"titel": "x"}})
+
+
+def test_the_default_prompt_settings_keep_their_fingerprint():
+    """Prepared-data caches are keyed by this fingerprint: a refactoring of the settings must not
+    change it (values computed before the defaults were declared once, in ``PromptArgs``)."""
+    from dataset_formats.settings import PromptSettings
+
+    assert PromptSettings().fingerprint() == "9c455afc91fe3a44"
+    assert PromptSettings(emit_counterfactual=False).fingerprint() == "ecace9e5a8eae23a"
+    assert PromptSettings.from_cfg({}) == PromptSettings(emit_counterfactual=False)
+    assert PromptSettings.from_cfg(CFG) == PromptSettings()

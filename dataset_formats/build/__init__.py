@@ -26,12 +26,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .common import SPLITS, BuildError, BuildOptions, Report, sql_text
+import duckdb
+
+from .common import SPLITS, BuildError, BuildOptions, Report, Tables, count_rows, sql_text
 from .output import (
     CARD,
     check_out_dir,
-    dataset_card,
     check_writable,
+    dataset_card,
     make_work_folder,
     put_in_place,
     recover_interrupted_swap,
@@ -55,12 +57,41 @@ __all__ = [
 @contextlib.contextmanager
 def database_step(what: str) -> Iterator[None]:
     """Turn a DuckDB failure (usually memory) into a BuildError that says what to change."""
-    import duckdb
-
     try:
         yield
     except duckdb.Error as error:
         raise BuildError(f"{what} failed ({error}); try a larger --memory-limit") from error
+
+
+class Progress:
+    """Progress lines on stderr (unless ``--quiet``) and the seconds each stage took."""
+
+    def __init__(self, report: Report, show: bool):
+        self.report = report
+        self.show = show
+        self.started = time.time()
+        self.stage_started = time.perf_counter()
+
+    def say(self, message: str) -> None:
+        if self.show:
+            # Progress goes to stderr: stdout carries only the stats JSON, for pipes.
+            print(
+                f"[nextquill-data] {message} ({self.elapsed():.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def elapsed(self) -> float:
+        """Seconds since the build started."""
+        return time.time() - self.started
+
+    def start_stages(self) -> None:
+        """The first stage starts now (the checks of the inputs and --out are not a stage)."""
+        self.stage_started = time.perf_counter()
+
+    def stage_done(self, name: str) -> None:
+        self.report.stage_seconds[name] = round(time.perf_counter() - self.stage_started, 1)
+        self.stage_started = time.perf_counter()
 
 
 def build(
@@ -72,87 +103,109 @@ def build(
     ``out_dir`` and moved into place at the end. Raises BuildError when the input cannot be
     trusted (truncated gzip, empty file, ``--strict`` and a bad line) or no user survives.
     """
-    import duckdb
-
     options = options or BuildOptions()
     options.check()
-    started = time.time()
     report = Report()
+    progress = Progress(report, options.show_progress)
     out_dir = Path(out_dir).resolve()
-
-    def say(message: str) -> None:
-        if options.show_progress:
-            # Progress goes to stderr: stdout carries only the stats JSON, for pipes.
-            print(f"[nextquill-data] {message} ({time.time() - started:.0f}s)", file=sys.stderr, flush=True)
-
     check_inputs(reviews, meta)  # every input, before a line of any is read
-    check_writable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    recovered = recover_interrupted_swap(out_dir)
-    if recovered:
-        say(recovered)
-    check_out_dir(out_dir)
-    for stale in remove_stale_work_folders(out_dir):
-        say(f"removed {stale}, the work folder of an interrupted build")
-    work = make_work_folder(out_dir)
+    work = _prepare_work_folder(out_dir, progress)
     # In memory, spilling to the work folder beyond --memory-limit: a database file would be
     # written to disk whole. Closed on every path: a connection that holds Python functions at
     # exit makes the extension print reference-leak warnings.
     con = duckdb.connect()
-    stage_started = time.perf_counter()
-
-    def stage_done(name: str) -> None:
-        nonlocal stage_started
-        report.stage_seconds[name] = round(time.perf_counter() - stage_started, 1)
-        stage_started = time.perf_counter()
-
+    progress.start_stages()
     try:
-        con.execute(
-            f"SET memory_limit = {sql_text(options.memory_limit)}; "
-            f"SET temp_directory = {sql_text(str(work / 'spill'))};"
-        )
-        if options.threads:
-            con.execute(f"SET threads = {options.threads}")
-        con.execute("SET preserve_insertion_order = true")
-        define_sql_functions(con)
-        with database_step("reading the input"):
-            read_items(con, [Path(p) for p in meta], report, options)
-            read_reviews(con, [Path(p) for p in reviews], report, options)
-        say(f"read {report.reviews_read} review lines and {report.items_read} item lines")
-        stage_done("read")
-        if options.show_progress:
-            con.execute("PRAGMA enable_progress_bar")
-        with database_step("the database step"):
-            select_users_and_targets(con, report, options, say)
-        if con.execute("SELECT count(*) FROM r").fetchone()[0] == 0:
-            raise BuildError(
-                "no user survived the protocol's filters; see the drop counts: "
-                + json.dumps(dict(report.reviews_dropped))
-            )
-        stage_done("select")
+        _configure(con, options, spill=work / "spill")
+        _read_inputs(con, [Path(p) for p in reviews], [Path(p) for p in meta], report, options)
+        progress.say(f"read {report.reviews_read} review lines and {report.items_read} item lines")
+        progress.stage_done("read")
+        _select(con, report, options, progress)
+        progress.stage_done("select")
         result = work / "result"
         result.mkdir()
-        with database_step("writing the splits"):
-            write_splits(con, result, report, options)
-        stage_done("write")
-        empty = [
-            split
-            for split, targets in zip(SPLITS, options.targets_per_split(), strict=True)
-            if targets and not report.rows_per_split.get(split)
-        ]
-        if empty:
-            raise BuildError(f"the {' and '.join(empty)} split would be empty; nothing was written")
-        report.seconds = round(time.time() - started, 1)
-        (result / "stats.json").write_text(
-            json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"
-        )
+        _write_splits(con, result, report, options)
+        progress.stage_done("write")
+        report.seconds = round(progress.elapsed(), 1)
         inputs = [Path(p).name for p in [*reviews, *meta]]
-        card = dataset_card(out_dir.name, report.to_json(), options.thresholds(), inputs)
-        (result / CARD).write_text(card)
+        _write_stats_and_card(result, out_dir.name, report, options, inputs)
         check_out_dir(out_dir)  # again: files may have been put there while we built
         put_in_place(result, out_dir)
-        say(f"wrote {report.rows_per_split} rows of {report.users} users to {out_dir}")
+        progress.say(f"wrote {report.rows_per_split} rows of {report.users} users to {out_dir}")
         return report
     finally:
         con.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare_work_folder(out_dir: Path, progress: Progress) -> Path:
+    """Check that ``out_dir`` may be built into, tidy what killed builds left beside it, and
+    make this build's work folder there."""
+    check_writable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    recovered = recover_interrupted_swap(out_dir)
+    if recovered:
+        progress.say(recovered)
+    check_out_dir(out_dir)
+    for stale in remove_stale_work_folders(out_dir):
+        progress.say(f"removed {stale}, the work folder of an interrupted build")
+    return make_work_folder(out_dir)
+
+
+def _configure(con, options: BuildOptions, spill: Path) -> None:
+    """DuckDB's memory limit, spill folder and threads, and the protocol's SQL functions."""
+    con.execute(
+        f"SET memory_limit = {sql_text(options.memory_limit)}; "
+        f"SET temp_directory = {sql_text(str(spill))};"
+    )
+    if options.threads:
+        con.execute(f"SET threads = {options.threads}")
+    con.execute("SET preserve_insertion_order = true")
+    define_sql_functions(con)
+
+
+def _read_inputs(
+    con, reviews: list[Path], meta: list[Path], report: Report, options: BuildOptions
+) -> None:
+    """Stage 1: every line of the metadata and review files, into the valid items and reviews."""
+    with database_step("reading the input"):
+        read_items(con, meta, report, options)
+        read_reviews(con, reviews, report, options)
+
+
+def _select(con, report: Report, options: BuildOptions, progress: Progress) -> None:
+    """Stage 2's filters: the reviews that make rows; raise BuildError when no user is left."""
+    if options.show_progress:
+        con.execute("PRAGMA enable_progress_bar")
+    with database_step("the database step"):
+        select_users_and_targets(con, report, options, progress.say)
+    if count_rows(con, Tables.REVIEWS) == 0:
+        raise BuildError(
+            "no user survived the protocol's filters; see the drop counts: "
+            + json.dumps(dict(report.reviews_dropped))
+        )
+
+
+def _write_splits(con, result: Path, report: Report, options: BuildOptions) -> None:
+    """Stage 2's rows, into the split files in ``result``; raise BuildError when a split that
+    should have targets has no row."""
+    with database_step("writing the splits"):
+        write_splits(con, result, report, options)
+    empty = [
+        split
+        for split, targets in zip(SPLITS, options.targets_per_split(), strict=True)
+        if targets and not report.rows_per_split.get(split)
+    ]
+    if empty:
+        raise BuildError(f"the {' and '.join(empty)} split would be empty; nothing was written")
+
+
+def _write_stats_and_card(
+    result: Path, name: str, report: Report, options: BuildOptions, inputs: list[str]
+) -> None:
+    """stats.json and the dataset card, beside the split files in ``result``."""
+    (result / "stats.json").write_text(
+        json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"
+    )
+    card = dataset_card(name, report.to_json(), options.thresholds(), inputs)
+    (result / CARD).write_text(card)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from nextquill_common.cli_options import (
@@ -21,11 +22,26 @@ from nextquill_common.jsonl import write_jsonl
 
 from . import BuildError, BuildOptions, build
 from .dpl import convert_dpl
+from .synthetic import Style, synthetic_raw_amazon
+
+# What runs a command, given its parsed arguments.
+Run = Callable[[argparse.Namespace], None]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Exit codes: 0 done, 1 a build that failed (the message says why), 2 a wrong command line.
     Progress goes to stderr; ``build`` prints its stats JSON on stdout."""
+    args = command_line().parse_args(argv)
+    try:
+        args.run(args)
+    except (BuildError, OSError) as error:
+        print(f"nextquill-data {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def command_line() -> argparse.ArgumentParser:
+    """The parser of every command; each command's parser sets ``run``, the function that runs
+    it with the parsed arguments, and ``command_parser``, itself (to report a wrong value)."""
     parser = argparse.ArgumentParser(
         prog="nextquill-data",
         description=__doc__,
@@ -33,68 +49,85 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    b = commands.add_parser(
+    for add_command in (_add_build, _add_convert_dpl, _add_synthetic):
+        command_parser, run = add_command(commands)
+        command_parser.set_defaults(run=run, command_parser=command_parser)
+    return parser
+
+
+def _add_build(commands) -> tuple[argparse.ArgumentParser, Run]:
+    build_parser = commands.add_parser(
         "build", help="raw review + metadata files -> train/validation/test user rows"
     )
-    b.add_argument(
+    build_parser.add_argument(
         "--reviews", nargs="+", required=True, type=Path,
         help="review files of a category ({Category}.jsonl[.gz] of Amazon Reviews 2023)",
     )  # fmt: skip
-    b.add_argument(
+    build_parser.add_argument(
         "--meta", nargs="+", required=True, type=Path,
         help="its item metadata files (meta_{Category}.jsonl[.gz])",
     )  # fmt: skip
-    b.add_argument(
+    build_parser.add_argument(
         "--out", required=True, type=Path,
         help="output folder: train/validation/test.jsonl, stats.json and a dataset card",
     )  # fmt: skip
-    add_dataclass_options(b, BuildOptions)
-    d = commands.add_parser("convert-dpl", help="rows of the DPL release -> user rows")
-    d.add_argument("--rows", required=True, type=Path, help="a JSONL file of DPL rows")
-    d.add_argument("--meta", required=True, type=Path, help="the DPL release's item metadata")
-    d.add_argument("--out", required=True, type=Path, help="the JSONL file of user rows to write")
-    s = commands.add_parser(
+    add_dataclass_options(build_parser, BuildOptions)
+    return build_parser, _run_build
+
+
+def _run_build(args: argparse.Namespace) -> None:
+    options = dataclass_from_args(BuildOptions, args)
+    report = build(args.reviews, args.meta, args.out, options)
+    if options.show_progress:  # --quiet prints nothing; stats.json has it all
+        summary = {k: v for k, v in report.to_json().items() if k != "bad_input"}
+        print(json.dumps(summary, indent=2))
+
+
+def _add_convert_dpl(commands) -> tuple[argparse.ArgumentParser, Run]:
+    dpl_parser = commands.add_parser("convert-dpl", help="rows of the DPL release -> user rows")
+    dpl_parser.add_argument("--rows", required=True, type=Path, help="a JSONL file of DPL rows")
+    dpl_parser.add_argument(
+        "--meta", required=True, type=Path, help="the DPL release's item metadata"
+    )
+    dpl_parser.add_argument(
+        "--out", required=True, type=Path, help="the JSONL file of user rows to write"
+    )
+    return dpl_parser, _run_convert_dpl
+
+
+def _run_convert_dpl(args: argparse.Namespace) -> None:
+    print(f"wrote {convert_dpl(args.rows, args.meta, args.out)} rows to {args.out}")
+
+
+def _add_synthetic(commands) -> tuple[argparse.ArgumentParser, Run]:
+    synthetic_parser = commands.add_parser(
         "synthetic", help="raw Amazon-schema files with planted per-user preferences"
     )
-    s.add_argument("--out", required=True, type=Path, help="folder for reviews.jsonl.gz and meta.jsonl.gz")
-    s.add_argument("--users", type=int, default=200, help="how many users (default: 200)")
-    s.add_argument(
+    synthetic_parser.add_argument(
+        "--out", required=True, type=Path, help="folder for reviews.jsonl.gz and meta.jsonl.gz"
+    )
+    synthetic_parser.add_argument(
+        "--users", type=int, default=200, help="how many users (default: 200)"
+    )
+    synthetic_parser.add_argument(
         "--reviews-per-user", type=int, default=22, help="reviews per user (default: 22)"
     )
-    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    from .synthetic import Style
+    synthetic_parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_dataclass_options(synthetic_parser, Style)
+    return synthetic_parser, _run_synthetic
 
-    add_dataclass_options(s, Style)
-    args = parser.parse_args(argv)
-    if args.command == "synthetic":
-        try:
-            style = dataclass_from_args(Style, args)
-        except ValueError as error:
-            s.error(str(error))
+
+def _run_synthetic(args: argparse.Namespace) -> None:
     try:
-        if args.command == "build":
-            options = dataclass_from_args(BuildOptions, args)
-            report = build(args.reviews, args.meta, args.out, options)
-            if options.show_progress:  # --quiet prints nothing; stats.json has it all
-                print(
-                    json.dumps(
-                        {k: v for k, v in report.to_json().items() if k != "bad_input"}, indent=2
-                    )
-                )
-        elif args.command == "convert-dpl":
-            print(f"wrote {convert_dpl(args.rows, args.meta, args.out)} rows to {args.out}")
-        else:
-            from .synthetic import synthetic_raw_amazon
-
-            reviews, meta = synthetic_raw_amazon(
-                args.users, args.reviews_per_user, seed=args.seed, style=style
-            )
-            write_jsonl(args.out / "reviews.jsonl.gz", reviews, sort_keys=True)
-            write_jsonl(args.out / "meta.jsonl.gz", meta, sort_keys=True)
-            print(f"wrote {len(reviews)} reviews and {len(meta)} items to {args.out}")
-    except (BuildError, OSError) as error:
-        print(f"nextquill-data {args.command}: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        style = dataclass_from_args(Style, args)
+    except ValueError as error:
+        args.command_parser.error(str(error))  # exits with 2: a wrong command line
+    reviews, meta = synthetic_raw_amazon(
+        args.users, args.reviews_per_user, seed=args.seed, style=style
+    )
+    write_jsonl(args.out / "reviews.jsonl.gz", reviews, sort_keys=True)
+    write_jsonl(args.out / "meta.jsonl.gz", meta, sort_keys=True)
+    print(f"wrote {len(reviews)} reviews and {len(meta)} items to {args.out}")
 
 
 if __name__ == "__main__":

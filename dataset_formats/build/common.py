@@ -1,4 +1,4 @@
-"""What both stages of the builder share: options, the report, the error."""
+"""What both stages of the builder share: options, the tables they hand over, the report."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from nextquill_common.cli_options import option
 
 SPLITS = ("train", "validation", "test")
 MAX_LOCATIONS_PER_REASON = 200  # bad-input locations listed in the report, per reason
@@ -16,39 +18,72 @@ def sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def count_rows(con, table: str) -> int:
+    """How many rows the DuckDB table ``table`` has."""
+    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
 class BuildError(RuntimeError):
     """The input cannot be trusted or the result would be empty: nothing is written."""
 
 
-def option(help_text: str, default: int | str):
-    """A threshold of the protocol, with the help its command-line flag shows."""
-    return field(default=default, metadata={"help": help_text})
+class Tables:
+    """The DuckDB tables through which the builder's stages hand data over, each named here.
+
+    - ``REVIEW_LINES``, ``ITEM_LINES``: every input line with the reason it is dropped (or NULL)
+      and the columns kept; made and read by stage 1 (``raw_lines``), dropped at its end.
+    - ``REVIEWS``: the valid reviews; made by stage 1 (``raw_lines.read_reviews``); stage 2
+      (``splits.select_users_and_targets``) deletes from it the reviews the protocol drops and
+      numbers the rest (through ``NUMBERED_REVIEWS``, which replaces it); ``build`` checks that
+      it is not empty; ``splits.write_splits`` reads it.
+    - ``ITEMS``: the valid items, one per parent_asin; made by stage 1 (``raw_lines.read_items``),
+      read by stage 2 (``splits``).
+    - ``SPLIT_REVIEWS``: the kept reviews with their item, split and 1-based position per user;
+      made and read by stage 2 (``splits.write_splits``), the source of the rows.
+    """
+
+    REVIEW_LINES = "review_lines"
+    ITEM_LINES = "item_lines"
+    REVIEWS = "reviews"
+    NUMBERED_REVIEWS = "numbered_reviews"
+    ITEMS = "items"
+    SPLIT_REVIEWS = "split_reviews"
 
 
 @dataclass
 class BuildOptions:
     """Every threshold of the protocol; defaults are DPL's (Qiu et al. 2025)."""
 
-    min_text_chars: int = option("a review's text must have at least this many characters", 200)
-    min_description_chars: int = option("an item's description: at least this many characters", 100)
-    max_description_chars: int = option("an item's description: at most this many characters", 2000)
-    min_item_users: int = option("k-core: an item needs reviews from at least this many users", 8)
-    min_user_reviews: int = option("k-core: a user needs at least this many reviews", 18)
-    max_user_reviews: int = option("k-core: users with more reviews are dropped", 500)
-    targets_per_user: int = option("a user's last N reviews are targets; the rest the profile", 10)
-    validation_targets: int = option("of those, how many are validation targets", 1)
-    test_targets: int = option("of those, how many are test targets (the last)", 1)
+    min_text_chars: int = option(
+        "a review's text must have at least this many characters", default=200
+    )
+    min_description_chars: int = option(
+        "an item's description: at least this many characters", default=100
+    )
+    max_description_chars: int = option(
+        "an item's description: at most this many characters", default=2000
+    )
+    min_item_users: int = option(
+        "k-core: an item needs reviews from at least this many users", default=8
+    )
+    min_user_reviews: int = option("k-core: a user needs at least this many reviews", default=18)
+    max_user_reviews: int = option("k-core: users with more reviews are dropped", default=500)
+    targets_per_user: int = option(
+        "a user's last N reviews are targets; the rest the profile", default=10
+    )
+    validation_targets: int = option("of those, how many are validation targets", default=1)
+    test_targets: int = option("of those, how many are test targets (the last)", default=1)
     min_profile_item_users: int = option(
-        "after the split: a profile item needs at least this many users", 5
+        "after the split: a profile item needs at least this many users", default=5
     )
-    min_profile_reviews: int = option("after the split: a user needs this many profile reviews", 8)
-    max_history: int = option("earlier reviews carried by each row, the most recent", 50)
-    strict: bool = field(default=False, metadata={"help": "turn every skipped line into an error"})
-    memory_limit: str = option("DuckDB's memory limit; beyond it, it spills to disk", "8GB")
-    threads: int = field(default=0, metadata={"help": "DuckDB's worker threads (0: one per core)"})
-    show_progress: bool = field(
-        default=True, metadata={"flag": "--quiet", "help": "no progress output"}
+    min_profile_reviews: int = option(
+        "after the split: a user needs this many profile reviews", default=8
     )
+    max_history: int = option("earlier reviews carried by each row, the most recent", default=50)
+    strict: bool = option("turn every skipped line into an error", default=False)
+    memory_limit: str = option("DuckDB's memory limit; beyond it, it spills to disk", default="8GB")
+    threads: int = option("DuckDB's worker threads (0: one per core)", default=0)
+    show_progress: bool = option("no progress output", default=True, flag="--quiet")
 
     def thresholds(self) -> dict[str, Any]:
         """The protocol's thresholds (what shapes the rows; not how the build runs)."""
@@ -100,12 +135,6 @@ class Report:
     history_length: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    def skip(self, kind: str, reason: str, where: str) -> None:
-        (self.reviews_dropped if kind == "review" else self.items_dropped)[reason] += 1
-        locations = self.bad_input.setdefault(f"{kind}:{reason}", [])
-        if len(locations) < MAX_LOCATIONS_PER_REASON:
-            locations.append(where)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -11,8 +11,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import BuildError, iter_json_lines, join_description
 from nextquill_common.jsonl import write_jsonl
+
+from . import BuildError, iter_json_lines, join_description
 
 
 def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> int:

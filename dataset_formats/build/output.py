@@ -52,9 +52,7 @@ def dataset_card(name: str, report: dict, options: dict, inputs: list[str]) -> s
     """A Hugging Face dataset card for a build: the ``configs`` block naming the three split
     files (so ``load_dataset(folder)`` and a recipe's ``path: org/name`` find them), the
     protocol's thresholds, the counts from stats.json and the source data's terms."""
-    splits = "\n".join(
-        f"  - split: {split}\n    path: {split}.jsonl" for split in SPLITS
-    )
+    splits = "\n".join(f"  - split: {split}\n    path: {split}.jsonl" for split in SPLITS)
     thresholds = "\n".join(f"| `--{k.replace('_', '-')}` | {v} |" for k, v in options.items())
     rows = ", ".join(f"{split} {report['rows_per_split'].get(split, 0)}" for split in SPLITS)
     return f"""---
@@ -73,7 +71,7 @@ tags:
 
 User rows for personalized review generation, built by `nextquill-data build` (the
 nextquill-axolotl package) from Amazon Reviews 2023 with the DPL protocol (Qiu et al., 2025)
-that NextQuill (Zhao et al., 2025) follows: {report['users']} users; rows {rows}.
+that NextQuill (Zhao et al., 2025) follows: {report["users"]} users; rows {rows}.
 
 Each row: `user_id`, `target` (the review to write: item title and description, rating, title,
 text, timestamp) and `history` (the user's earlier reviews, oldest first). Train with Axolotl and
@@ -86,7 +84,7 @@ datasets:
     type: dataset_formats.amazon_reviews
 ```
 
-Source files: {', '.join(inputs)}. `stats.json` accounts for every input line (kept or dropped,
+Source files: {", ".join(inputs)}. `stats.json` accounts for every input line (kept or dropped,
 by reason).
 
 | threshold | value |

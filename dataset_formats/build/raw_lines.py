@@ -21,12 +21,24 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from .common import MAX_LOCATIONS_PER_REASON, BuildError, BuildOptions, Report, sql_text
+from .common import (
+    MAX_LOCATIONS_PER_REASON,
+    BuildError,
+    BuildOptions,
+    Report,
+    Tables,
+    count_rows,
+    sql_text,
+)
 
 BLOCK_BYTES = 32 << 20  # decompressed bytes per block: large enough for DuckDB's threads
 BATCH_LINES = 4096
 NEWLINE = 10
-PARSE_REASONS = ("invalid_utf8", "blank_line", "malformed_json")
+# Why a line is not a JSON object, the first check of every line; all three are bad input.
+INVALID_UTF8, BLANK_LINE, MALFORMED_JSON = "invalid_utf8", "blank_line", "malformed_json"
+PARSE_REASONS = (INVALID_UTF8, BLANK_LINE, MALFORMED_JSON)
+# The prefixes of the reasons a parsed line's fields give: absent or null, of the wrong type.
+MISSING, BAD = "missing_", "bad_"
 
 
 def _open(path: Path):
@@ -105,7 +117,7 @@ def check_inputs(reviews: list[Path], meta: list[Path]) -> None:
     review_keys = [_first_keys(Path(p)) for p in reviews]
     meta_keys = [_first_keys(Path(p)) for p in meta]
     looks_like_items = all(k and not REVIEW_KEYS & k and ITEM_KEYS & k for k in review_keys)
-    looks_like_reviews = all(k and REVIEW_KEYS <= k for k in meta_keys)
+    looks_like_reviews = all(k and k >= REVIEW_KEYS for k in meta_keys)
     if looks_like_items and looks_like_reviews:
         raise BuildError(
             "the files look swapped: the --reviews files hold item metadata (main_category, "
@@ -143,29 +155,43 @@ def _strings(body: bytes) -> pa.Array:
         return pa.array(decoded, pa.large_string())
 
 
+LINE_BLOCK = "block"  # the view of one block of lines (line_no, line) that the SQL reads
+
+
 def _fields(fields: dict[str, str]) -> str:
-    """SQL over ``block``: per line, its parse problem (or NULL) and, for parsed lines, the
-    fields' JSON types ``t`` ('NULL' when absent or null) and values ``v`` (a struct of the
-    types in ``fields``: read only where ``t`` says the JSON type fits)."""
+    """SQL over ``LINE_BLOCK``: per line, its parse problem (or NULL) and, for parsed lines, the
+    fields' JSON types ``json_types`` ('NULL' when absent or null; see ``_json_types``) and
+    values ``parsed`` (a struct of the types in ``fields``: read only where the JSON type
+    fits)."""
     paths = "[" + ", ".join(sql_text(f"$.{name}") for name in fields) + "]"
     struct = sql_text(json.dumps(fields))
     return f"""
     SELECT line_no, problem,
            CASE WHEN problem IS NULL THEN list_transform(json_type(line, {paths}),
-                                                         lambda k: coalesce(k, 'NULL')) END AS t,
-           CASE WHEN problem IS NULL THEN json_transform(line, {struct}) END AS v
+                                                         lambda k: coalesce(k, 'NULL'))
+           END AS json_types,
+           CASE WHEN problem IS NULL THEN json_transform(line, {struct}) END AS parsed
     FROM (SELECT line_no, line, CASE
-            WHEN line IS NULL THEN 'invalid_utf8'
-            WHEN nq_blank_line(line) THEN 'blank_line'
+            WHEN line IS NULL THEN {sql_text(INVALID_UTF8)}
+            WHEN nq_blank_line(line) THEN {sql_text(BLANK_LINE)}
             -- try(): NULL where DuckDB cannot parse the line
-            WHEN try(json_type(line)) IS DISTINCT FROM 'OBJECT' THEN 'malformed_json'
-            WHEN nq_maybe_lax_json(line) AND NOT nq_strict_json(line) THEN 'malformed_json'
-          END AS problem FROM block)"""
+            WHEN try(json_type(line)) IS DISTINCT FROM 'OBJECT' THEN {sql_text(MALFORMED_JSON)}
+            WHEN nq_maybe_lax_json(line) AND NOT nq_strict_json(line)
+                THEN {sql_text(MALFORMED_JSON)}
+          END AS problem FROM {LINE_BLOCK})"""
+
+
+def _json_types(fields: dict[str, str]) -> dict[str, str]:
+    """Per field, the SQL for its JSON type: its item of ``json_types`` (listed in the order of
+    ``fields``; SQL lists count from 1)."""
+    return {name: f"json_types[{index}]" for index, name in enumerate(fields, 1)}
 
 
 def _missing(fields: dict[str, str]) -> str:
+    """SQL CASE branches: a field absent or null gives the reason ``missing_<field>``."""
     return "\n".join(
-        f"WHEN t[{i}] = 'NULL' THEN 'missing_{name}'" for i, name in enumerate(fields, 1)
+        f"WHEN {json_type} = 'NULL' THEN {sql_text(MISSING + name)}"
+        for name, json_type in _json_types(fields).items()
     )
 
 
@@ -188,67 +214,82 @@ ITEM_FIELDS = {
 }
 
 
-def _review_sql(o: BuildOptions) -> str:
-    # t[k] follows REVIEW_FIELDS: user_id, parent_asin, rating, title, text, timestamp
+def _review_sql(options: BuildOptions) -> str:
+    json_type = _json_types(REVIEW_FIELDS)
     return f"""
     SELECT ?::INTEGER AS file_index, line_no, CASE
         WHEN problem IS NOT NULL THEN problem
         {_missing(REVIEW_FIELDS)}
-        WHEN t[1] <> 'VARCHAR' OR t[2] <> 'VARCHAR' THEN 'bad_id'
-        WHEN t[3] NOT IN {NUMBER} THEN 'bad_rating'
-        WHEN timestamp IS NULL THEN 'bad_timestamp'
-        WHEN t[4] <> 'VARCHAR' OR t[5] <> 'VARCHAR' THEN 'bad_text'
-        WHEN length(text) < {o.min_text_chars} THEN 'short_text'
+        WHEN {json_type["user_id"]} <> 'VARCHAR' OR {json_type["parent_asin"]} <> 'VARCHAR'
+            THEN '{BAD}id'
+        WHEN {json_type["rating"]} NOT IN {NUMBER} THEN '{BAD}rating'
+        WHEN timestamp IS NULL THEN '{BAD}timestamp'
+        WHEN {json_type["title"]} <> 'VARCHAR' OR {json_type["text"]} <> 'VARCHAR'
+            THEN '{BAD}text'
+        WHEN length(text) < {options.min_text_chars} THEN 'short_text'
     END AS reason, user_id, parent_asin, rating, title, text, timestamp
     FROM (
-        SELECT line_no, problem, t, v.user_id, v.parent_asin, v.rating,
-               CASE WHEN t[4] = 'VARCHAR' THEN nq_clean(v.title) END AS title,
-               CASE WHEN t[5] = 'VARCHAR' THEN nq_clean(v.text) END AS text,
-               nq_timestamp_ms(v.timestamp, t[6]) AS timestamp
+        SELECT line_no, problem, json_types, parsed.user_id, parsed.parent_asin, parsed.rating,
+               CASE WHEN {json_type["title"]} = 'VARCHAR' THEN nq_clean(parsed.title) END AS title,
+               CASE WHEN {json_type["text"]} = 'VARCHAR' THEN nq_clean(parsed.text) END AS text,
+               nq_timestamp_ms(parsed.timestamp, {json_type["timestamp"]}) AS timestamp
         FROM ({_fields(REVIEW_FIELDS)}))"""
 
 
-def _item_sql(o: BuildOptions) -> str:
-    # t[k] follows ITEM_FIELDS: parent_asin, title, categories, rating_number, description
+def _item_sql(options: BuildOptions) -> str:
+    json_type = _json_types(ITEM_FIELDS)
+    description_type = json_type["description"]
     return f"""
     SELECT ?::INTEGER AS file_index, line_no, CASE
         WHEN problem IS NOT NULL THEN problem
         {_missing(ITEM_FIELDS)}
-        WHEN t[1] <> 'VARCHAR' THEN 'bad_id'
-        WHEN t[2] <> 'VARCHAR' THEN 'bad_title'
-        WHEN item_description IS NULL THEN 'bad_description'
-        WHEN length(item_description) NOT BETWEEN {o.min_description_chars}
-                                              AND {o.max_description_chars}
+        WHEN {json_type["parent_asin"]} <> 'VARCHAR' THEN '{BAD}id'
+        WHEN {json_type["title"]} <> 'VARCHAR' THEN '{BAD}title'
+        WHEN item_description IS NULL THEN '{BAD}description'
+        WHEN length(item_description) NOT BETWEEN {options.min_description_chars}
+                                              AND {options.max_description_chars}
             THEN 'description_length'
     END AS reason, parent_asin, item_title, item_description
     FROM (
-        SELECT line_no, problem, t, v.parent_asin,
-               CASE WHEN t[2] = 'VARCHAR' THEN nq_clean(v.title) END AS item_title,
-               CASE WHEN t[5] = 'VARCHAR' THEN nq_clean(v.description ->> '$')
-                    WHEN t[5] = 'ARRAY'
-                         AND list_bool_and(list_transform(json_type(v.description, '$[*]'),
+        SELECT line_no, problem, json_types, parsed.parent_asin,
+               CASE WHEN {json_type["title"]} = 'VARCHAR' THEN nq_clean(parsed.title)
+               END AS item_title,
+               CASE WHEN {description_type} = 'VARCHAR' THEN nq_clean(parsed.description ->> '$')
+                    WHEN {description_type} = 'ARRAY'
+                         AND list_bool_and(list_transform(json_type(parsed.description, '$[*]'),
                                                           lambda k: k = 'VARCHAR')) IS NOT false
-                    THEN nq_description(list_filter(json_extract_string(v.description, '$[*]'),
+                    THEN nq_description(list_filter(json_extract_string(parsed.description,
+                                                                        '$[*]'),
                                                     lambda e: NOT nq_blank(e)))
                END AS item_description
         FROM ({_fields(ITEM_FIELDS)}))"""
 
 
-# Reasons that are bad input (listed by file and line); the others are the protocol's filters.
+def _reason_starts(prefix: str) -> str:
+    """SQL: the reason begins with ``prefix`` (its ``_`` escaped: LIKE reads ``_`` as any
+    character)."""
+    pattern = prefix.replace("_", "\\_") + "%"
+    return f"reason LIKE {sql_text(pattern)} ESCAPE '\\'"
+
+
+# Reasons that are bad input (listed by file and line); the others are the protocol's filters
+# (an item without a description, say, is common and not an error of the file).
+_IS_PARSE_PROBLEM = f"reason IN ({', '.join(map(sql_text, PARSE_REASONS))})"
 BAD_INPUT = {
-    "review": "reason IN ('invalid_utf8', 'blank_line', 'malformed_json') "
-    "OR reason LIKE 'missing\\_%' ESCAPE '\\' OR reason LIKE 'bad\\_%' ESCAPE '\\'",
-    "item": "reason IN ('invalid_utf8', 'blank_line', 'malformed_json') "
-    "OR reason LIKE 'bad\\_%' ESCAPE '\\'",
+    "review": f"{_IS_PARSE_PROBLEM} OR {_reason_starts(MISSING)} OR {_reason_starts(BAD)}",
+    "item": f"{_IS_PARSE_PROBLEM} OR {_reason_starts(BAD)}",
 }
+LINES_TABLE = {"review": Tables.REVIEW_LINES, "item": Tables.ITEM_LINES}
 
 
 def _classify(
     con, kind: str, paths: list[Path], select_sql: str, columns: str, options: BuildOptions
 ) -> None:
-    """Every line of ``paths`` into table ``{kind}_lines`` (file, line, reason, kept columns)."""
+    """Every line of ``paths`` into table ``LINES_TABLE[kind]`` (file, line, reason, kept
+    columns)."""
+    table = LINES_TABLE[kind]
     con.execute(
-        f"CREATE TABLE {kind}_lines (file_index INTEGER, line_no BIGINT, reason VARCHAR, {columns})"
+        f"CREATE TABLE {table} (file_index INTEGER, line_no BIGINT, reason VARCHAR, {columns})"
     )
     progress = tqdm(desc=f"reading {kind}s", unit=" lines", disable=not options.show_progress)
     for file_index, path in enumerate(paths):
@@ -258,16 +299,16 @@ def _classify(
             block = pa.Table.from_batches(
                 pa.table({"line_no": numbers, "line": lines}).to_batches(BATCH_LINES)
             )
-            con.register("block", block)
-            con.execute(f"INSERT INTO {kind}_lines {select_sql}", [file_index])
-            con.unregister("block")
+            con.register(LINE_BLOCK, block)
+            con.execute(f"INSERT INTO {table} {select_sql}", [file_index])
+            con.unregister(LINE_BLOCK)
             progress.update(len(lines))
     progress.close()
 
 
 def _account(con, kind: str, paths: list[Path], report: Report, options: BuildOptions) -> None:
     """Counts per reason, bad-input locations (the first ones per reason), --strict."""
-    table = f"{kind}_lines"
+    table = LINES_TABLE[kind]
     names = [path.name for path in paths]
     bad = BAD_INPUT[kind]
     if options.strict:
@@ -280,7 +321,7 @@ def _account(con, kind: str, paths: list[Path], report: Report, options: BuildOp
             raise BuildError(
                 f"{names[file_index]}:{line_no}: {reason.replace('_', ' ')} (--strict)"
             )
-    read = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    read = count_rows(con, table)
     dropped = report.reviews_dropped if kind == "review" else report.items_dropped
     for reason, count in con.execute(
         f"SELECT reason, count(*) FROM {table} WHERE reason IS NOT NULL GROUP BY 1 ORDER BY 1"
@@ -301,34 +342,39 @@ def _account(con, kind: str, paths: list[Path], report: Report, options: BuildOp
 
 
 def read_reviews(con, paths: list[Path], report: Report, options: BuildOptions) -> None:
-    """Stage 1 for review files: table ``r`` holds the valid reviews with the protocol's columns
-    (plus file and line, the tie-break of equal timestamps, and a hash of the text)."""
-    columns = "user_id VARCHAR, parent_asin VARCHAR, rating DOUBLE, title VARCHAR, text VARCHAR, timestamp BIGINT"
+    """Stage 1 for review files: table ``Tables.REVIEWS`` holds the valid reviews with the
+    protocol's columns (plus file and line, the tie-break of equal timestamps, and a hash of the
+    text)."""
+    columns = (
+        "user_id VARCHAR, parent_asin VARCHAR, rating DOUBLE, title VARCHAR, text VARCHAR, "
+        "timestamp BIGINT"
+    )
     _classify(con, "review", paths, _review_sql(options), columns, options)
     _account(con, "review", paths, report, options)
     con.execute(
-        """CREATE TABLE r AS SELECT user_id, parent_asin, rating, title, text, timestamp,
-                  file_index, line_no, md5(text) AS text_hash
-           FROM review_lines WHERE reason IS NULL ORDER BY file_index, line_no;
-           DROP TABLE review_lines"""
+        f"""CREATE TABLE {Tables.REVIEWS} AS
+               SELECT user_id, parent_asin, rating, title, text, timestamp,
+                      file_index, line_no, md5(text) AS text_hash
+               FROM {Tables.REVIEW_LINES} WHERE reason IS NULL ORDER BY file_index, line_no;
+           DROP TABLE {Tables.REVIEW_LINES}"""
     )
 
 
 def read_items(con, paths: list[Path], report: Report, options: BuildOptions) -> None:
-    """Stage 1 for metadata files: table ``items`` holds items with title, categories,
+    """Stage 1 for metadata files: table ``Tables.ITEMS`` holds items with title, categories,
     rating_number and a description of the allowed length; the first record of a parent_asin
     wins."""
     columns = "parent_asin VARCHAR, item_title VARCHAR, item_description VARCHAR"
     _classify(con, "item", paths, _item_sql(options), columns, options)
     _account(con, "item", paths, report, options)
     con.execute(
-        """CREATE TABLE items AS SELECT parent_asin, item_title, item_description FROM (
+        f"""CREATE TABLE {Tables.ITEMS} AS SELECT parent_asin, item_title, item_description FROM (
                SELECT *, row_number() OVER (
                    PARTITION BY parent_asin ORDER BY file_index, line_no) AS k
-               FROM item_lines WHERE reason IS NULL) WHERE k = 1;
-           DROP TABLE item_lines"""
+               FROM {Tables.ITEM_LINES} WHERE reason IS NULL) WHERE k = 1;
+           DROP TABLE {Tables.ITEM_LINES}"""
     )
-    report.items_kept = con.execute("SELECT count(*) FROM items").fetchone()[0]
+    report.items_kept = count_rows(con, Tables.ITEMS)
     duplicates = report.items_read - sum(report.items_dropped.values()) - report.items_kept
     if duplicates:
         report.items_dropped["duplicate_item"] += duplicates

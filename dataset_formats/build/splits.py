@@ -1,4 +1,5 @@
-"""Stage 2 of the builder: DuckDB turns the Parquet columns into user rows and splits.
+"""Stage 2 of the builder: DuckDB turns stage 1's tables (valid reviews, valid items; see
+``common.Tables``) into user rows and splits.
 
 De-duplication, the iterative k-core, the target/profile split, joining item metadata and
 building history lists, streaming and spilling to disk under a memory limit. DuckDB rather than
@@ -11,92 +12,132 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from queue import Queue
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
-from .common import SPLITS, BuildError, BuildOptions, Report
+from .common import SPLITS, BuildError, BuildOptions, Report, Tables, count_rows
+
+REVIEWS = Tables.REVIEWS
+# A user's reviews in time; reviews with equal timestamps in the order of the input files.
+REVIEW_ORDER = "timestamp, file_index, line_no"
 
 
-def _delete(con, reason: str, report: Report, sql: str) -> int:
-    before = con.execute("SELECT count(*) FROM r").fetchone()[0]
+def _delete(con, report: Report, reason: str, sql: str) -> int:
+    """Run the DELETE ``sql`` on the reviews; count what it removed as dropped for ``reason``."""
+    before = count_rows(con, REVIEWS)
     con.execute(sql)
-    removed = before - con.execute("SELECT count(*) FROM r").fetchone()[0]
+    removed = before - count_rows(con, REVIEWS)
     report.reviews_dropped[reason] += removed
     return removed
 
 
-def select_users_and_targets(con, report: Report, o: BuildOptions, say) -> None:
+def select_users_and_targets(
+    con, report: Report, options: BuildOptions, say: Callable[[str], None]
+) -> None:
     """De-duplicate, iterate the k-core, mark targets, iterate the profile filter."""
-    order = "timestamp, file_index, line_no"
-    # Reviews of items without (kept) metadata.
-    before = con.execute("SELECT count(*) FROM r").fetchone()[0]
+    _drop_reviews_without_items(con, report)
+    _drop_duplicates(con, report)
+    rounds = _k_core(con, report, options)
+    say(f"k-core stable after {rounds} rounds")
+    _number_targets(con, options)
+    _filter_profiles(con, report, options)
+
+
+def _drop_reviews_without_items(con, report: Report) -> None:
+    """Reviews of items without (kept) metadata go; if none is left, the inputs do not match."""
+    before = count_rows(con, REVIEWS)
     _delete(
         con,
-        "item_filtered",
         report,
-        "DELETE FROM r WHERE parent_asin NOT IN (SELECT parent_asin FROM items)",
+        "item_filtered",
+        f"DELETE FROM {REVIEWS} WHERE parent_asin NOT IN (SELECT parent_asin FROM {Tables.ITEMS})",
     )
-    if before and con.execute("SELECT count(*) FROM r").fetchone()[0] == 0:
+    if before and count_rows(con, REVIEWS) == 0:
         raise BuildError(
             f"none of the {before} valid reviews matches an item of the metadata files "
             f"({report.items_kept} items kept of {report.items_read} read; joined on parent_asin): "
             "are --reviews and --meta of the same category?"
         )
-    # Per user, one review per item and per text: the earliest stays.
+
+
+def _drop_duplicates(con, report: Report) -> None:
+    """Per user, one review per item and per text: the earliest stays."""
     for reason, column in (("duplicate_item", "parent_asin"), ("duplicate_text", "text_hash")):
         _delete(
             con,
-            reason,
             report,
-            f"""DELETE FROM r WHERE rowid IN (SELECT rid FROM (
-            SELECT rowid AS rid, row_number() OVER (PARTITION BY user_id, {column} ORDER BY {order}) AS k FROM r) WHERE k > 1)""",
+            reason,
+            f"""DELETE FROM {REVIEWS} WHERE rowid IN (SELECT rid FROM (
+            SELECT rowid AS rid,
+                   row_number() OVER (PARTITION BY user_id, {column} ORDER BY {REVIEW_ORDER}) AS k
+            FROM {REVIEWS}) WHERE k > 1)""",
         )
+
+
+def _k_core(con, report: Report, options: BuildOptions) -> int:
+    """Drop rare items and users with too few or too many reviews until nothing changes;
+    return how many rounds that took."""
     rounds = 0
     while True:
         rounds += 1
         removed = _delete(
             con,
-            "k_core",
             report,
-            f"""DELETE FROM r WHERE parent_asin IN (
-            SELECT parent_asin FROM r GROUP BY 1 HAVING count(DISTINCT user_id) < {o.min_item_users})""",
+            "k_core",
+            f"""DELETE FROM {REVIEWS} WHERE parent_asin IN (
+            SELECT parent_asin FROM {REVIEWS} GROUP BY 1
+            HAVING count(DISTINCT user_id) < {options.min_item_users})""",
         )
         removed += _delete(
             con,
-            "k_core",
             report,
-            f"""DELETE FROM r WHERE user_id IN (
-            SELECT user_id FROM r GROUP BY 1 HAVING count(*) < {o.min_user_reviews} OR count(*) > {o.max_user_reviews})""",
+            "k_core",
+            f"""DELETE FROM {REVIEWS} WHERE user_id IN (
+            SELECT user_id FROM {REVIEWS} GROUP BY 1
+            HAVING count(*) < {options.min_user_reviews} OR count(*) > {options.max_user_reviews})""",
         )
         if not removed:
-            break
-    say(f"k-core stable after {rounds} rounds")
-    # The last N reviews of each user are targets 1..N; the rest is the profile (target 0).
-    con.execute(f"""CREATE TABLE r2 AS SELECT *, greatest(0, pos - (n - {o.targets_per_user}))::INTEGER AS target_index FROM (
-        SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY {order}) AS pos,
-               count(*) OVER (PARTITION BY user_id) AS n FROM r)""")
-    con.execute("DROP TABLE r; ALTER TABLE r2 RENAME TO r")
+            return rounds
+
+
+def _number_targets(con, options: BuildOptions) -> None:
+    """The last N reviews of each user are targets 1..N (``target_index``); the rest is the
+    profile (target 0). Also numbers each user's reviews in time (``pos``, 1-based)."""
+    numbered = Tables.NUMBERED_REVIEWS
+    con.execute(f"""CREATE TABLE {numbered} AS
+        SELECT *, greatest(0, pos - (n - {options.targets_per_user}))::INTEGER AS target_index
+        FROM (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY {REVIEW_ORDER}) AS pos,
+                     count(*) OVER (PARTITION BY user_id) AS n FROM {REVIEWS})""")
+    con.execute(f"DROP TABLE {REVIEWS}; ALTER TABLE {numbered} RENAME TO {REVIEWS}")
+
+
+def _filter_profiles(con, report: Report, options: BuildOptions) -> None:
+    """Drop profile reviews of rare items, and users with too short a profile, until nothing
+    changes (targets are never dropped on their own: their user goes, or they stay)."""
     while True:
         removed = _delete(
             con,
-            "profile_item_rare",
             report,
-            f"""DELETE FROM r WHERE target_index = 0 AND parent_asin IN (
-            SELECT parent_asin FROM r WHERE target_index = 0 GROUP BY 1 HAVING count(DISTINCT user_id) < {o.min_profile_item_users})""",
+            "profile_item_rare",
+            f"""DELETE FROM {REVIEWS} WHERE target_index = 0 AND parent_asin IN (
+            SELECT parent_asin FROM {REVIEWS} WHERE target_index = 0 GROUP BY 1
+            HAVING count(DISTINCT user_id) < {options.min_profile_item_users})""",
         )
         removed += _delete(
             con,
-            "profile_user_short",
             report,
-            f"""DELETE FROM r WHERE user_id IN (
-            SELECT user_id FROM r GROUP BY 1 HAVING count(*) FILTER (WHERE target_index = 0) < {o.min_profile_reviews})""",
+            "profile_user_short",
+            f"""DELETE FROM {REVIEWS} WHERE user_id IN (
+            SELECT user_id FROM {REVIEWS} GROUP BY 1
+            HAVING count(*) FILTER (WHERE target_index = 0) < {options.min_profile_reviews})""",
         )
         if not removed:
-            break
+            return
 
 
 class BackgroundWriter:
@@ -167,13 +208,13 @@ def _ordered_reviews(con, batch_rows: int) -> Iterator[pa.RecordBatch]:
     the user's reviews (1-based) and its split (0: profile, 1-3: SPLITS), in batches that end
     where a user ends."""
     reader = con.sql(
-        """SELECT encode(nq_string_json(user_id)) AS user_json,
-                  encode(nq_review_json(to_json({
+        f"""SELECT encode(nq_string_json(user_id)) AS user_json,
+                  encode(nq_review_json(to_json({{
                       item_id: parent_asin, item_title: item_title,
                       item_description: item_description, rating: rating, title: title,
-                      text: text, timestamp: timestamp}), rating) || ',') AS review_json,
+                      text: text, timestamp: timestamp}}), rating) || ',') AS review_json,
                   pos, split_code AS split
-           FROM final ORDER BY user_id, pos"""
+           FROM {Tables.SPLIT_REVIEWS} ORDER BY user_id, pos"""
     ).to_arrow_reader(batch_rows)
     carry = None
     for batch in reader:
@@ -226,53 +267,75 @@ def _rows(batch: pa.RecordBatch, max_history: int) -> dict[int, list]:
     return {code: parts for code, parts in pieces.items() if parts}
 
 
-def write_splits(con, out_tmp: Path, report: Report, o: BuildOptions) -> None:
+class HistoryLengths(NamedTuple):
+    """How many earlier reviews the rows of one split carry."""
+
+    rows: int
+    shortest: int
+    longest: int
+    total: int
+    median: int
+
+    def to_report(self) -> dict[str, float]:
+        if not self.rows:
+            return {}
+        return {
+            "min": float(self.shortest),
+            "median": float(self.median),
+            "mean": round(self.total / self.rows, 2),
+            "max": float(self.longest),
+        }
+
+
+def write_splits(con, out_tmp: Path, report: Report, options: BuildOptions) -> None:
     """One row per target review: the target and up to ``max_history`` earlier reviews.
 
     DuckDB writes each review's JSON once (as orjson would, see text_rules) and sorts; Python
     only concatenates slices of those bytes into rows (a review repeated in 50 histories is
     serialised once, not 50 times) while a second thread writes them.
     """
-    first_valid = o.targets_per_user - o.validation_targets - o.test_targets + 1
-    first_test = o.targets_per_user - o.test_targets + 1
+    _make_split_reviews(con, options)
+    batch_rows = max(MIN_BATCH_ROWS, 2 * options.max_user_reviews)  # holds any one user whole
+    with BackgroundWriter({split: out_tmp / f"{split}.jsonl" for split in SPLITS}) as writer:
+        for batch in _ordered_reviews(con, batch_rows):
+            for code, pieces in _rows(batch, options.max_history).items():
+                writer.add(SPLITS[code - 1], pieces)
+    lengths = _history_lengths(con, options)
+    for split in SPLITS:
+        report.rows_per_split[split] = lengths[split].rows
+        report.history_length[split] = lengths[split].to_report()
+    split_reviews = Tables.SPLIT_REVIEWS
+    report.reviews_kept = count_rows(con, REVIEWS)
+    report.users = con.execute(f"SELECT count(DISTINCT user_id) FROM {split_reviews}").fetchone()[0]
+    report.items_used = con.execute(
+        f"SELECT count(DISTINCT parent_asin) FROM {REVIEWS}"
+    ).fetchone()[0]
+
+
+def _make_split_reviews(con, options: BuildOptions) -> None:
+    """Table ``Tables.SPLIT_REVIEWS``: every kept review with its item, its split code (0:
+    profile, 1-3: SPLITS) and its position among the user's kept reviews."""
+    first_valid = options.targets_per_user - options.validation_targets - options.test_targets + 1
+    first_test = options.targets_per_user - options.test_targets + 1
     con.execute(
-        f"""CREATE TABLE final AS SELECT * EXCLUDE (pos),
+        f"""CREATE TABLE {Tables.SPLIT_REVIEWS} AS SELECT * EXCLUDE (pos),
                    -- 1-based among the kept reviews (the profile filter leaves gaps in pos)
                    row_number() OVER (PARTITION BY user_id ORDER BY pos) AS pos
-            FROM (SELECT r.*, i.item_title, i.item_description,
+            FROM (SELECT {REVIEWS}.*, i.item_title, i.item_description,
                          CASE WHEN target_index >= {first_test} THEN 3
                               WHEN target_index >= {first_valid} THEN 2
                               WHEN target_index > 0 THEN 1 ELSE 0 END::TINYINT AS split_code
-                  FROM r JOIN items i USING (parent_asin))"""
+                  FROM {REVIEWS} JOIN {Tables.ITEMS} i USING (parent_asin))"""
     )
-    batch_rows = max(MIN_BATCH_ROWS, 2 * o.max_user_reviews)  # holds any one user whole
-    with BackgroundWriter({split: out_tmp / f"{split}.jsonl" for split in SPLITS}) as writer:
-        for batch in _ordered_reviews(con, batch_rows):
-            for code, pieces in _rows(batch, o.max_history).items():
-                writer.add(SPLITS[code - 1], pieces)
-    lengths = con.execute(
+
+
+def _history_lengths(con, options: BuildOptions) -> dict[str, HistoryLengths]:
+    """Per split, the history lengths of its rows (all zero for a split without rows)."""
+    per_code = con.execute(
         f"""SELECT split_code, count(*), min(h), max(h), sum(h),
                    list_sort(list(h))[count(*) // 2 + 1]
-            FROM (SELECT split_code, least(pos - 1, {o.max_history}) AS h
-                  FROM final WHERE split_code > 0) GROUP BY 1"""
+            FROM (SELECT split_code, least(pos - 1, {options.max_history}) AS h
+                  FROM {Tables.SPLIT_REVIEWS} WHERE split_code > 0) GROUP BY 1"""
     ).fetchall()
-    by_split = {
-        SPLITS[code - 1]: (n, low, high, total, median)
-        for code, n, low, high, total, median in lengths
-    }
-    for split in SPLITS:
-        n, low, high, total, median = by_split.get(split, (0, 0, 0, 0, 0))
-        report.rows_per_split[split] = n
-        report.history_length[split] = (
-            {
-                "min": float(low),
-                "median": float(median),
-                "mean": round(total / n, 2),
-                "max": float(high),
-            }
-            if n
-            else {}
-        )
-    report.reviews_kept = con.execute("SELECT count(*) FROM r").fetchone()[0]
-    report.users = con.execute("SELECT count(DISTINCT user_id) FROM final").fetchone()[0]
-    report.items_used = con.execute("SELECT count(DISTINCT parent_asin) FROM r").fetchone()[0]
+    found = {SPLITS[code - 1]: HistoryLengths(*values) for code, *values in per_code}
+    return {split: found.get(split, HistoryLengths(0, 0, 0, 0, 0)) for split in SPLITS}

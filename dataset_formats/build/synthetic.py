@@ -15,10 +15,13 @@ whether a review's title gives the taste away.
 
 from __future__ import annotations
 
+import gzip
+import json
 import random
 import re
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 
 TASTES = [
     ("luminous", "haunting", "the quiet ending stayed with me"),
@@ -229,7 +232,9 @@ def synthetic_users(n_users: int, seed: int = 0, style: Style = Style()) -> list
     for i in range(n_users):
         a, b, c, d, e, f = rng.sample(pool, 6)
         users.append(
-            SyntheticUser(f"U{seed:02d}{i:05d}", (a, b, f"{c} {d}"), f"{SIGN_OFF_FRAME}{e} {f}.", style)
+            SyntheticUser(
+                f"U{seed:02d}{i:05d}", (a, b, f"{c} {d}"), f"{SIGN_OFF_FRAME}{e} {f}.", style
+            )
         )
     return users
 
@@ -344,15 +349,10 @@ def write_synthetic_raw(
 ) -> tuple[int, int]:
     """Stream about ``n_reviews`` raw reviews (and their items) to gzipped JSONL in ``folder``,
     user by user, in bounded memory (for builder benchmarks and the memory test)."""
-    import gzip
-    import json
-    from pathlib import Path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    users_per_block = (
-        500  # items are shared within blocks of users, so every item is reviewed enough
-    )
+    # Items are shared within blocks of users, so every item is reviewed enough.
+    users_per_block = 500
     n_users = max(1, n_reviews // reviews_per_user)
     written = items = 0
     with (
