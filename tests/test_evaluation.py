@@ -311,7 +311,7 @@ def test_inspect_writes_valid_html_terminal_view_and_plots(
         assert float(numbers["weight"]) in (0.1, 0.9)
     terminal = capsys.readouterr().out
     assert "\x1b[" not in terminal  # not a terminal here: no colour codes in the captured text
-    from nextquill_plugin.evaluation.inspection import use_colour
+    from nextquill_plugin.evaluation.inspection_render import use_colour
 
     assert not use_colour()
     for name in ("logprob_difference.png", "preference_tokens.png"):

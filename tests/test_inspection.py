@@ -8,7 +8,7 @@ import numpy as np
 
 
 def view(tokens, effects, special=None):
-    from nextquill_plugin.evaluation.inspection import TokenView
+    from nextquill_plugin.evaluation.inspection_views import TokenView
 
     effects = np.array(effects, dtype=np.float32)
     return TokenView(
@@ -24,7 +24,7 @@ def view(tokens, effects, special=None):
 
 
 def test_token_chart_counts_shares_and_leaves_out_special_tokens():
-    from nextquill_plugin.evaluation.inspection import preference_token_rates
+    from nextquill_plugin.evaluation.inspection_views import preference_token_rates
 
     views = [
         view([" The", " jazz", "<eos>"], [0.1, 0.3, 0.9], [False, False, True]),
@@ -40,7 +40,7 @@ def test_token_chart_counts_shares_and_leaves_out_special_tokens():
 
 
 def test_summary_traces_lambda_tokens_back_to_rows_and_reports_each_model():
-    from nextquill_plugin.evaluation.inspection import preference_token_rates, summary
+    from nextquill_plugin.evaluation.inspection_views import preference_token_rates, summary
 
     first = [view([" The", " jazz"], [0.0, 0.3]), view([" once", " more"], [0.9, 0.01])]
     first[1].prompt_id = "u/2"
@@ -57,11 +57,11 @@ def test_summary_traces_lambda_tokens_back_to_rows_and_reports_each_model():
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
 
-    from nextquill_plugin.evaluation.inspection import (
-        TokenRate,
+    from nextquill_plugin.evaluation.inspection_plots import (
         plot_difference_histogram,
         plot_preference_tokens,
     )
+    from nextquill_plugin.evaluation.inspection_views import TokenRate
 
     before = matplotlib.get_backend()
     plot_difference_histogram({"m": np.array([0.1, -0.2, 0.3])}, tmp_path / "h.png", "t")
@@ -71,7 +71,7 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
 
 
 def test_terminal_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch):
-    from nextquill_plugin.evaluation.inspection import render_terminal, use_colour
+    from nextquill_plugin.evaluation.inspection_render import render_terminal, use_colour
 
     class Terminal:
         def isatty(self):
