@@ -15,7 +15,6 @@ from nextquill_common.jsonl import write_jsonl
 
 def test_evaluate_checks_wordnet_before_loading_the_model(tmp_path, monkeypatch):
     import nextquill_plugin.evaluation.evaluate as evaluate
-    import nextquill_plugin.evaluation.wordnet_data as wordnet_data
 
     def missing():
         raise RuntimeError("METEOR needs WordNet: run nextquill setup-wordnet")
@@ -29,7 +28,7 @@ def test_evaluate_checks_wordnet_before_loading_the_model(tmp_path, monkeypatch)
         "base_model: nowhere\nnextquill: true\ndatasets:\n"
         f"  - path: {rows}\n    type: dataset_formats.amazon_reviews\n"
     )
-    monkeypatch.setattr(wordnet_data, "require_wordnet", missing)
+    monkeypatch.setattr(evaluate, "require_wordnet", missing)
     monkeypatch.setattr(evaluate, "load_model_for_generation", no_model)
     request = evaluate.EvaluationRequest(recipe=str(recipe), out=str(tmp_path / "eval"))
     with pytest.raises(RuntimeError, match="setup-wordnet"):
