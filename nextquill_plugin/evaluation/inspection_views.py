@@ -52,8 +52,12 @@ class TokenView:
 def log_probability_differences(views: Sequence[TokenView]) -> np.ndarray:
     """log p(y_t | x, h) - log p(y_t | x) over all tokens of all samples (Fig. 3's quantity)."""
     tiny = np.float32(1e-12)  # p can underflow to 0 in float32; keeps the log finite
-    parts = [np.log(v.p_with + tiny) - np.log(v.p_without + tiny) for v in views]
-    return np.concatenate(parts) if parts else np.zeros(0)
+    return _end_to_end([np.log(v.p_with + tiny) - np.log(v.p_without + tiny) for v in views])
+
+
+def _end_to_end(parts: list[np.ndarray], dtype: type = np.float64) -> np.ndarray:
+    """Per-view arrays joined into one over all tokens; an empty one when there are no views."""
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 @dataclass
@@ -101,7 +105,7 @@ def summary(
     that get lambda under the first model, so that they can be traced back to the data."""
     models = {}
     for name, model_views in views.items():
-        marked = np.concatenate([v.preference for v in model_views] or [np.zeros(0, bool)])
+        marked = _end_to_end([v.preference for v in model_views], bool)
         gaps = log_probability_differences(model_views)
         models[name] = {
             "target_tokens": int(len(marked)),

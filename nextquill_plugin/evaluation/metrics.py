@@ -145,6 +145,11 @@ def bootstrap_interval(
     rng = np.random.default_rng(seed)
     draws = tqdm(range(resamples), desc=description, disable=not description, leave=False)
     values = np.array([statistic(rng.integers(0, n_samples, n_samples)) for _ in draws])
+    return percentile_interval(values, confidence)
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The central ``confidence`` share of bootstrap ``values`` (2.5th to 97.5th percentile)."""
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
