@@ -196,10 +196,8 @@ def decoding_arguments(
 ) -> dict:
     """``model.generate``'s keyword arguments for a batch of left-padded prompts of
     ``prompt_length`` tokens (context steering's are added per batch)."""
-    from transformers import (
-        LogitsProcessorList,
-        RepetitionPenaltyLogitsProcessor,
-    )  # as in load_tokenizer
+    # transformers only when decoding, as in load_tokenizer
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
     kwargs: dict = {
         "max_new_tokens": settings.max_new_tokens,
