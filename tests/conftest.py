@@ -89,9 +89,10 @@ def load_recipe(tmp_path, tiny_model_dir, synthetic_splits):
     return _load
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def recipes(tmp_path_factory, tiny_model_dir, synthetic_splits):
-    """An amazon_reviews recipe, a paired recipe, and recipes/mixed_example.yml with local paths."""
+    """An amazon_reviews recipe, a paired recipe, and recipes/mixed_example.yml with local paths
+    (8 rows of each split), written once for every evaluation test."""
     import yaml
 
     from nextquill_common.jsonl import write_jsonl
@@ -122,3 +123,14 @@ def recipes(tmp_path_factory, tiny_model_dir, synthetic_splits):
     made["mixed"] = folder / "mixed.yml"
     made["mixed"].write_text(yaml.safe_dump(mixed))
     return made
+
+
+@pytest.fixture(scope="session")
+def untuned_run(recipes, tmp_path_factory):
+    """The folder of one `nextquill evaluate` of ``recipes["amazon"]`` (``evaluate``'s quick
+    settings plus ``UNTUNED_RUN``), shared: a test that changes its files works on a copy."""
+    from .evaluation_helpers import UNTUNED_RUN, evaluate
+
+    out = tmp_path_factory.mktemp("untuned_run") / "eval"
+    evaluate(recipes["amazon"], out, *UNTUNED_RUN)
+    return out

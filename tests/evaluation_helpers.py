@@ -9,6 +9,11 @@ from nextquill_plugin.cli import main as nextquill
 
 PLUGIN = ["nextquill_plugin.NextQuillPlugin"]
 ROOT = Path(__file__).resolve().parents[1]
+# Decoding and scoring small enough for a test: `evaluate` runs with these, and a test that
+# starts its own process passes them too, so that its predictions equal `evaluate`'s.
+QUICK_EVALUATION = ["--max-new-tokens", "16", "--bootstrap", "30", "--batch-size", "3"]
+# The options of the one evaluation the tests share (conftest's ``untuned_run``).
+UNTUNED_RUN = ["--name", "untuned", "--penalty-scope", "generated"]
 
 
 def paired_rows_of(synthetic_rows: list[dict]) -> list[dict]:
@@ -25,8 +30,6 @@ def paired_rows_of(synthetic_rows: list[dict]) -> list[dict]:
 
 
 def evaluate(recipe: Path, out: Path, *extra: str) -> dict:
-    nextquill(
-        ["evaluate", str(recipe), "--out", str(out), "--max-new-tokens", "16"]
-        + ["--bootstrap", "30", "--batch-size", "3", *extra]
-    )
+    """`nextquill evaluate` with ``QUICK_EVALUATION`` (in this process); its metrics.json."""
+    nextquill(["evaluate", str(recipe), "--out", str(out), *QUICK_EVALUATION, *extra])
     return json.loads((out / "metrics.json").read_text())

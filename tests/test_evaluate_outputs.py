@@ -1,84 +1,48 @@
-"""Evaluation never loses or mixes up work: torn partial lines, evaluations of other settings,
-rows that lose their history to the generation budget, and values that cannot work."""
+"""What `nextquill evaluate` writes, for every recipe: predictions.jsonl and metrics.json (the
+same with two processes as with one), their scores recomputed with --score-only, and the rows
+that lost their history counted."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
+import yaml
 
-from nextquill_common.jsonl import append_jsonl, read_jsonl
+from nextquill_common.jsonl import read_jsonl, write_jsonl
 from nextquill_plugin.cli import main as nextquill
-from nextquill_plugin.evaluation.evaluate import check_history_kept
-from nextquill_plugin.evaluation.generation import GenerationSettings
-from nextquill_plugin.evaluation.predictions_store import PartialPredictions
+from nextquill_plugin.demo.local_runs import offline_env
+from nextquill_plugin.evaluation.compare import load_run
+from nextquill_plugin.evaluation.metrics import evaluate_texts
+from nextquill_plugin.evaluation.recipe_data import evaluated_dataset, read_rows, split_path
 
-QUICK = ["--max-new-tokens", "8", "--bootstrap", "20", "--limit", "3"]
+from .evaluation_helpers import QUICK_EVALUATION, UNTUNED_RUN, evaluate
 
 
-def test_a_torn_last_line_is_cut_before_the_next_append(tmp_path):
-    ids = ["a", "b", "c", "d"]
-    store = PartialPredictions(tmp_path, "key", ids)
-    append_jsonl(
-        store.path, [{"run": "key", "index": i, "prompt_id": ids[i], "tokens": [i]} for i in (0, 1)]
+def test_evaluate_command_writes_predictions_and_metrics(untuned_run, synthetic_splits):
+    predictions = read_jsonl(untuned_run / "predictions.jsonl")
+    test_rows = synthetic_splits["test"][:8]
+    assert [p["user_id"] for p in predictions] == [r["user_id"] for r in test_rows]
+    assert [p["reference"] for p in predictions] == [r["target"]["text"] for r in test_rows]
+    assert len({p["prompt_id"] for p in predictions}) == len(predictions)
+    document = json.loads((untuned_run / "metrics.json").read_text())
+    assert document["name"] == "untuned" and document["n"] == 8
+    assert document["generation"]["repetition_penalty"] == 1.2
+    assert document["generation"]["penalty_scope"] == "generated"
+    recomputed = evaluate_texts(
+        [p["prediction"] for p in predictions], [p["reference"] for p in predictions]
     )
-    with open(store.path, "ab") as handle:  # killed in the middle of the third record
-        handle.write(b'{"run": "key", "index": 2, "prompt_id": "c", "tok')
-    assert store.resume() == {0: [0], 1: [1]}
-    store.keep([2, 3], [[2], [3]])
-    records = read_jsonl(store.path)  # strict: a glued line would raise here
-    assert [r["index"] for r in records] == [0, 1, 2, 3]
-    assert store.complete(4) == [[0], [1], [2], [3]]
-
-
-def test_evaluations_of_other_settings_get_their_own_folders(recipes, tmp_path, monkeypatch):
-    """The README's sequence without --out: the plain run and the CoS run both survive."""
-    monkeypatch.chdir(tmp_path)
-    recipe = str(recipes["amazon"])
-    nextquill(["evaluate", recipe, *QUICK, "--name", "plain"])
-    nextquill(["evaluate", recipe, *QUICK, "--cos-gamma", "1", "--name", "CoS"])
-    folders = sorted(p.name for p in (tmp_path / "outputs" / "base_model").iterdir())
-    assert folders == ["eval-test-max_new_tokens-8", "eval-test-max_new_tokens-8-cos_gamma-1"]
-    names = [
-        json.loads((tmp_path / "outputs" / "base_model" / f / "metrics.json").read_text())["name"]
-        for f in folders
-    ]
-    assert names == ["plain", "CoS"]
-    # The same folder named with --out for other settings is refused, and left as it was.
-    plain = tmp_path / "outputs" / "base_model" / "eval-test-max_new_tokens-8"
-    before = (plain / "metrics.json").read_bytes()
-    with pytest.raises(SystemExit, match="results of another evaluation.*--out"):
-        nextquill(["evaluate", recipe, *QUICK, "--cos-gamma", "2", "--out", str(plain)])
-    assert (plain / "metrics.json").read_bytes() == before
-    nextquill(["evaluate", recipe, *QUICK, "--out", str(plain), "--name", "again"])  # same run
-
-
-def test_partial_predictions_of_another_evaluation_are_refused_not_deleted(recipes, tmp_path):
-    out = tmp_path / "eval"
-    partial = out / "predictions.partial.rank0.jsonl"
-    out.mkdir()
-    append_jsonl(partial, [{"run": "other", "index": 0, "prompt_id": "x", "tokens": [1]}])
-    with pytest.raises(SystemExit, match="partial predictions of another evaluation"):
-        nextquill(["evaluate", str(recipes["amazon"]), *QUICK, "--out", str(out)])
-    assert read_jsonl(partial) == [{"run": "other", "index": 0, "prompt_id": "x", "tokens": [1]}]
-
-
-def test_rows_that_lose_their_history_are_reported_and_cos_without_any_is_refused(capsys):
-    settings = GenerationSettings(max_new_tokens=256)
-    check_history_kept(0, 5, settings, 512)
-    assert capsys.readouterr().err == ""
-    check_history_kept(2, 5, settings, 512)
-    assert "WARNING: 2 of 5 rows lost their whole history" in capsys.readouterr().err
-    check_history_kept(5, 5, settings, 512)  # plain decoding of history-less prompts: a warning
-    with pytest.raises(ValueError, match="no row keeps any history.*--cos-gamma"):
-        check_history_kept(5, 5, GenerationSettings(max_new_tokens=256, cos_gamma=1.0), 512)
+    for name, estimate in recomputed.metrics.items():
+        assert document["metrics"][name]["value"] == pytest.approx(estimate.value), name
+    assert load_run(untuned_run).name == "untuned"
 
 
 def test_an_evaluation_without_history_says_so_in_metrics(recipes, tiny_tokenizer, tmp_path):
-    import yaml
-
     from dataset_formats.amazon_reviews import load
-    from nextquill_plugin.evaluation.recipe_data import evaluated_dataset, read_rows, split_path
 
     recipe = yaml.safe_load(recipes["amazon"].read_text())
     strategy = load(tiny_tokenizer, recipe)
@@ -106,26 +70,57 @@ def _raises(function, *args) -> bool:
     return False
 
 
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        (["--cos-gamma", "nan"], "cos_gamma must be a finite number"),
-        (["--repetition-penalty", "inf"], "repetition_penalty must be a finite number"),
-        (["--bootstrap", "0"], "--bootstrap must be >= 1"),
-        (["--limit", "0"], "--limit must be >= 1"),
-    ],
-)
-def test_evaluate_refuses_values_that_cannot_work(recipes, tmp_path, arguments, message):
-    with pytest.raises(SystemExit, match=message):
-        nextquill(["evaluate", str(recipes["amazon"]), "--out", str(tmp_path / "e"), *arguments])
-    assert not (tmp_path / "e").exists()
+@pytest.mark.slow
+def test_paired_and_mixed_recipes_are_evaluated(recipes, tmp_path, synthetic_splits):
+    paired = evaluate(recipes["paired"], tmp_path / "paired")
+    assert paired["n"] == 8 and paired["dataset_type"] == "dataset_formats.paired"
+    predictions = read_jsonl(tmp_path / "paired" / "predictions.jsonl")
+    assert [p["reference"] for p in predictions] == [
+        r["target"]["text"] for r in synthetic_splits["test"][:8]
+    ]
+    mixed = evaluate(recipes["mixed"], tmp_path / "mixed")
+    assert mixed["dataset_type"] == "dataset_formats.amazon_reviews" and mixed["n"] == 8
+    assert mixed["data"].endswith("amazon/test.jsonl")
 
 
-def test_inspect_and_compare_refuse_counts_below_one(recipes, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="--samples must be >= 0"):
-        nextquill(["inspect", str(recipes["amazon"]), "--samples", "-1", "--out", str(tmp_path)])
-    for resamples in ("0", "-5"):
-        with pytest.raises(SystemExit) as error:
-            nextquill(["compare", str(tmp_path), "--resamples", resamples])
-        assert error.value.code == 2
-        assert "must be >= 1" in capsys.readouterr().err
+@pytest.mark.slow
+def test_two_processes_generate_exactly_what_one_does(recipes, untuned_run, tmp_path):
+    two = tmp_path / "two"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
+    command += ["-m", "nextquill_plugin.cli", "evaluate", str(recipes["amazon"]), "--out", str(two)]
+    command += [*QUICK_EVALUATION, *UNTUNED_RUN]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=offline_env(1), timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((two / "metrics.json").read_text())["processes"] == 2
+    first = read_jsonl(untuned_run / "predictions.jsonl")
+    second = read_jsonl(two / "predictions.jsonl")
+    assert [r["prediction"] for r in second] == [r["prediction"] for r in first]
+    assert second == first  # same order, same scores
+    assert list(two.glob("predictions.partial*")) == []
+
+
+@pytest.mark.slow
+def test_score_only_rescores_existing_predictions(recipes, untuned_run, tmp_path):
+    out = tmp_path / "eval"
+    shutil.copytree(untuned_run, out)  # the shared run stays as it was
+    first = json.loads((out / "metrics.json").read_text())
+    records = read_jsonl(out / "predictions.jsonl")
+    records[0]["prediction"] = records[0]["reference"]  # a perfect first prediction
+    write_jsonl(out / "predictions.jsonl", records)
+    again = evaluate(recipes["amazon"], out, "--score-only")
+    assert again["scored_again"] and again["generation"] == first["generation"]
+    rescored = read_jsonl(out / "predictions.jsonl")
+    assert rescored[0]["rouge1"] == pytest.approx(1.0)
+    mean = np.mean([r["rouge1"] for r in rescored])
+    assert again["metrics"]["rouge1"]["value"] == pytest.approx(mean)
+    with pytest.raises(SystemExit, match="predictions.jsonl does not exist"):
+        evaluate(recipes["amazon"], tmp_path / "nothing", "--score-only")

@@ -1,15 +1,30 @@
-"""`nextquill inspect`'s pictures and numbers: token chart, summary, plots, terminal view."""
+"""`nextquill inspect`: the command's page, terminal view and plots on the tiny model, and its
+pictures and numbers from hand-made views (token chart, summary, plots, terminal view)."""
 
 from __future__ import annotations
 
 import os
+from html.parser import HTMLParser
 
+import matplotlib
 import numpy as np
+import pytest
+
+from nextquill_plugin.cli import main as nextquill
+from nextquill_plugin.evaluation.inspection_plots import (
+    plot_difference_histogram,
+    plot_preference_tokens,
+)
+from nextquill_plugin.evaluation.inspection_render import render_terminal, use_colour
+from nextquill_plugin.evaluation.inspection_views import (
+    TokenRate,
+    TokenView,
+    preference_token_rates,
+    summary,
+)
 
 
 def view(tokens, effects, special=None):
-    from nextquill_plugin.evaluation.inspection import TokenView
-
     effects = np.array(effects, dtype=np.float32)
     return TokenView(
         prompt_id="u/1",
@@ -23,9 +38,63 @@ def view(tokens, effects, special=None):
     )
 
 
-def test_token_chart_counts_shares_and_leaves_out_special_tokens():
-    from nextquill_plugin.evaluation.inspection import preference_token_rates
+class SpanCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.spans, self.text = [], [], {}
 
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("meta", "br"):  # void elements have no end tag
+            self.stack.append(tag)
+        if tag == "span" and dict(attrs).get("class", "").split()[0] == "t":  # token spans
+            self.spans.append(dict(attrs))
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack.pop() == tag, f"unbalanced </{tag}>"
+
+
+def test_inspect_writes_valid_html_terminal_view_and_plots(
+    recipes, tmp_path, capsys, tiny_tokenizer, tiny_model_dir, synthetic_splits
+):
+    import yaml
+
+    from dataset_formats.amazon_reviews import load
+
+    out = tmp_path / "inspect"
+    nextquill(
+        ["inspect", str(recipes["amazon"]), "--samples", "2", "--plot-samples", "4"]
+        + ["--out", str(out), "--against", str(tiny_model_dir)]
+        + ["--against-name", "same model as a checkpoint"]
+    )
+    page = (out / "tokens.html").read_text()
+    parser = SpanCollector()
+    parser.feed(page)
+    parser.close()
+    assert page.startswith("<!DOCTYPE html>") and not parser.stack
+    rows = synthetic_splits["test"][:2]  # the recipe's test split begins with them
+    strategy = load(tiny_tokenizer, yaml.safe_load(recipes["amazon"].read_text()))
+    targets = sum(
+        len([t for t in strategy.tokenize_prompt(r)["labels"] if t != -100]) for r in rows
+    )
+    assert len(parser.spans) == targets
+    for span in parser.spans:
+        numbers = dict(part.split("=") for part in span["title"].split())
+        effect = float(numbers["p_with"]) - float(numbers["p_without"])
+        assert float(numbers["effect"]) == pytest.approx(effect, abs=2e-4)
+        assert float(numbers["weight"]) in (0.1, 0.9)
+    terminal = capsys.readouterr().out
+    assert "\x1b[" not in terminal  # not a terminal here: no colour codes in the captured text
+    assert not use_colour()
+    for name in ("logprob_difference.png", "preference_tokens.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inspect_refuses_a_negative_sample_count(recipes, tmp_path):
+    with pytest.raises(SystemExit, match="--samples must be >= 0"):
+        nextquill(["inspect", str(recipes["amazon"]), "--samples", "-1", "--out", str(tmp_path)])
+
+
+def test_token_chart_counts_shares_and_leaves_out_special_tokens():
     views = [
         view([" The", " jazz", "<eos>"], [0.1, 0.3, 0.9], [False, False, True]),
         view([" The", " jazz", " The"], [0.0, 0.2, 0.0]),
@@ -40,8 +109,6 @@ def test_token_chart_counts_shares_and_leaves_out_special_tokens():
 
 
 def test_summary_traces_lambda_tokens_back_to_rows_and_reports_each_model():
-    from nextquill_plugin.evaluation.inspection import preference_token_rates, summary
-
     first = [view([" The", " jazz"], [0.0, 0.3]), view([" once", " more"], [0.9, 0.01])]
     first[1].prompt_id = "u/2"
     other = [view([" The", " jazz"], [0.0, 0.0]), view([" once", " more"], [0.0, 0.0])]
@@ -55,14 +122,6 @@ def test_summary_traces_lambda_tokens_back_to_rows_and_reports_each_model():
 
 
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
-    import matplotlib
-
-    from nextquill_plugin.evaluation.inspection import (
-        TokenRate,
-        plot_difference_histogram,
-        plot_preference_tokens,
-    )
-
     before = matplotlib.get_backend()
     plot_difference_histogram({"m": np.array([0.1, -0.2, 0.3])}, tmp_path / "h.png", "t")
     plot_preference_tokens([TokenRate("jazz", 4, 3)], tmp_path / "p.png", "t")
@@ -71,8 +130,6 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
 
 
 def test_terminal_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch):
-    from nextquill_plugin.evaluation.inspection import render_terminal, use_colour
-
     class Terminal:
         def isatty(self):
             return True

@@ -1,4 +1,5 @@
-"""The Table-1 metrics against values worked out by hand, and the bootstrap intervals."""
+"""The Table-1 metrics against values worked out by hand, the bootstrap intervals, and the
+WordNet METEOR needs."""
 
 import math
 
@@ -17,6 +18,7 @@ from nextquill_plugin.evaluation.wordnet_data import (
     MISSING_WORDNET,
     install_wordnet,
     lexnames_text,
+    require_wordnet,
 )
 
 
@@ -62,7 +64,9 @@ def test_corpus_bleu_by_hand():
 
 
 def test_bleu_of_a_bootstrap_subset_equals_sacrebleu_on_that_subset():
+    """Against both of sacrebleu's public entry points: ``corpus_bleu`` and ``BLEU()``."""
     import sacrebleu
+    from sacrebleu.metrics import BLEU
 
     predictions = ["the plot is slow", "great cover art", "i loved every page of it", "meh"]
     references = ["the plot is very slow", "great cover", "i loved each page of it", "not for me"]
@@ -73,6 +77,15 @@ def test_bleu_of_a_bootstrap_subset_equals_sacrebleu_on_that_subset():
     ).score
     assert bleu.score(indices) == pytest.approx(subset)
     assert bleu.score() == pytest.approx(sacrebleu.corpus_bleu(predictions, [references]).score)
+
+    predictions = ["the cat sat on the mat", "a dog ran", "hello there world", "the end"]
+    references = ["the cat is on the mat", "the dog ran away", "hello world", "the end of it"]
+    bleu = CorpusBleu(predictions, references)
+    expected = BLEU().corpus_score(
+        [predictions[i] for i in indices], [[references[i] for i in indices]]
+    )
+    assert bleu.score(indices) == pytest.approx(expected.score)
+    assert bleu.score() == pytest.approx(BLEU().corpus_score(predictions, [references]).score)
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_data():
@@ -115,8 +128,6 @@ def test_install_wordnet_says_what_to_install(tmp_path):
 
 def test_missing_wordnet_is_reported_with_both_install_routes(monkeypatch):
     from nltk.corpus import wordnet
-
-    from nextquill_plugin.evaluation.wordnet_data import require_wordnet
 
     def not_found():
         raise LookupError("Resource wordnet not found.")

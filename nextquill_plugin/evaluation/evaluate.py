@@ -30,6 +30,7 @@ from .generation import (
 from .metrics import METRIC_NAMES, evaluate_texts
 from .predictions_store import PARTIAL_GLOB, PartialPredictions
 from .recipe_data import RecipeRowsRequest, load_strategy
+from .wordnet_data import require_wordnet
 
 
 @dataclass
@@ -170,21 +171,13 @@ def run_evaluation(
     ``PartialPredictions``; a rerun of the same evaluation continues from them. The final
     files are written atomically.
     """
-    from .wordnet_data import require_wordnet
-
     recipe, dataset_type, data, rows = request.load_recipe_and_rows(request.limit)
     out = Path(request.out) if request.out else default_out_dir(request, generation, data.stem)
     require_wordnet()  # METEOR needs it: fail now, not after hours of generation
     if request.score_only:
         return score_existing(out, request.resamples)
     rank, world = distributed.join_processes()
-    tokenizer = load_tokenizer(recipe["base_model"], request.checkpoint)
-    strategy = load_strategy(dataset_type, tokenizer, recipe)
-    check_generation_budget(generation, strategy.settings.sequence_len)
-    prompts = GenerationPrompts.of(strategy, rows, data, generation.max_new_tokens)
-    without_history = prompts.rows_without_history()
-    check_history_kept(without_history, len(rows), generation, strategy.settings.sequence_len)
-
+    tokenizer, prompts = checked_prompts(request, generation, recipe, dataset_type, data, rows)
     key = run_key(request, generation, data)
     check_results_are_this_runs(out, key)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,16 +195,6 @@ def run_evaluation(
         return None
 
     tokens = store.complete(len(rows))
-    records = [
-        {
-            "user_id": row.get("user_id"),
-            "prompt_id": prompts.ids[index],
-            "prediction": tokenizer.decode(tokens[index], skip_special_tokens=True).strip(),
-            "reference": prompts.references[index],
-            "history_kept": prompts.prompts[index]["history_kept"],
-        }
-        for index, row in enumerate(rows)
-    ]
     document = {
         "name": request.name or _default_name(request, generation),
         "n": len(rows),
@@ -224,15 +207,52 @@ def run_evaluation(
         "bootstrap_resamples": request.resamples,
         "run_key": key,
         "rows_truncated": sum(1 for p in prompts.prompts if p["truncation"]),
-        "rows_without_history": without_history,
+        "rows_without_history": prompts.rows_without_history(),
         "rows_resumed": len(done),
         "processes": world,
         "generation_seconds": round(seconds, 2),
         "generated_tokens": sum(len(t) for t in tokens),
     }
+    records = prediction_records(rows, prompts, tokens, tokenizer)
     document = write_scored(out, records, document, request.resamples, show_progress)
     store.remove()  # their content is in predictions.jsonl now
     return document
+
+
+def checked_prompts(
+    request: EvaluationRequest,
+    generation: GenerationSettings,
+    recipe: dict[str, Any],
+    dataset_type: str,
+    data: Path,
+    rows: list[dict],
+) -> tuple[Any, GenerationPrompts]:
+    """(tokenizer, every row's prompts), after the checks that need the tokenizer but not the
+    model: room for the generated tokens, and rows that lose their history to it."""
+    tokenizer = load_tokenizer(recipe["base_model"], request.checkpoint)
+    strategy = load_strategy(dataset_type, tokenizer, recipe)
+    sequence_len = strategy.settings.sequence_len
+    check_generation_budget(generation, sequence_len)
+    prompts = GenerationPrompts.of(strategy, rows, data, generation.max_new_tokens)
+    check_history_kept(prompts.rows_without_history(), len(rows), generation, sequence_len)
+    return tokenizer, prompts
+
+
+def prediction_records(
+    rows: list[dict], prompts: GenerationPrompts, tokens: list[list[int]], tokenizer
+) -> list[dict[str, Any]]:
+    """predictions.jsonl's records, before scoring: each row's user, prompt id, decoded
+    prediction, reference and how many history items its prompt kept."""
+    return [
+        {
+            "user_id": row.get("user_id"),
+            "prompt_id": prompts.ids[index],
+            "prediction": tokenizer.decode(tokens[index], skip_special_tokens=True).strip(),
+            "reference": prompts.references[index],
+            "history_kept": prompts.prompts[index]["history_kept"],
+        }
+        for index, row in enumerate(rows)
+    ]
 
 
 def check_generation_budget(generation: GenerationSettings, sequence_len: int) -> None:

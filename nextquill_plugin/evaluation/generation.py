@@ -97,7 +97,7 @@ def model_sources(base_model: str, checkpoint: str | None) -> tuple[str, Path | 
 
 def load_tokenizer(base_model: str, checkpoint: str | None):
     """The tokenizer saved with the checkpoint, else the base model's; pad = EOS if unset."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # seconds to import; `nextquill --help` needs none
 
     source, _ = model_sources(base_model, checkpoint)
     tokenizer_source = checkpoint if checkpoint and _has_tokenizer(Path(checkpoint)) else source
@@ -110,7 +110,7 @@ def load_tokenizer(base_model: str, checkpoint: str | None):
 def load_model_for_generation(base_model: str, checkpoint: str | None, dtype: str = "auto"):
     """(model, tokenizer, description) for a base model, a LoRA adapter folder (merged into its
     base for speed) or a full fine-tuned model folder."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # as in load_tokenizer
 
     device = default_device()
     if dtype == "auto":
@@ -125,7 +125,7 @@ def load_model_for_generation(base_model: str, checkpoint: str | None, dtype: st
     source, adapter = model_sources(base_model, checkpoint)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     if adapter is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # imports transformers too; only for a LoRA checkpoint
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.to(device).eval()
@@ -160,8 +160,6 @@ def generate_continuations(
     in no batch get no continuation. Sampling is seeded per batch by its first prompt index, so
     a batch gives the same tokens whichever process runs it.
     """
-    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-
     if settings.cos_gamma > 0 and counterfactual_prompts is None:
         raise ValueError("context steering (cos_gamma > 0) needs the counterfactual prompts")
     device = next(model.parameters()).device
@@ -170,27 +168,9 @@ def generate_continuations(
     outputs: list[list[int]] = [[] for _ in prompts]
     for batch in tqdm(batches, desc="generating", disable=not show_progress):
         input_ids, mask = padded_batch([prompts[i] for i in batch], pad_token_id, side="left")
-        kwargs: dict = {
-            "max_new_tokens": settings.max_new_tokens,
-            "do_sample": settings.do_sample,
-            "pad_token_id": pad_token_id,
-            "eos_token_id": eos_token_id,
-        }
+        kwargs = decoding_arguments(settings, input_ids.shape[1], pad_token_id, eos_token_id)
         if settings.do_sample:
             torch.manual_seed(settings.seed + batch[0])
-            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-        else:  # greedy: unset the model's own sampling defaults so transformers does not warn
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if settings.repetition_penalty != 1.0 and settings.penalty_scope == "generated":
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [
-                    RepetitionPenaltyLogitsProcessor(
-                        settings.repetition_penalty, prompt_ignore_length=input_ids.shape[1]
-                    )
-                ]
-            )
-        else:
-            kwargs["repetition_penalty"] = settings.repetition_penalty
         if settings.cos_gamma > 0:
             cf_ids, cf_mask = padded_batch(
                 [counterfactual_prompts[i] for i in batch], pad_token_id, side="left"
@@ -205,9 +185,45 @@ def generate_continuations(
         )
         new_tokens = generated[:, input_ids.shape[1] :].tolist()
         for row, tokens in zip(batch, new_tokens, strict=True):
-            if eos_token_id is not None and eos_token_id in tokens:
-                tokens = tokens[: tokens.index(eos_token_id)]
-            outputs[row] = [t for t in tokens if t != pad_token_id]
+            outputs[row] = continuation(tokens, pad_token_id, eos_token_id)
         if on_batch is not None:
             on_batch(list(batch), [outputs[row] for row in batch])
     return outputs
+
+
+def decoding_arguments(
+    settings: GenerationSettings, prompt_length: int, pad_token_id: int, eos_token_id: int | None
+) -> dict:
+    """``model.generate``'s keyword arguments for a batch of left-padded prompts of
+    ``prompt_length`` tokens (context steering's are added per batch)."""
+    # transformers only when decoding, as in load_tokenizer
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    kwargs: dict = {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.do_sample,
+        "pad_token_id": pad_token_id,
+        "eos_token_id": eos_token_id,
+    }
+    if settings.do_sample:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+    else:  # greedy: unset the model's own sampling defaults so transformers does not warn
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if settings.repetition_penalty != 1.0 and settings.penalty_scope == "generated":
+        kwargs["logits_processor"] = LogitsProcessorList(
+            [
+                RepetitionPenaltyLogitsProcessor(
+                    settings.repetition_penalty, prompt_ignore_length=prompt_length
+                )
+            ]
+        )
+    else:
+        kwargs["repetition_penalty"] = settings.repetition_penalty
+    return kwargs
+
+
+def continuation(tokens: list[int], pad_token_id: int, eos_token_id: int | None) -> list[int]:
+    """A generated row's new tokens up to its first EOS, without padding."""
+    if eos_token_id is not None and eos_token_id in tokens:
+        tokens = tokens[: tokens.index(eos_token_id)]
+    return [t for t in tokens if t != pad_token_id]

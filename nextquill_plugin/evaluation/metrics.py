@@ -15,7 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from sacrebleu.metrics import BLEU
 from tqdm.auto import tqdm
+
+from .wordnet_data import require_wordnet
 
 METRIC_NAMES = ("rouge1", "rougeL", "meteor", "bleu")
 METRIC_LABELS = {"rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "meteor": "METEOR", "bleu": "BLEU"}
@@ -30,7 +33,7 @@ def rouge_per_sample(
 ) -> dict[str, np.ndarray]:
     """ROUGE-1 and ROUGE-L F1 of every (prediction, reference) pair, as `evaluate`'s rouge
     computes them (rouge-score, default tokenizer, no stemmer)."""
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # imports NLTK (seconds): only when scoring
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
     scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references, strict=True)]
@@ -43,7 +46,7 @@ def rouge_per_sample(
 def word_tokenizer() -> tuple[Callable[[str], list[str]], str]:
     """NLTK's ``word_tokenize`` (Punkt sentences + Treebank words) when Punkt is installed,
     else the Treebank tokenizer on regex-split sentences. Returns (tokenize, which one)."""
-    import nltk
+    import nltk  # seconds to import; compare and the CLI's parsers import this module too
     from nltk.tokenize import word_tokenize
 
     try:
@@ -66,9 +69,7 @@ def meteor_per_sample(
     predictions: Sequence[str], references: Sequence[str], show_progress: bool = False
 ) -> np.ndarray:
     """METEOR of every pair, as `evaluate`'s meteor computes it for NLTK >= 3.6.5."""
-    from nltk.translate.meteor_score import single_meteor_score
-
-    from .wordnet_data import require_wordnet
+    from nltk.translate.meteor_score import single_meteor_score  # NLTK: see word_tokenizer
 
     wordnet = require_wordnet()
     tokenize, _ = word_tokenizer()
@@ -92,8 +93,6 @@ class CorpusBleu:
     ``corpus_score`` gives the statistics, ``BLEU.compute_bleu`` scores their sums."""
 
     def __init__(self, predictions: Sequence[str], references: Sequence[str]):
-        from sacrebleu.metrics import BLEU
-
         self.bleu = BLEU()
         rows = []
         for prediction, reference in zip(predictions, references, strict=True):
@@ -103,8 +102,6 @@ class CorpusBleu:
         self.stats = np.array(rows, dtype=np.int64).reshape(len(rows), 2 * self.order + 2)
 
     def score(self, indices: np.ndarray | None = None) -> float:
-        from sacrebleu.metrics import BLEU
-
         total = (self.stats if indices is None else self.stats[indices]).sum(axis=0).tolist()
         order = self.order
         return float(
@@ -148,6 +145,11 @@ def bootstrap_interval(
     rng = np.random.default_rng(seed)
     draws = tqdm(range(resamples), desc=description, disable=not description, leave=False)
     values = np.array([statistic(rng.integers(0, n_samples, n_samples)) for _ in draws])
+    return percentile_interval(values, confidence)
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The central ``confidence`` share of bootstrap ``values`` (2.5th to 97.5th percentile)."""
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)

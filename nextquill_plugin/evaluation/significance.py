@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from nextquill_common.jsonl import read_jsonl
 
-from .metrics import METRIC_NAMES, CorpusBleu
+from .metrics import METRIC_NAMES, CorpusBleu, percentile_interval
 
 PER_SAMPLE_METRICS = tuple(m for m in METRIC_NAMES if m != "bleu")
 
@@ -38,12 +38,6 @@ class PairedDifference:
     def significant(self) -> bool:
         """The interval excludes 0."""
         return self.ci_low > 0 or self.ci_high < 0
-
-
-def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def user_resamples(n_users: int, resamples: int, seed: int) -> np.ndarray:
@@ -69,6 +63,11 @@ def read_predictions(folder: Path) -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
+def user_of(record: dict[str, Any]) -> str:
+    """The user a prediction record belongs to; a row without a user id is a user of its own."""
+    return str(record.get("user_id") or record["prompt_id"])
+
+
 def paired_differences(
     method: Sequence[dict[str, Any]],
     baseline: Sequence[dict[str, Any]],
@@ -83,9 +82,9 @@ def paired_differences(
         raise ValueError(
             "the two runs were not evaluated on the same prompts; evaluate both on one split"
         )
-    users = sorted({str(r.get("user_id") or r["prompt_id"]) for r in method})
+    users = sorted({user_of(r) for r in method})
     index = {user: i for i, user in enumerate(users)}
-    row_user = np.array([index[str(r.get("user_id") or r["prompt_id"])] for r in method])
+    row_user = np.array([index[user_of(r)] for r in method])
     paired_baseline = [by_prompt[r["prompt_id"]] for r in method]
     draws = user_resamples(len(users), resamples, seed)
 

@@ -121,7 +121,7 @@ def install_wordnet(source: Path = DEBIAN_WORDNET, nltk_dir: Path | None = None)
 
 def require_wordnet():
     """NLTK's WordNet reader, loaded; a clear error naming both install routes if missing."""
-    from nltk.corpus import wordnet
+    from nltk.corpus import wordnet  # NLTK takes seconds to import; setup-wordnet copies first
 
     try:
         wordnet.ensure_loaded()
