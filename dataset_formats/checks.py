@@ -17,14 +17,13 @@ from typing import Any
 
 from axolotl.utils.logging import get_logger
 
+from . import DATASET_TYPES
 from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, PROMPT_SETTINGS, TRUNCATION
 from .prompting import describe_truncation
 from .settings import PromptSettings
 from .sources import changed_source
 
 LOG = get_logger("axolotl.integrations.nextquill")  # logs on the main process only
-
-DATASET_TYPES = ("dataset_formats.amazon_reviews", "dataset_formats.paired")
 
 
 def check_dataset_types(cfg: Mapping[str, Any]) -> None:

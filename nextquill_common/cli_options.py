@@ -13,6 +13,7 @@ import argparse
 import types
 import typing
 from dataclasses import MISSING, Field, field, fields
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar, get_type_hints
 
 T = TypeVar("T")
@@ -29,8 +30,6 @@ def _value_type(hint: Any) -> Any:
 
 def package_version() -> str:
     """The installed version of this package, for ``--version``."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("nextquill-axolotl")
     except PackageNotFoundError:

@@ -23,6 +23,7 @@ the work are imported when their subcommand runs, so that `nextquill --version` 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -155,14 +156,14 @@ class RecipesRequest:
 
 
 def run_weights(request: WeightsRequest) -> None:
-    from .axolotl.weights import compute_weights
+    from .axolotl.weights import compute_weights  # on use: Axolotl (see the module docstring)
 
     cache = compute_weights(request.recipe, request.overrides or {})
     print(f"nextquill: theta_0 effects are cached in {cache}")
 
 
 def run_evaluate(request, generation) -> None:
-    import torch.distributed as dist
+    import torch.distributed as dist  # on use, as every runner's work: `--version` needs no torch
 
     from .evaluation.evaluate import run_evaluation
 
@@ -182,7 +183,7 @@ def run_evaluate(request, generation) -> None:
 
 
 def run_compare(request: CompareRequest) -> None:
-    from .evaluation.compare import (
+    from .evaluation.compare import (  # on use (numpy, the bootstrap)
         comparison_table,
         comparison_warnings,
         difference_table,
@@ -208,14 +209,14 @@ def run_compare(request: CompareRequest) -> None:
 
 
 def run_inspect(request) -> None:
-    from .evaluation.inspection import run_inspection
+    from .evaluation.inspection import run_inspection  # on use: torch, matplotlib
 
     for kind, path in run_inspection(request).items():
         print(f"nextquill inspect: {kind}: {path}")
 
 
 def run_setup_wordnet(request: WordnetRequest) -> None:
-    from .evaluation.wordnet_data import install_wordnet, require_wordnet
+    from .evaluation.wordnet_data import install_wordnet, require_wordnet  # on use: nltk
 
     nltk_dir = Path(request.nltk_dir) if request.nltk_dir else None
     target = install_wordnet(Path(request.source), nltk_dir)
@@ -224,7 +225,7 @@ def run_setup_wordnet(request: WordnetRequest) -> None:
 
 
 def run_prompts(request) -> None:
-    from .evaluation.prompts import render_prompts
+    from .evaluation.prompts import render_prompts  # on use: transformers
 
     print("\n\n".join(render_prompts(request)))
 
@@ -235,10 +236,7 @@ def run_recipes(request: RecipesRequest) -> None:
 
 
 def run_demo() -> None:
-    from nextquill_common.offline import use_offline_mode
-
-    use_offline_mode()  # the demo is local (tiny model, shipped data): before its libraries load
-    from .demo.run import main as demo_main
+    from .demo.run import main as demo_main  # on use; importing the demo makes the process offline
 
     demo_main()
 
@@ -286,8 +284,6 @@ def evaluation_request(name: str) -> Callable[[], type]:
     modules import torch: `--version` builds no parser)."""
 
     def load() -> type:
-        import importlib
-
         module, _, cls = name.rpartition(".")
         return getattr(importlib.import_module(f"nextquill_plugin.evaluation.{module}"), cls)
 
@@ -374,7 +370,7 @@ def build_parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse
 
 def run_trl_sft(argv: list[str], prog: str) -> None:
     """`nextquill trl-sft ...`: TRL's parser takes the rest, as `trl sft` would."""
-    from .trl.command import main as trl_main
+    from .trl.command import main as trl_main  # on use: TRL
 
     try:
         trl_main(argv, prog=f"{prog} {TRL_SFT}")

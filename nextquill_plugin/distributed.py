@@ -117,6 +117,6 @@ def full_parameters(model: nn.Module) -> contextlib.AbstractContextManager:
     partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
     if not partitioned:
         return contextlib.nullcontext()
-    import deepspeed
+    import deepspeed  # only under ZeRO-3: DeepSpeed is an optional extra
 
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)

@@ -93,7 +93,7 @@ def gather_head_after_forward(model: nn.Module, lm_head: nn.Module) -> None:
     module's post-backward, which reduce-scatters its gradient and reshards it as usual."""
     if not isinstance(lm_head.weight, DTensor):
         return
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # only under FSDP2 (DTensor weights)
 
     owners = [
         module

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from datasets import load_dataset
 from trl import (
     DatasetMixtureConfig,
     ModelConfig,
@@ -29,6 +30,7 @@ from ..effects_cache import LOG as EFFECTS_LOG
 from .config import NextQuillSFTConfig
 from .recipe_view import TRL_MODEL_KEY
 from .trainer import NextQuillSFTTrainer
+
 
 def show_nextquill_messages() -> None:
     """Our INFO messages (where the theta_0 effects came from, how many tokens the rule marks,
@@ -80,8 +82,6 @@ def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     if dataset_args.datasets:
         dataset = get_dataset(dataset_args)
     elif script_args.dataset_name:
-        from datasets import load_dataset
-
         dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
     else:
         parser.error("the config names no data; set datasets (or dataset_name)")
