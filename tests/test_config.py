@@ -96,7 +96,7 @@ def test_math_and_tools_import_without_axolotl_and_the_plugin_loads_by_its_recip
     probe = (
         "import sys\n"
         "import nextquill_plugin, nextquill_plugin.equations, nextquill_plugin.objective\n"
-        "import nextquill_plugin.lm_head, nextquill_plugin.cli, nextquill_plugin.demo.local_runs\n"
+        "import nextquill_plugin.lm_head, nextquill_plugin.cli, nextquill_common.offline\n"
         "print(sorted(m for m in ('axolotl', 'bitsandbytes', 'huggingface_hub') if m in sys.modules))\n"
         "from axolotl.integrations.base import BasePlugin, load_plugin\n"
         "from importlib.metadata import entry_points\n"
