@@ -134,3 +134,18 @@ def untuned_run(recipes, tmp_path_factory):
     out = tmp_path_factory.mktemp("untuned_run") / "eval"
     evaluate(recipes["amazon"], out, *UNTUNED_RUN)
     return out
+
+
+@pytest.fixture(scope="session")
+def sharpened_model(tiny_model_dir):
+    """The tiny model with sharpened logits, so that the history changes probabilities."""
+    return sharpened_tiny_model(tiny_model_dir, 6.0)
+
+
+@pytest.fixture(scope="session")
+def effect_rows(paired_rows):
+    """Tokenized paired rows for the theta_0 pass, one of them an ordinary SFT row."""
+    tokenized = list(paired_rows)
+    tokenized[2] = {**tokenized[2], "cf_input_ids": [], "cf_labels": []}  # an ordinary SFT row
+    keys = ("input_ids", "labels", "cf_input_ids", "cf_labels")
+    return [{k: r[k] for k in keys} for r in tokenized]

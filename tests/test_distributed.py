@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from nextquill_plugin.equations import PreferenceRule
 from nextquill_plugin.objective import NEXTQUILL_METRICS
 
 from .stock_configs import ZERO, ZERO_COMMON, write_zero_config
+from .torchrun_helpers import free_port, run_two_processes
 
 pytestmark = pytest.mark.distributed
 
@@ -67,12 +67,6 @@ PATHS = {
     "FSDP2 reshard_after_forward": fsdp2(True),
     "FSDP2 no reshard": fsdp2(False),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Runs:
@@ -225,3 +219,20 @@ def test_stock_zero2_with_optimizer_offload_trains(runs):
     adam = {**ADAPTERS["lora"], "optimizer": "adamw_torch", "learning_rate": 0.005}
     offload = runs("lora stock zero2", deepspeed=2, **adam)
     assert column(offload, "loss")[0] == pytest.approx(column(ddp, "loss")[0], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_logged_nextquill_metrics_are_means_over_all_ranks(tmp_path):
+    """Two gloo processes store different values; both log the mean over every stored value."""
+    run_two_processes("mean_over_ranks.py", [tmp_path / "means"])
+    reports = [json.loads((tmp_path / f"means.{rank}").read_text()) for rank in (0, 1)]
+    assert (
+        reports[0]
+        == reports[1]
+        == {
+            "nextquill/normal_loss": (1 + 2 + 3 + 5) / 4,
+            "nextquill/causal_loss": 0.5,  # rank 1 stored none
+            "nextquill/mean_weight": (0.1 + 0.3 + 0.5) / 3,
+            "nextquill/preference_token_fraction": None,  # no rank stored any
+        }
+    )

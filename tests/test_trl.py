@@ -8,7 +8,6 @@ the weights matter) and compare full-precision TensorBoard scalars, which both f
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from dataclasses import fields
@@ -23,6 +22,8 @@ from nextquill_plugin.config_keys import NextQuillArgs, settings_from
 from nextquill_plugin.demo.local_runs import FULL_FINETUNE, offline_env, run_axolotl, tiny_recipe
 from nextquill_plugin.demo.theta0 import PROMPT, THETA0_DIR
 from nextquill_plugin.objective import NEXTQUILL_METRICS
+
+from .torchrun_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -177,12 +178,6 @@ def test_every_trl_config_parses_with_trls_parser(name):
 
 
 # --- training runs ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scalars(folder: Path) -> dict[str, np.ndarray]:
