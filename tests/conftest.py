@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from nextquill_plugin.demo.local_runs import use_offline_mode
+from nextquill_common.offline import use_offline_mode
 
 # No test may reach a hub: set before transformers/datasets/axolotl are imported (importing
-# local_runs imports neither).
+# nextquill_common.offline imports neither).
 use_offline_mode()
 
 import pytest  # noqa: E402
