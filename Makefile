@@ -28,7 +28,7 @@ $(BIN)/.nextquill-installed: pyproject.toml constraints.txt
 	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
 	@( $(BIN)/python -m pip install --upgrade pip \
 	  && $(BIN)/python -m pip install "torch==2.13.0" $(TORCH_SOURCE) -c constraints.txt \
-	  && $(BIN)/python -m pip install -c constraints.txt -e ".[deepspeed,dev]" ) \
+	  && $(BIN)/python -m pip install -c constraints.txt -e ".[axolotl,deepspeed,trl,dev]" ) \
 	  > $(VENV)/install.log 2>&1 || { tail -n 60 $(VENV)/install.log; exit 1; }
 	touch $@
 

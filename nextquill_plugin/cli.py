@@ -165,7 +165,7 @@ def run_weights(request: WeightsRequest) -> None:
 def run_evaluate(request, generation) -> None:
     import torch.distributed as dist  # on use, as every runner's work: `--version` needs no torch
 
-    from .evaluation.evaluate import run_evaluation
+    from .evaluation.evaluate import run_evaluation  # on use: torch, transformers
 
     try:
         document = run_evaluation(request, generation)
@@ -368,10 +368,29 @@ def build_parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse
     return parser, commands.choices
 
 
+# The libraries each framework's extra installs (pyproject.toml): a command that needs one names
+# the extra instead of ending in a ModuleNotFoundError.
+EXTRA_OF_LIBRARY = {"axolotl": "axolotl", "click": "axolotl", "trl": "trl", "datasets": "trl"}
+
+
+def missing_extra(error: ModuleNotFoundError, command: str) -> SystemExit:
+    """The one-line exit for a command whose framework is not installed."""
+    library = (error.name or "").split(".")[0]
+    if library not in EXTRA_OF_LIBRARY:
+        raise error
+    extra = EXTRA_OF_LIBRARY[library]
+    return SystemExit(
+        f"{command}: needs {library}, which this install lacks; install the {extra} extra: "
+        f"pip install 'nextquill-axolotl[{extra}]'"
+    )
+
+
 def run_trl_sft(argv: list[str], prog: str) -> None:
     """`nextquill trl-sft ...`: TRL's parser takes the rest, as `trl sft` would."""
-    from .trl.command import main as trl_main  # on use: TRL
-
+    try:
+        from .trl.command import main as trl_main  # on use: TRL
+    except ModuleNotFoundError as error:
+        raise missing_extra(error, f"{prog} {TRL_SFT}") from None
     try:
         trl_main(argv, prog=f"{prog} {TRL_SFT}")
     except (OSError, ValueError, TypeError) as error:  # TypeError: rows of the wrong kind
@@ -413,6 +432,8 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
             for cls in classes
         ]
         subcommand.run(*requests)
+    except ModuleNotFoundError as error:
+        raise missing_extra(error, f"{prog} {args.command}") from None
     except subcommand.errors as error:
         raise SystemExit(f"{prog} {args.command}: {error}") from None
 

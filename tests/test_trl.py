@@ -258,6 +258,7 @@ def test_trl_logs_the_losses_the_axolotl_path_logs(tmp_path, train_file, variant
     Axolotl averages the micro-batches' mean losses (it turns model_accepts_loss_kwargs off),
     TRL divides by the window's tokens, so with accumulation the two baselines differ slightly
     (2e-5 relative here); NextQuill divides by the window's tokens under both."""
+    pytest.importorskip("axolotl")  # skipped in the TRL-only lane (.ci/lane_trl_only)
     keys = VARIANTS[variant]
     shape = {"micro_batch_size": 2, "gradient_accumulation_steps": 2}
     if variant == "ContextSFT":
