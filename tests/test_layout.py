@@ -379,3 +379,50 @@ def test_each_framework_trainer_is_the_mixin_and_two_hooks():
         assert len(trainers) == 1, framework
         methods = {n.name for n in trainers[0].body if isinstance(n, ast.FunctionDef)}
         assert methods <= shared, (framework, methods - shared)
+
+
+MAX_FUNCTION_LINES = 70  # a longer function does several jobs: split it into named steps
+
+
+def functions_of(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [
+        node
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
+
+
+def test_no_product_function_is_longer_than_the_limit():
+    long = {
+        f"{path.relative_to(ROOT)}:{node.name}": node.end_lineno - node.lineno + 1
+        for path in product_modules()
+        for node in functions_of(path)
+        if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    }
+    assert long == {}
+
+
+def silent_imports(path: Path) -> list[int]:
+    """Lines of imports inside functions with no comment on their line or the line above."""
+    lines = ["", *path.read_text().splitlines()]  # 1-based, with a line 0 above line 1
+    return [
+        node.lineno
+        for function in functions_of(path)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        and "#" not in lines[node.lineno] + lines[node.lineno - 1]
+    ]
+
+
+def test_every_import_inside_a_function_says_why(tmp_path):
+    """Imports belong at the top; one kept inside a function (a heavy or optional library off a
+    fast path) carries a comment on its line or the line above saying why."""
+    silent = {
+        str(path.relative_to(ROOT)): lines
+        for path in product_modules()
+        if (lines := silent_imports(path))
+    }
+    assert silent == {}
+    sample = tmp_path / "sample.py"  # the scan sees a silent import and a said one
+    sample.write_text("def f():\n    import json\n    import os  # why\n")
+    assert silent_imports(sample) == [2]
