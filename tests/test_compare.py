@@ -138,3 +138,35 @@ def test_compare_refuses_resamples_below_one(tmp_path, capsys):
             nextquill(["compare", str(tmp_path), "--resamples", resamples])
         assert error.value.code == 2
         assert "must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "is not a complete metrics.json"),
+        ('{"name": "a", "metrics": {"rouge1": {"value": 0.5', "is not a complete metrics.json"),
+        ("[1, 2]", "holds no metrics"),
+        ("NaN", "holds no metrics"),
+        ("NaN-in-rouge1", "rouge1 is not a finite number"),
+        ("text-in-bleu", "bleu lacks a numeric value and interval"),
+    ],
+)
+def test_compare_refuses_a_metrics_file_that_is_not_a_complete_evaluation(
+    tmp_path, capsys, content, message
+):
+    """A cut-off, empty or non-finite metrics.json stops `compare` naming the file (it used to
+    print +nan% and exit 0, or a JSON error without the file's name)."""
+    metrics = {m: {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6} for m in ("rouge1", "rougeL", "meteor", "bleu")}  # fmt: skip
+    if content == "NaN-in-rouge1":
+        metrics["rouge1"]["value"] = float("nan")
+        content = json.dumps({"name": "a", "n": 3, "metrics": metrics})  # json writes NaN
+    elif content == "text-in-bleu":
+        metrics["bleu"]["value"] = "high"
+        content = json.dumps({"name": "a", "n": 3, "metrics": metrics})
+    bad = tmp_path / "bad" / "metrics.json"
+    bad.parent.mkdir()
+    bad.write_text(content)
+    with pytest.raises(SystemExit) as error:
+        nextquill(["compare", str(bad.parent)])
+    assert str(bad) in str(error.value) and message in str(error.value)
+    assert capsys.readouterr().out == ""  # no table

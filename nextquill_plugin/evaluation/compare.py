@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .metrics import METRIC_LABELS, METRIC_NAMES
 from .significance import paired_differences, read_predictions
@@ -29,26 +30,45 @@ class RunMetrics:
 
 
 def load_run(path: str | Path) -> RunMetrics:
-    """A run's metrics.json, given the file or the folder holding it."""
+    """A run's metrics.json, given the file or the folder holding it; a file that is not a
+    complete evaluation (cut off, empty, a non-finite score) is refused, naming it."""
     path = Path(path)
     file = path / "metrics.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{file} not found: pass an evaluation folder or its metrics.json")
-    document = json.loads(file.read_text())
-    missing = [m for m in METRIC_NAMES if m not in document.get("metrics", {})]
+    try:
+        document = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file} is not a complete metrics.json ({error})") from None
+    metrics = document.get("metrics") if isinstance(document, dict) else None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{file} holds no metrics; was it written by nextquill evaluate?")
+    missing = [m for m in METRIC_NAMES if m not in metrics]
     if missing:
         raise ValueError(
             f"{file} lacks the metrics {missing}; was it written by nextquill evaluate?"
         )
-    metrics = document["metrics"]
+    scores = {m: metric_scores(file, m, metrics[m]) for m in METRIC_NAMES}
     return RunMetrics(
         name=document.get("name") or file.parent.name,
         n=int(document.get("n", 0)),
         data=str(document.get("data", "")),
-        values={m: float(metrics[m]["value"]) for m in METRIC_NAMES},
-        intervals={m: (metrics[m]["ci_low"], metrics[m]["ci_high"]) for m in METRIC_NAMES},
+        values={m: scores[m][0] for m in METRIC_NAMES},
+        intervals={m: scores[m][1:] for m in METRIC_NAMES},
         folder=file.parent,
     )
+
+
+def metric_scores(file: Path, metric: str, entry: Any) -> tuple[float, float, float]:
+    """(value, ci_low, ci_high) of one metric, each a finite number, or a ValueError naming the
+    file and the metric."""
+    try:
+        scores = tuple(float(entry[key]) for key in ("value", "ci_low", "ci_high"))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{file}: {metric} lacks a numeric value and interval") from None
+    if not all(math.isfinite(score) for score in scores):
+        raise ValueError(f"{file}: {metric} is not a finite number ({entry!r})")
+    return scores
 
 
 def comparison_warnings(runs: Sequence[RunMetrics]) -> list[str]:
