@@ -354,3 +354,31 @@ print("TRAINED", losses)
     output = run_command([*evaluate, "--limit", "2", "--max-new-tokens", "8"], tmp_path)
     assert "rouge1" in output
     assert list((tmp_path / "out").glob("eval-test*/metrics.json"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "give --config FILE"),
+        (["--config", "CONFIG", "--dataset_streaming", "true"], "streaming: true is refused"),
+        (["--config", "CONFIG", "--streaming", "true"], "streaming: true is refused"),
+    ],
+)
+def test_the_command_refuses_no_config_and_streaming_as_usage_errors(
+    tmp_path, capsys, arguments, message
+):
+    """Without --config TRL's defaults ended in a bf16/GPU error (exit 1); a streaming config
+    trained with exit 0 although streaming cannot be honoured. Both are wrong command lines:
+    exit 2 with the usage line, before any model loads."""
+    from nextquill_plugin.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model_name_or_path: nowhere\noutput_dir: out\nuse_cpu: true\nbf16: false\n"
+        "datasets:\n  - path: json\n    data_files: rows.jsonl\n"
+    )
+    with pytest.raises(SystemExit) as error:
+        main(["trl-sft", *[str(config) if a == "CONFIG" else a for a in arguments]])
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: nextquill trl-sft" in err and message in err

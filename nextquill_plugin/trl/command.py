@@ -66,6 +66,11 @@ def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     parser = TrlParser(
         (ScriptArguments, NextQuillSFTConfig, ModelConfig, DatasetMixtureConfig), prog=prog
     )
+    if not {"--config", f"--{TRL_MODEL_KEY}"} & {arg.split("=")[0] for arg in argv}:
+        # Without either, TRL's defaults (bf16 on) fail far from the cause.
+        parser.error(
+            f"give --config FILE (a TRL-style YAML config, see recipes/trl/) or --{TRL_MODEL_KEY}"
+        )
     refuse_unknown_config_keys(parser, argv)
     # Unknown keys are refused (trl sft only warns): a misspelled key would train without it.
     script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(
@@ -73,6 +78,12 @@ def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     )
     if not model_args.model_name_or_path:
         parser.error(f"the config names no model; set {TRL_MODEL_KEY}")
+    if script_args.dataset_streaming or dataset_args.streaming:
+        parser.error(
+            "dataset_streaming / streaming: true is refused: NextQuill tokenizes the rows and "
+            "computes their theta_0 effects before training, which a stream cannot give; set it "
+            "to false"
+        )
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
