@@ -128,6 +128,7 @@ def test_a_quote_in_the_output_path_is_data_not_sql(tmp_path):
         ({"targets_per_user": 2, "validation_targets": 1, "test_targets": 1}, "--targets-per-user"),
         ({"max_history": -1}, "--max-history must be >= 0"),
         ({"memory_limit": "8GB'; DROP"}, "--memory-limit"),
+        ({"min_user_reviews": 7, "max_user_reviews": 6}, "--min-user-reviews \\(7\\) exceeds"),
     ],
 )
 def test_build_options_that_cannot_give_a_build_are_refused(tmp_path, options, message):
@@ -206,3 +207,20 @@ def test_a_truncated_gzip_names_the_lines_it_gave(tmp_path):
         build([broken], [meta], tmp_path / "out", SMALL)
     decoded = int(re.search(r"after line (\d+)", str(error.value)).group(1))
     assert 0 < decoded < 20000
+
+
+def test_the_command_refuses_options_that_cannot_give_a_build_as_a_wrong_command_line(tmp_path):
+    """`--min-user-reviews` above `--max-user-reviews` ended in "no user survived" after the
+    whole first stage; it is a wrong command line: exit 2 with the usage, before any read."""
+    reviews, meta = raw_fixture(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "dataset_formats.build.cli", "build", "--reviews", str(reviews)]
+        + ["--meta", str(meta), "--out", str(tmp_path / "out"), "--quiet"]
+        + ["--min-user-reviews", "30", "--max-user-reviews", "20"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "usage: nextquill-data build" in result.stderr
+    assert "--min-user-reviews (30) exceeds --max-user-reviews (20)" in result.stderr
+    assert not (tmp_path / "out").exists()

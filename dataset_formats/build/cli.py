@@ -77,6 +77,10 @@ def _add_build(commands) -> tuple[argparse.ArgumentParser, Run]:
 
 def _run_build(args: argparse.Namespace) -> None:
     options = dataclass_from_args(BuildOptions, args)
+    try:
+        options.check()  # before any input is read
+    except BuildError as error:
+        args.command_parser.error(str(error))  # exits with 2: a wrong command line
     report = build(args.reviews, args.meta, args.out, options)
     if options.show_progress:  # --quiet prints nothing; stats.json has it all
         summary = {k: v for k, v in report.to_json().items() if k != "bad_input"}

@@ -112,6 +112,11 @@ class BuildOptions:
             )
         if self.min_description_chars > self.max_description_chars:
             problems.append("--min-description-chars exceeds --max-description-chars")
+        if self.min_user_reviews > self.max_user_reviews:
+            problems.append(
+                f"--min-user-reviews ({self.min_user_reviews}) exceeds --max-user-reviews "
+                f"({self.max_user_reviews}): no user could survive the k-core"
+            )
         if not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|[KMGT]B?)", self.memory_limit.strip(), re.I):
             problems.append(f"--memory-limit {self.memory_limit!r} is not a size like 8GB")
         if problems:
