@@ -118,3 +118,49 @@ def test_rows_of_a_data_file_that_changed_since_they_were_prepared_are_refused(
         check_data_sources(cfg, prepared, "train_dataset")
     os.remove(data)  # moved away: the prepared rows are all there is; accepted
     check_data_sources(cfg, prepared, "train_dataset")
+
+
+@pytest.mark.slow
+def test_axolotl_train_names_dropped_keys_keys_without_effect_and_refuses_a_key_written_twice(
+    tmp_path, tiny_model_dir, synthetic_splits
+):
+    """Through `axolotl train`: a misspelled Axolotl key (which Axolotl drops), NextQuill keys
+    under nextquill: false (which change nothing) are named, and a key written twice (YAML
+    keeps the last) stops the run naming the key and both lines, before the model loads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from nextquill_common.jsonl import write_jsonl
+    from nextquill_common.offline import offline_env
+    from nextquill_plugin.demo.local_runs import tiny_recipe
+
+    write_jsonl(tmp_path / "train.jsonl", synthetic_splits["train"][:2])
+    recipe = tiny_recipe(tiny_model_dir, tmp_path / "train.jsonl", tmp_path, nextquill=False)
+    recipe.update(sequnce_len=256, nextquill_alpha=0.5)
+    text = yaml.safe_dump(recipe, sort_keys=False)
+    path = tmp_path / "recipe.yml"
+
+    def train(recipe_text: str) -> subprocess.CompletedProcess:
+        path.write_text(recipe_text)
+        axolotl = Path(sys.executable).parent / "axolotl"
+        return subprocess.run(
+            [str(axolotl), "train", str(path)],
+            cwd=tmp_path,
+            env=offline_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    twice = train(text + "learning_rate: 0.5\n")
+    output = twice.stdout + twice.stderr
+    assert twice.returncode != 0
+    assert "sequnce_len (did you mean sequence_len?)" in output
+    assert "these keys have no effect in this run: nextquill_alpha" in output
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines, 1) if line.startswith("learning_rate:"))
+    assert f"key 'learning_rate' is written twice (lines {first} and {len(lines) + 1})" in output
+    assert "Loading model" not in output

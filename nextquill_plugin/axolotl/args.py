@@ -1,14 +1,31 @@
 """What Axolotl needs of NextQuill's keys beyond the shared schema (``config_keys.NextQuillArgs``,
 which the plugin hands Axolotl as its input args): the settings carried on the trainer's
-TrainingArguments, and the refusal of plugin keys typed on Axolotl's command line."""
+TrainingArguments, and the checks of a recipe that Axolotl's own loading skips (plugin keys typed
+on its command line, keys it would drop, a key written twice)."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import field, fields, make_dataclass
 from pathlib import Path
+from typing import Any
 
-from ..config_keys import SETTING_TYPES, recipe_key
+import yaml
+from axolotl.integrations.config import merge_input_args
+
+from nextquill_common.recipe_yaml import read_mapping
+
+from ..config_keys import SETTING_TYPES, NextQuillArgs, ObjectiveArgs, recipe_key
 from ..settings import NextQuillSettings
+
+# Keys Axolotl itself adds to a loaded config before the plugins see it.
+AXOLOTL_ADDED_KEYS = {"axolotl_config_path"}
+# The keys that only the NextQuill objective reads: under nextquill: false they change nothing.
+OBJECTIVE_ONLY_KEYS = (
+    *ObjectiveArgs.model_fields,
+    "nextquill_weight_batch_size",
+    "nextquill_weight_cache_dir",
+)
 
 # The settings the trainer needs, carried on its TrainingArguments (Axolotl mixes this in). Built
 # from the settings' fields so that a new setting reaches the trainer without a second declaration.
@@ -38,3 +55,56 @@ def refuse_cli_overrides(argv: list[str]) -> None:
             "(Axolotl's CLI passes on only its own keys). Set the key in the recipe, or run a "
             "grid with `axolotl train recipe.yml --sweep sweep.yml` (see the README)."
         )
+
+
+def recipe_file(cfg: Any) -> Path | None:
+    """The recipe file Axolotl loaded (None for a config built in memory)."""
+    path = cfg.get("axolotl_config_path")
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def written_keys(cfg: Any) -> dict[str, Any]:
+    """The keys as the recipe file writes them (the loaded config also holds the values of
+    Axolotl's own command-line options, which are no recipe keys)."""
+    path = recipe_file(cfg)
+    written = yaml.safe_load(path.read_text()) if path else None
+    return written if isinstance(written, dict) else dict(cfg)
+
+
+def refuse_duplicate_keys(cfg: Any) -> None:
+    """Read the recipe file again (Axolotl's YAML keeps the last value of a key written twice)
+    and refuse a key written twice, or a file that is not a mapping, naming it."""
+    path = recipe_file(cfg)
+    if path:
+        read_mapping(path)
+
+
+def known_keys() -> set[str]:
+    """Every top-level key Axolotl's schema (with every registered plugin's) declares, by name
+    and by alias."""
+    _, schema = merge_input_args()
+    return {
+        name
+        for key, info in schema.model_fields.items()
+        for name in (key, info.alias, info.validation_alias)
+        if isinstance(name, str)
+    }
+
+
+def unknown_keys(cfg: Any) -> list[str]:
+    """Top-level keys that neither Axolotl's schema nor NextQuill's declares (Axolotl drops them
+    without a word), each with the closest known key."""
+    known = known_keys() | set(NextQuillArgs.model_fields) | AXOLOTL_ADDED_KEYS
+    problems = []
+    for key in sorted(k for k in cfg if isinstance(k, str) and k not in known):
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+        problems.append(f"{key}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return problems
+
+
+def keys_without_effect(cfg: Any) -> list[str]:
+    """The objective's keys a recipe sets although ``nextquill`` is off (ContextSFT or SFT):
+    they change nothing in that run."""
+    if cfg.get("nextquill"):
+        return []
+    return [key for key in OBJECTIVE_ONLY_KEYS if cfg.get(key) is not None]

@@ -22,6 +22,7 @@ from axolotl.integrations.base import BasePlugin
 from transformers import set_seed
 
 from dataset_formats.checks import (
+    LOG,
     check_data_files,
     check_data_sources,
     check_dataset_types,
@@ -33,7 +34,13 @@ from dataset_formats.strategy import PLUGIN
 from ..config_keys import settings_from
 from ..settings import SETTING_PREFIX
 from ..trainer_mixin import DATASET_SPLITS
-from .args import refuse_cli_overrides
+from .args import (
+    keys_without_effect,
+    refuse_cli_overrides,
+    refuse_duplicate_keys,
+    unknown_keys,
+    written_keys,
+)
 
 
 def effects_cache_dir(cfg: Any) -> Path:
@@ -41,6 +48,27 @@ def effects_cache_dir(cfg: Any) -> Path:
     if cfg.nextquill_weight_cache_dir:
         return Path(cfg.nextquill_weight_cache_dir)
     return Path(cfg.dataset_prepared_path or DEFAULT_DATASET_PREPARED_PATH) / "nextquill"
+
+
+def check_recipe_keys(cfg: Any) -> None:
+    """Name the keys Axolotl would drop and those without effect in this run (warnings: the run
+    goes on), then refuse a key written twice."""
+    written = written_keys(cfg)
+    unknown = unknown_keys(written)
+    if unknown:
+        LOG.warning(
+            "NextQuill: the recipe sets keys that neither Axolotl nor NextQuill declares; "
+            "Axolotl drops them and the run goes on without them: %s",
+            "; ".join(unknown),
+        )
+    ignored = keys_without_effect(written)
+    if ignored:
+        LOG.warning(
+            "NextQuill: nextquill is false (ContextSFT/SFT), so these keys have no effect in "
+            "this run: %s",
+            ", ".join(ignored),
+        )
+    refuse_duplicate_keys(cfg)
 
 
 def nextquill_enabled(cfg: Any) -> bool:
@@ -56,8 +84,12 @@ class NextQuillPlugin(BasePlugin):
     """
 
     def register(self, cfg: dict):
-        """Before validation: the recipe's dataset types import, their data files can be read,
-        and no plugin key was typed on Axolotl's command line (which does not pass them on)."""
+        """Before validation: the recipe writes each key once; keys Axolotl would drop and keys
+        without effect in this run are named; the dataset types import, their data files can be
+        read, and no plugin key was typed on Axolotl's command line (which does not pass them
+        on)."""
+        if nextquill_enabled(cfg) or PLUGIN in (cfg.get("plugins") or []):
+            check_recipe_keys(cfg)
         check_dataset_types(cfg)
         check_data_files(cfg)
         refuse_cli_overrides(sys.argv)

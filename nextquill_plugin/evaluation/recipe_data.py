@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dataset_formats import DATASET_TYPES
 from dataset_formats.strategy import EvaluableType
 from nextquill_common.cli_options import option
 from nextquill_common.jsonl import read_jsonl
+from nextquill_common.recipe_yaml import read_mapping
 
 from ..trl.recipe_view import is_trl_config, recipe_view
 
@@ -25,9 +24,7 @@ def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} does not exist")
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"recipe {path} is not a YAML mapping")
+    recipe = read_mapping(path)
     if is_trl_config(recipe):
         recipe = recipe_view(recipe)
     recipe.update(overrides or {})

@@ -1,0 +1,47 @@
+"""Reading a recipe or config file as YAML: a mapping, with each key written once. PyYAML (and so
+Axolotl and TRL) keeps the last value of a key written twice without a word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a key written twice, naming the key and
+    both lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is written twice (lines {seen[key]} and {line}); YAML would "
+                    "keep the last value without a word: delete one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_mapping(path: str | Path, what: str = "recipe") -> dict[str, Any]:
+    """The file's YAML mapping (empty for an empty file); a ValueError naming the file when it is
+    not YAML, not a mapping, or writes a key twice."""
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{what} {path}: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{what} {path} is a YAML {type(data).__name__}, not a mapping of keys to values"
+        )
+    return data
