@@ -23,6 +23,7 @@ the work are imported when their subcommand runs, so that `nextquill --version` 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from collections.abc import Callable
@@ -63,14 +64,27 @@ def parse_value(text: str) -> Any:
 
 
 def parse_overrides(extra: list[str]) -> dict[str, Any]:
-    """``--key value`` / ``--key=value`` pairs, as `axolotl train` takes them; a key that looks
-    like NextQuill's but is none of them is refused, as in a recipe."""
+    """``--key value`` / ``--key=value`` pairs, as `axolotl train` takes them; a key that
+    neither Axolotl's schema nor NextQuill's declares is refused with the closest known key (a
+    misspelled key would be applied to nothing). Without Axolotl installed, keys that look like
+    NextQuill's are checked."""
     from .config_keys import NextQuillArgs, misspelled_keys  # on use: pydantic schemas
 
     overrides = _parse_pairs(extra)
-    misspelled = misspelled_keys(overrides, known=set(NextQuillArgs.model_fields))
-    if misspelled:
-        raise SystemExit("nextquill: " + " ".join(misspelled))
+    try:
+        from .axolotl.args import known_keys  # on use: Axolotl's schema
+    except ModuleNotFoundError:  # the TRL path alone: no Axolotl schema to check against
+        problems = misspelled_keys(overrides, known=set(NextQuillArgs.model_fields))
+    else:
+        known = known_keys() | set(NextQuillArgs.model_fields)
+        problems = [
+            f"unknown key {key}" + (f": did you mean {close[0]}?" if close else "")
+            for key in overrides
+            if key not in known
+            for close in [difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)]
+        ]
+    if problems:
+        raise SystemExit("nextquill: " + "; ".join(problems))
     return overrides
 
 

@@ -85,9 +85,35 @@ def test_nextquill_without_a_single_paired_row_is_an_error():
 def test_a_misspelled_override_after_the_double_dash_is_refused(recipes, tmp_path):
     from nextquill_plugin.cli import main as nextquill
 
-    for command in ("evaluate", "prompts", "inspect"):
+    for command in ("evaluate", "prompts", "inspect", "weights"):
         with pytest.raises(SystemExit, match="unknown key nextquill_histroy_k: did you mean"):
             nextquill([command, str(recipes["amazon"]), "--", "--nextquill_histroy_k", "2"])
+        # an Axolotl key too: `-- --sequnce_len 2048` evaluated at the recipe's length, exit 0
+        with pytest.raises(SystemExit, match="unknown key sequnce_len: did you mean sequence_len"):
+            nextquill([command, str(recipes["amazon"]), "--", "--sequnce_len", "2048"])
+    nextquill(["prompts", str(recipes["amazon"]), "--limit", "1", "--", "--sequence_len", "600"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- base_model: m\n- nextquill: true\n", "is a YAML list, not a mapping"),
+        ("base_model: m\nseed: 1\nseed: 2\n", "key 'seed' is written twice (lines 2 and 3)"),
+    ],
+)
+def test_a_recipe_file_that_is_a_list_or_writes_a_key_twice_is_refused(tmp_path, text, message):
+    from nextquill_plugin.cli import main as nextquill
+
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(text)
+    for command in ("evaluate", "prompts", "inspect"):
+        with pytest.raises(SystemExit) as error:
+            nextquill([command, str(recipe)])
+        assert (
+            error.value.code != 0
+            and message in str(error.value)
+            and str(recipe) in str(error.value)
+        )
 
 
 def test_rows_of_a_data_file_that_changed_since_they_were_prepared_are_refused(
