@@ -203,6 +203,13 @@ def cached_token_effects(
     with distributed.full_parameters(model):  # the key and the pass see ZeRO-3's whole weights
         key = cache_key(model, dataset, model_name, extra_key)
         path = Path(cache_dir) / f"effects-{key}.npz"
+        if writable and path.exists() and not path.is_file():
+            LOG.warning(
+                "NextQuill: %s, where the theta_0 cache file goes, is not a file; the effects are "
+                "computed and used for this run only (move it away to keep them).",
+                path,
+            )
+            writable = False  # found now, not at the rename after the whole pass
         meta = {"key": key, "model": model_name, "rows": len(dataset)}
         cached = load_checked(path, key, expected_target_counts(dataset)) if path.exists() else None
         cached = distributed.from_lowest_holder(cached)  # one decision for all ranks

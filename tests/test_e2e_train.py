@@ -213,3 +213,38 @@ def test_two_fresh_runs_of_a_lora_recipe_log_identical_losses(tmp_path, tiny_mod
     assert len(first) == 4
     for key in ("loss", "grad_norm", "nextquill/normal_loss", "nextquill/causal_loss"):
         assert [s[key] for s in first] == [s[key] for s in second], key
+
+
+def test_weights_command_refuses_an_unwritable_cache_before_the_pass(
+    tmp_path, tiny_model_dir, train_file
+):
+    """`nextquill weights` exists to fill the cache: with a folder nothing can be written to
+    (procfs here; a read-only mount for users) it stops before the pass, and never says the
+    effects are cached (it used to warn, compute, and exit 0 saying so)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from nextquill_common.offline import offline_env
+
+    recipe = tiny_recipe(
+        tiny_model_dir,
+        train_file,
+        tmp_path,
+        nextquill_weight_cache_dir="/proc/self/nextquill-cache",
+    )
+    (tmp_path / "recipe.yml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run(
+        [sys.executable, "-m", "nextquill_plugin.cli", "weights", str(tmp_path / "recipe.yml")],
+        cwd=tmp_path,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "cannot write the theta_0 cache to /proc/self/nextquill-cache" in result.stderr
+    assert "are cached in" not in result.stdout + result.stderr
+    assert "theta_0 effects" not in result.stderr.split("cannot write")[0]  # no pass ran
+    assert "Traceback" not in result.stderr

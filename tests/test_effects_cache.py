@@ -199,3 +199,16 @@ def test_nodes_without_a_shared_disk_agree_on_the_cache(effect_rows, tiny_model_
     assert [r["rows_computed"] for r in second] == [0, 0]
     assert second[0]["p_with"] == second[1]["p_with"] == first[0]["p_with"]
     assert copy1.exists()  # node 1 keeps the broadcast copy for the next run
+
+
+def test_a_folder_where_the_cache_file_goes_is_found_before_the_pass(cached, caplog):
+    """It used to be reported unreadable, the whole pass ran, and the run died at the final
+    rename; now the pass's effects are used for this run only, with a warning."""
+    run, effects, path = cached
+    path.unlink()
+    path.mkdir()
+    with caplog.at_level(logging.WARNING):
+        again, again_path, computed = run()
+    assert computed and again_path == path and path.is_dir()
+    assert np.array_equal(again.p_with, effects.p_with)
+    assert "is not a file; the effects are computed and used for this run only" in caplog.text

@@ -12,6 +12,8 @@ from axolotl.cli.config import load_cfg
 from axolotl.common.datasets import load_datasets
 from axolotl.train import setup_model_and_trainer
 
+from nextquill_common.jsonl import write_problem
+
 from ..config_keys import settings_from
 from .plugin import effects_cache_dir
 
@@ -31,6 +33,15 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> Path:
             "nextquill: this recipe needs no theta_0 pass (nextquill_token_weighting is false or "
             "nextquill_weight_source is current)."
         )
+    cache = effects_cache_dir(cfg)
+    problem = write_problem(cache)  # this command exists to fill the cache: find out first
+    if problem:
+        raise ValueError(
+            f"cannot write the theta_0 cache to {cache} ({problem}); set "
+            "nextquill_weight_cache_dir to a writable folder"
+        )
     dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
     setup_model_and_trainer(cfg, dataset_meta)  # the plugin computes or loads the effects here
-    return effects_cache_dir(cfg)
+    if not any(cache.glob("effects-*.npz")):
+        raise ValueError(f"the theta_0 pass wrote no cache file to {cache}; see the warnings above")
+    return cache
