@@ -106,9 +106,12 @@ class AmazonReviewsStrategy(NextQuillStrategy):
         problem = review_problem(target, "target")
         if problem:
             return problem
-        history = row.get("history")
-        if history is None:
-            return None
+        if "history" not in row:  # it would train as an ordinary row: no counterfactual at all
+            return (
+                "has no history key (a user row of `nextquill-data build` always has one; a user "
+                "without past reviews has history: [])"
+            )
+        history = row["history"]
         if not isinstance(history, list):
             return f"history must be a list of reviews, got {type(history).__name__}"
         for index, review in enumerate(history):

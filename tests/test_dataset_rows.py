@@ -24,6 +24,7 @@ BAD_AMAZON_ROWS = [
     ({"history_rating": {"stars": 5}}, "history[0].rating must be a number from 1 to 5, got {"),
     ({"history_rating": "five"}, "history[0].rating must be a number from 1 to 5, got 'five'"),
     ({"history_rating": 7}, "history[0].rating must be a number from 1 to 5, got 7"),
+    ({"drop_history": True}, "has no history key"),
 ]
 
 
@@ -37,6 +38,8 @@ def bad_amazon_row(good: dict, change: dict) -> dict:
         row["target"]["item_description"] = change["target_description"]
     if "history_rating" in change:
         row["history"][0]["rating"] = change["history_rating"]
+    if change.get("drop_history"):
+        del row["history"]
     return row
 
 
@@ -127,6 +130,20 @@ def test_data_files_axolotl_cannot_load_are_refused_naming_file_and_line(
         check_data_file(mixed, kind)  # some bad rows: named by line, skipped when loaded
     assert "mixed.jsonl:2: has no target review text" in caplog.text
     check_data_file(write_lines(tmp_path / "ok.jsonl", good), kind)
+
+
+def test_a_row_without_history_is_named_by_file_and_line_when_the_recipe_loads(
+    load_recipe, synthetic_splits, tmp_path, caplog
+):
+    """Through Axolotl's config loading (as `axolotl train` runs it): a user row without its
+    history key used to train silently as an ordinary row; it is named and skipped."""
+    rows = [dict(r) for r in synthetic_splits["train"][:3]]
+    del rows[1]["history"]
+    train = write_lines(tmp_path / "no_history.jsonl", [json.dumps(r) for r in rows])
+    with caplog.at_level(logging.WARNING):
+        load_recipe(datasets=[{"path": str(train), "type": "dataset_formats.amazon_reviews"}])
+    assert "no_history.jsonl:2: has no history key" in caplog.text
+    assert "the row will be skipped" in caplog.text
 
 
 def test_an_empty_train_file_stops_the_recipe_with_its_name(load_recipe, tmp_path):
