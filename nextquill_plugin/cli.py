@@ -70,7 +70,7 @@ def parse_overrides(extra: list[str]) -> dict[str, Any]:
     NextQuill's are checked."""
     from .config_keys import NextQuillArgs, misspelled_keys  # on use: pydantic schemas
 
-    overrides = _parse_pairs(extra)
+    overrides = parse_pairs(extra)
     try:
         from .axolotl.args import known_keys  # on use: Axolotl's schema
     except ModuleNotFoundError:  # the TRL path alone: no Axolotl schema to check against
@@ -88,7 +88,7 @@ def parse_overrides(extra: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _parse_pairs(extra: list[str]) -> dict[str, Any]:
+def parse_pairs(extra: list[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(extra):
@@ -438,13 +438,16 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
     classes = subcommand.request_classes()
     if overrides and not any(reads_recipe(cls) for cls in classes):
         subparsers[args.command].error(f"{args.command} takes no recipe overrides")
-    try:
+    try:  # a value the options' dataclasses refuse is a wrong command line: exit 2, usage
         requests = [
             dataclass_from_args(
                 cls, args, **({"overrides": overrides} if reads_recipe(cls) else {})
             )
             for cls in classes
         ]
+    except ValueError as error:
+        subparsers[args.command].error(str(error))
+    try:
         subcommand.run(*requests)
     except ModuleNotFoundError as error:
         raise missing_extra(error, f"{prog} {args.command}") from None

@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
-from nextquill_plugin.cli import parse_overrides
+from nextquill_plugin.cli import parse_overrides, parse_pairs
 
 
 def test_overrides_keep_text_and_parse_typed_values():
-    parsed = parse_overrides(
+    parsed = parse_pairs(
         [
             "--save_strategy",
             "no",
@@ -34,6 +34,15 @@ def test_overrides_keep_text_and_parse_typed_values():
         "flag": True,
         "base_model": "/models/x",
     }
+
+
+def test_overrides_refuse_keys_no_schema_declares():
+    assert parse_overrides(["--max_steps=3", "--nextquill_alpha", "0.1"]) == {
+        "max_steps": 3,
+        "nextquill_alpha": 0.1,
+    }
+    with pytest.raises(SystemExit, match="unknown key flag"):
+        parse_overrides(["--max_steps=3", "--flag"])
 
 
 def test_overrides_reject_stray_words():

@@ -64,9 +64,12 @@ def test_evaluate_reports_bad_input_plainly(recipes, tmp_path):
         (["--limit", "0"], "--limit must be >= 1"),
     ],
 )
-def test_evaluate_refuses_values_that_cannot_work(recipes, tmp_path, arguments, message):
-    with pytest.raises(SystemExit, match=message):
+def test_evaluate_refuses_values_that_cannot_work(recipes, tmp_path, capsys, arguments, message):
+    """A value that cannot work is a wrong command line: exit 2 with the usage (it was 1)."""
+    with pytest.raises(SystemExit) as error:
         nextquill(["evaluate", str(recipes["amazon"]), "--out", str(tmp_path / "e"), *arguments])
+    err = capsys.readouterr().err
+    assert error.value.code == 2 and "usage: nextquill evaluate" in err and message in err
     assert not (tmp_path / "e").exists()
 
 

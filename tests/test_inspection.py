@@ -89,9 +89,12 @@ def test_inspect_writes_valid_html_terminal_view_and_plots(
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_inspect_refuses_a_negative_sample_count(recipes, tmp_path):
-    with pytest.raises(SystemExit, match="--samples must be >= 0"):
+def test_inspect_refuses_a_negative_sample_count(recipes, tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
         nextquill(["inspect", str(recipes["amazon"]), "--samples", "-1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert error.value.code == 2 and "usage: nextquill inspect" in err
+    assert "--samples must be >= 0" in err
 
 
 def test_token_chart_counts_shares_and_leaves_out_special_tokens():

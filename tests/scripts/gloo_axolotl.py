@@ -18,12 +18,12 @@ def main() -> None:
     os.environ.setdefault("MASTER_PORT", str(29000 + os.getpid() % 1000))
     import torch.distributed as dist
 
-    from nextquill_plugin.cli import parse_overrides
+    from nextquill_plugin.cli import parse_pairs
 
     dist.init_process_group("gloo", rank=0, world_size=1)
     mode, rest = sys.argv[1], sys.argv[2:]
     recipes = [a for a in rest if not a.startswith("--") and a.endswith(".yml")]
-    overrides = parse_overrides([a for a in rest if a not in recipes])
+    overrides = parse_pairs([a for a in rest if a not in recipes])
     sys.argv = sys.argv[:1]  # axolotl parses its own CLI dataclass from sys.argv
     if mode == "validate":
         import axolotl.utils.distributed
