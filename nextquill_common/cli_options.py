@@ -10,6 +10,8 @@ the inner type; a bool that defaults to False is a switch, one that defaults to 
 from __future__ import annotations
 
 import argparse
+import gc
+import sys
 import types
 import typing
 from dataclasses import MISSING, Field, field, fields
@@ -97,3 +99,16 @@ def option(
 def argument(help: str, *, nargs: str | None = None) -> Any:
     """A dataclass field that is a positional argument (``nargs="+"``: one or more)."""
     return field(metadata={"help": help, **({"nargs": nargs} if nargs else {})})
+
+
+INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
+
+
+def interrupted(command: str) -> SystemExit:
+    """Ctrl-C: one line and exit 130 instead of a KeyboardInterrupt trace (what is half-written
+    is an atomic write's temporary file, removed on the way out). Call it after the ``except``
+    block, once the interrupted frames are released: collecting them first closes their progress
+    bars, which would otherwise redraw below this line at exit."""
+    gc.collect()
+    print(f"\n{command}: interrupted", file=sys.stderr)  # below a progress bar, if one was drawn
+    return SystemExit(INTERRUPTED)

@@ -38,6 +38,7 @@ from nextquill_common.cli_options import (
     add_dataclass_options,
     argument,
     dataclass_from_args,
+    interrupted,
     option,
     package_version,
 )
@@ -407,13 +408,17 @@ def run_trl_sft(argv: list[str], prog: str) -> None:
         raise missing_extra(error, f"{prog} {TRL_SFT}") from None
     try:
         trl_main(argv, prog=f"{prog} {TRL_SFT}")
+        return
+    except KeyboardInterrupt:
+        pass  # said below, once the interrupted frames are released (interrupted())
     except (OSError, ValueError, TypeError) as error:  # TypeError: rows of the wrong kind
         raise SystemExit(f"{prog} {TRL_SFT}: {error}") from None
+    raise interrupted(f"{prog} {TRL_SFT}")
 
 
 def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
     """The command line. Exit codes: 0 done, 1 a run that failed (a message says why), 2 a
-    command line that is wrong (the subcommand's usage says how). Recipe overrides, for the
+    command line that is wrong (the subcommand's usage says how), 130 interrupted (Ctrl-C). Recipe overrides, for the
     commands that read a recipe, go after ``--``: ``nextquill evaluate r.yml -- --sequence_len 2048``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_library_noise()
@@ -449,10 +454,14 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
         subparsers[args.command].error(str(error))
     try:
         subcommand.run(*requests)
+        return
+    except KeyboardInterrupt:
+        pass  # said below, once the interrupted frames are released (interrupted())
     except ModuleNotFoundError as error:
         raise missing_extra(error, f"{prog} {args.command}") from None
     except subcommand.errors as error:
         raise SystemExit(f"{prog} {args.command}: {error}") from None
+    raise interrupted(f"{prog} {args.command}")
 
 
 def reads_recipe(request: type) -> bool:

@@ -224,3 +224,36 @@ def test_the_command_refuses_options_that_cannot_give_a_build_as_a_wrong_command
     assert "usage: nextquill-data build" in result.stderr
     assert "--min-user-reviews (30) exceeds --max-user-reviews (20)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_build_says_one_line_exits_130_and_leaves_nothing(tmp_path):
+    """Ctrl-C printed a KeyboardInterrupt trace and exited 1; now one line and the shell's 130,
+    and the build's work folder is removed as before."""
+    import signal
+    import time
+
+    from dataset_formats.build.synthetic import write_synthetic_raw
+
+    write_synthetic_raw(tmp_path / "raw", 300_000)
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dataset_formats.build.cli", "build"]
+        + ["--reviews", str(tmp_path / "raw" / "reviews.jsonl.gz")]
+        + ["--meta", str(tmp_path / "raw" / "meta.jsonl.gz"), "--out", str(build_dir / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not any(build_dir.iterdir()) and process.poll() is None:  # its work folder: started
+        assert time.monotonic() < deadline, "the build never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.rstrip().split("\n")[-1] == "nextquill-data build: interrupted"
+    assert "Traceback" not in stderr
+    assert list(build_dir.iterdir()) == []  # no output, no work folder left behind

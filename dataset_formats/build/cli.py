@@ -16,6 +16,7 @@ from pathlib import Path
 from nextquill_common.cli_options import (
     add_dataclass_options,
     dataclass_from_args,
+    interrupted,
     package_version,
 )
 from nextquill_common.jsonl import write_jsonl
@@ -29,14 +30,19 @@ Run = Callable[[argparse.Namespace], None]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Exit codes: 0 done, 1 a build that failed (the message says why), 2 a wrong command line.
-    Progress goes to stderr; ``build`` prints its stats JSON on stdout."""
+    """Exit codes: 0 done, 1 a build that failed (the message says why), 2 a wrong command line,
+    130 interrupted (Ctrl-C). Progress goes to stderr; ``build`` prints its stats JSON on
+    stdout."""
     args = command_line().parse_args(argv)
     try:
         args.run(args)
+        return
+    except KeyboardInterrupt:
+        pass  # said below, once the interrupted frames are released (interrupted())
     except (BuildError, OSError) as error:
         print(f"nextquill-data {args.command}: error: {error}", file=sys.stderr)
         sys.exit(1)
+    raise interrupted(f"nextquill-data {args.command}")
 
 
 def command_line() -> argparse.ArgumentParser:
