@@ -248,3 +248,16 @@ def test_weights_command_refuses_an_unwritable_cache_before_the_pass(
     assert "are cached in" not in result.stdout + result.stderr
     assert "theta_0 effects" not in result.stderr.split("cannot write")[0]  # no pass ran
     assert "Traceback" not in result.stderr
+
+
+def test_axolotl_preprocess_says_which_command_computes_the_theta0_effects(
+    tmp_path, tiny_model_dir, train_file
+):
+    """`axolotl preprocess` loads no model, so it cannot run the theta_0 pass; it used to say
+    nothing about it. Multi-GPU users run preprocess first: it names `nextquill weights`."""
+    recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path)
+    result = run_axolotl("preprocess", recipe, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "`axolotl preprocess` prepares the rows only" in output
+    assert f"`nextquill weights {tmp_path / 'recipe.yml'}`" in output

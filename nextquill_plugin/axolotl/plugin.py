@@ -94,6 +94,19 @@ class NextQuillPlugin(BasePlugin):
         check_data_files(cfg)
         refuse_cli_overrides(sys.argv)
 
+    def load_datasets(self, cfg, preprocess: bool = False):
+        """Axolotl's own loading, always (None); under `axolotl preprocess` (which loads no
+        model, so cannot run the theta_0 pass) say which command fills the effects cache."""
+        if preprocess and nextquill_enabled(cfg) and settings_from(cfg).weights_from_theta0:
+            LOG.warning(
+                "NextQuill: `axolotl preprocess` prepares the rows only; the theta_0 effects are "
+                "computed by `nextquill weights %s` (before a multi-GPU run) or at the start of "
+                "`axolotl train`, and cached in %s.",
+                cfg.get("axolotl_config_path") or "recipe.yml",
+                effects_cache_dir(cfg),
+            )
+        return None
+
     def pre_model_load(self, cfg):
         """Seed with the recipe's ``seed`` before the model and its adapter are built: Axolotl
         initialises LoRA before it seeds, so two runs of one recipe would start apart."""
