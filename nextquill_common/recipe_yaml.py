@@ -45,3 +45,15 @@ def read_mapping(path: str | Path, what: str = "recipe") -> dict[str, Any]:
             f"{what} {path} is a YAML {type(data).__name__}, not a mapping of keys to values"
         )
     return data
+
+
+def missing_local_model(name: Any) -> str | None:
+    """Why ``base_model`` names a local folder that does not exist, or None. A name that starts
+    like a path, or has more than the one slash of a Hub id (``org/name``), is a folder; without
+    this, loading it ends in huggingface_hub's "Repo id must be in the form ..."."""
+    if not isinstance(name, str):
+        return None
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    if looks_local and not Path(name).expanduser().exists():
+        return f"base_model {name}: no such folder"
+    return None

@@ -190,3 +190,23 @@ def test_axolotl_train_names_dropped_keys_keys_without_effect_and_refuses_a_key_
     first = next(i for i, line in enumerate(lines, 1) if line.startswith("learning_rate:"))
     assert f"key 'learning_rate' is written twice (lines {first} and {len(lines) + 1})" in output
     assert "Loading model" not in output
+
+
+def test_a_base_model_folder_that_does_not_exist_is_named(recipes, tmp_path, load_recipe):
+    """It ended in huggingface_hub's "Repo id must be in the form 'repo_name'..."."""
+    from nextquill_plugin.cli import main as nextquill
+
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(recipes["amazon"].read_text() + "\n")
+    text = recipe.read_text()
+    recipe.write_text(
+        "\n".join(
+            "base_model: /nowhere/models/qwen" if line.startswith("base_model:") else line
+            for line in text.splitlines()
+        )
+    )
+    for command in ("evaluate", "prompts", "inspect"):
+        with pytest.raises(SystemExit, match="base_model /nowhere/models/qwen: no such folder"):
+            nextquill([command, str(recipe)])
+    with pytest.raises(FileNotFoundError, match="base_model ./models/missing: no such folder"):
+        load_recipe(base_model="./models/missing")

@@ -30,6 +30,7 @@ from dataset_formats.checks import (
     describe_rows,
 )
 from dataset_formats.strategy import PLUGIN
+from nextquill_common.recipe_yaml import missing_local_model
 
 from ..config_keys import settings_from
 from ..settings import SETTING_PREFIX
@@ -90,6 +91,9 @@ class NextQuillPlugin(BasePlugin):
         on)."""
         if nextquill_enabled(cfg) or PLUGIN in (cfg.get("plugins") or []):
             check_recipe_keys(cfg)
+            problem = missing_local_model(cfg.get("base_model"))
+            if problem:
+                raise FileNotFoundError(f"NextQuill: {problem}")
         check_dataset_types(cfg)
         check_data_files(cfg)
         refuse_cli_overrides(sys.argv)

@@ -11,7 +11,7 @@ from dataset_formats import DATASET_TYPES
 from dataset_formats.strategy import EvaluableType
 from nextquill_common.cli_options import option
 from nextquill_common.jsonl import read_jsonl
-from nextquill_common.recipe_yaml import read_mapping
+from nextquill_common.recipe_yaml import missing_local_model, read_mapping
 
 from ..trl.recipe_view import is_trl_config, recipe_view
 
@@ -30,6 +30,9 @@ def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     recipe.update(overrides or {})
     if not recipe.get("base_model"):
         raise ValueError(f"recipe {path} has no base_model")
+    problem = missing_local_model(recipe["base_model"])
+    if problem:
+        raise FileNotFoundError(f"recipe {path}: {problem}")
     return recipe
 
 
