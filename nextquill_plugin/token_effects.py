@@ -76,6 +76,7 @@ def compute_token_effects(
     batch_size: int = WEIGHT_PASS_BATCH_SIZE,
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     show_progress: bool = True,
+    progress_label: str = "NextQuill theta_0 effects",
 ) -> TokenEffects:
     """Target-token probabilities with and without history for every row, under ``model``.
 
@@ -97,7 +98,7 @@ def compute_token_effects(
     model.eval()
     try:
         batches = list(length_buckets(lengths, batch_size))
-        for batch in tqdm(batches, desc="NextQuill theta_0 effects", disable=not show_progress):
+        for batch in tqdm(batches, desc=progress_label, disable=not show_progress):
             batch = [i for i in batch if rows[COUNTERFACTUAL_IDS][i]]
             if not batch:
                 continue

@@ -100,23 +100,31 @@ def test_a_torn_last_line_is_cut_before_the_next_append(tmp_path):
 
 
 def test_evaluations_of_other_settings_get_their_own_folders(recipes, tmp_path, monkeypatch):
-    """The README's sequence without --out: the plain run and the CoS run both survive."""
+    """The README's sequence without --out: the plain run, the CoS run and a run of fewer rows
+    all survive (a second --limit silently replaced the first's results)."""
     monkeypatch.chdir(tmp_path)
     recipe = str(recipes["amazon"])
     nextquill(["evaluate", recipe, *QUICK, "--name", "plain"])
     nextquill(["evaluate", recipe, *QUICK, "--cos-gamma", "1", "--name", "CoS"])
+    nextquill(["evaluate", recipe, *QUICK, "--limit", "2", "--name", "two rows"])
     folders = sorted(p.name for p in (tmp_path / "outputs" / "base_model").iterdir())
-    assert folders == ["eval-test-max_new_tokens-8", "eval-test-max_new_tokens-8-cos_gamma-1"]
+    assert folders == [
+        "eval-test-max_new_tokens-8-cos_gamma-1-limit-3",
+        "eval-test-max_new_tokens-8-limit-2",
+        "eval-test-max_new_tokens-8-limit-3",
+    ]
     names = [
         json.loads((tmp_path / "outputs" / "base_model" / f / "metrics.json").read_text())["name"]
         for f in folders
     ]
-    assert names == ["plain", "CoS"]
-    # The same folder named with --out for other settings is refused, and left as it was.
-    plain = tmp_path / "outputs" / "base_model" / "eval-test-max_new_tokens-8"
+    assert names == ["CoS", "two rows", "plain"]
+    # The same folder named with --out for other settings or rows is refused, left as it was.
+    plain = tmp_path / "outputs" / "base_model" / "eval-test-max_new_tokens-8-limit-3"
     before = (plain / "metrics.json").read_bytes()
     with pytest.raises(SystemExit, match="results of another evaluation.*--out"):
         nextquill(["evaluate", recipe, *QUICK, "--cos-gamma", "2", "--out", str(plain)])
+    with pytest.raises(SystemExit, match="results of another evaluation.*--out"):
+        nextquill(["evaluate", recipe, *QUICK, "--limit", "2", "--out", str(plain)])
     assert (plain / "metrics.json").read_bytes() == before
     nextquill(["evaluate", recipe, *QUICK, "--out", str(plain), "--name", "again"])  # same run
 

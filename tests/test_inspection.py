@@ -82,7 +82,12 @@ def test_inspect_writes_valid_html_terminal_view_and_plots(
         effect = float(numbers["p_with"]) - float(numbers["p_without"])
         assert float(numbers["effect"]) == pytest.approx(effect, abs=2e-4)
         assert float(numbers["weight"]) in (0.1, 0.9)
-    terminal = capsys.readouterr().out
+    captured = capsys.readouterr()
+    terminal = captured.out
+    # each model's pass says whose effects it computes (--against scored "theta_0 effects")
+    assert "NextQuill causal effects under model" in captured.err
+    assert "NextQuill causal effects under same model as a checkpoint" in captured.err
+    assert "theta_0 effects" not in captured.err
     assert "\x1b[" not in terminal  # not a terminal here: no colour codes in the captured text
     assert not use_colour()
     for name in ("logprob_difference.png", "preference_tokens.png"):

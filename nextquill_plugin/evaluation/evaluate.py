@@ -59,8 +59,8 @@ def default_out_dir(
     request: EvaluationRequest, generation: GenerationSettings, split_name: str
 ) -> Path:
     """``<checkpoint>/eval-<split>``, with every generation setting that differs from the
-    defaults in the name (``eval-test-cos_gamma-1``), so that evaluations of other settings
-    never share a folder."""
+    defaults, and the row limit, in the name (``eval-test-cos_gamma-1``, ``eval-test-limit-16``),
+    so that evaluations of other settings or rows never share a folder."""
     base = Path(request.checkpoint) if request.checkpoint else Path("outputs") / "base_model"
     defaults = GenerationSettings().as_dict()
     changed = [
@@ -70,6 +70,8 @@ def default_out_dir(
     ]
     if request.dtype != "auto":
         changed.append(f"dtype-{request.dtype}")
+    if request.limit is not None:  # the rows are part of what was evaluated
+        changed.append(f"limit-{request.limit}")
     return base / "-".join([f"eval-{split_name}", *changed])
 
 
@@ -154,6 +156,7 @@ def run_key(request: EvaluationRequest, generation: GenerationSettings, data: Pa
         "data": str(data.resolve()),
         "dtype": request.dtype,
         "generation": generation.as_dict(),
+        "limit": request.limit,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

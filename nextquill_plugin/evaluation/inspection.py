@@ -66,6 +66,7 @@ def token_views(
     rule: PreferenceRule,
     batch_size: int = WEIGHT_PASS_BATCH_SIZE,
     show_progress: bool = True,
+    model_name: str = "theta_0",
 ) -> list[TokenView]:
     """Per-token effects and weights of every row under ``model`` (rows whose history had to be
     dropped entirely have no counterfactual and come back with no tokens)."""
@@ -75,6 +76,7 @@ def token_views(
         pad_token_id=tokenizer.pad_token_id,
         batch_size=batch_size,
         show_progress=show_progress,
+        progress_label=f"NextQuill causal effects under {model_name}",
     )
     special = set(tokenizer.all_special_ids)
     views = []
@@ -141,6 +143,7 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
             paired_rows(strategy, rows),
             rule=rule,
             show_progress=show_progress,
+            model_name=name,
         )
         del model  # one model in memory at a time
     return write_outputs(request, views, rule, out, data.name, len(rows))
