@@ -177,7 +177,7 @@ def test_truncated_gzip_empty_file_and_unmatched_meta_are_errors(tmp_path):
             [reviews],
             [meta],
             tmp_path / "out",
-            BuildOptions(**{**SMALL.__dict__, "min_user_reviews": 50}),
+            BuildOptions(**{**SMALL.__dict__, "min_user_reviews": 50, "max_user_reviews": 60}),
         )
     assert not (tmp_path / "out").exists()
     assert [
