@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nextquill_common.jsonl import write_jsonl
+from nextquill_common.offline import offline_env
 from nextquill_plugin.demo.local_runs import logged_metrics, run_axolotl, tiny_recipe
 
 pytestmark = pytest.mark.e2e
@@ -176,25 +180,24 @@ def test_weights_command_fills_the_cache_then_full_finetune_with_eval_uses_it(
     assert (tmp_path / "out" / "model.safetensors").exists()  # full fine-tuning saves the model
 
 
-def test_weights_command_refuses_a_recipe_without_nextquill(tmp_path, tiny_model_dir, train_file):
-    import subprocess
-    import sys
-
-    import yaml
-
-    from nextquill_plugin.demo.local_runs import offline_env
-
-    (tmp_path / "recipe.yml").write_text(
-        yaml.safe_dump(tiny_recipe(tiny_model_dir, train_file, tmp_path, nextquill=False))
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "nextquill_plugin.cli", "weights", str(tmp_path / "recipe.yml")],
-        cwd=tmp_path,
+def weights_command(recipe: dict) -> subprocess.CompletedProcess:
+    """`nextquill weights recipe.yml` in a child process, the recipe written to its output
+    folder's parent (tiny_recipe's workdir)."""
+    workdir = Path(recipe["output_dir"]).parent
+    (workdir / "recipe.yml").write_text(yaml.safe_dump(recipe))
+    return subprocess.run(
+        [sys.executable, "-m", "nextquill_plugin.cli", "weights", str(workdir / "recipe.yml")],
+        cwd=workdir,
         env=offline_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_weights_command_refuses_a_recipe_without_nextquill(tmp_path, tiny_model_dir, train_file):
+
+    result = weights_command(tiny_recipe(tiny_model_dir, train_file, tmp_path, nextquill=False))
     assert result.returncode != 0 and "does not set `nextquill: true`" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -221,12 +224,6 @@ def test_weights_command_refuses_an_unwritable_cache_before_the_pass(
     """`nextquill weights` exists to fill the cache: with a folder nothing can be written to
     (procfs here; a read-only mount for users) it stops before the pass, and never says the
     effects are cached (it used to warn, compute, and exit 0 saying so)."""
-    import subprocess
-    import sys
-
-    import yaml
-
-    from nextquill_common.offline import offline_env
 
     recipe = tiny_recipe(
         tiny_model_dir,
@@ -234,15 +231,7 @@ def test_weights_command_refuses_an_unwritable_cache_before_the_pass(
         tmp_path,
         nextquill_weight_cache_dir="/proc/self/nextquill-cache",
     )
-    (tmp_path / "recipe.yml").write_text(yaml.safe_dump(recipe))
-    result = subprocess.run(
-        [sys.executable, "-m", "nextquill_plugin.cli", "weights", str(tmp_path / "recipe.yml")],
-        cwd=tmp_path,
-        env=offline_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = weights_command(recipe)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "cannot write the theta_0 cache to /proc/self/nextquill-cache" in result.stderr
     assert "are cached in" not in result.stdout + result.stderr
