@@ -23,7 +23,6 @@ the work are imported when their subcommand runs, so that `nextquill --version` 
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import sys
 from collections.abc import Callable
@@ -73,16 +72,13 @@ def parse_overrides(extra: list[str]) -> dict[str, Any]:
 
     overrides = parse_pairs(extra)
     try:
-        from .axolotl.args import known_keys  # on use: Axolotl's schema
+        from .axolotl.args import unknown_keys  # on use: Axolotl's schema
     except ModuleNotFoundError:  # the TRL path alone: no Axolotl schema to check against
         problems = misspelled_keys(overrides, known=set(NextQuillArgs.model_fields))
     else:
-        known = known_keys() | set(NextQuillArgs.model_fields)
         problems = [
-            f"unknown key {key}" + (f": did you mean {close[0]}?" if close else "")
-            for key in overrides
-            if key not in known
-            for close in [difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)]
+            f"unknown key {key}" + (f": did you mean {close}?" if close else "")
+            for key, close in unknown_keys(overrides)
         ]
     if problems:
         raise SystemExit("nextquill: " + "; ".join(problems))

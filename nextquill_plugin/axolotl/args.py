@@ -91,15 +91,16 @@ def known_keys() -> set[str]:
     }
 
 
-def unknown_keys(cfg: Any) -> list[str]:
+def unknown_keys(cfg: Any) -> list[tuple[str, str | None]]:
     """Top-level keys that neither Axolotl's schema nor NextQuill's declares (Axolotl drops them
-    without a word), each with the closest known key."""
+    without a word), in the given order, each with the closest known key (or None)."""
     known = known_keys() | set(NextQuillArgs.model_fields) | AXOLOTL_ADDED_KEYS
-    problems = []
-    for key in sorted(k for k in cfg if isinstance(k, str) and k not in known):
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
-        problems.append(f"{key}" + (f" (did you mean {close[0]}?)" if close else ""))
-    return problems
+    return [
+        (key, close[0] if close else None)
+        for key in cfg
+        if isinstance(key, str) and key not in known
+        for close in [difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)]
+    ]
 
 
 def keys_without_effect(cfg: Any) -> list[str]:

@@ -60,7 +60,10 @@ def check_recipe_keys(cfg: Any) -> None:
         LOG.warning(
             "NextQuill: the recipe sets keys that neither Axolotl nor NextQuill declares; "
             "Axolotl drops them and the run goes on without them: %s",
-            "; ".join(unknown),
+            "; ".join(
+                key + (f" (did you mean {close}?)" if close else "")
+                for key, close in sorted(unknown)
+            ),
         )
     ignored = keys_without_effect(written)
     if ignored:
