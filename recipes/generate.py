@@ -206,6 +206,8 @@ TRL_TEMPLATE = """\
 # Every SFTConfig and ModelConfig key works as in `trl sft`; the nextquill_* keys are the
 # Axolotl recipes' (README: config keys).
 
+# Plain `trl sft` does not know the nextquill_* keys: it stops at this first one, naming it.
+use_nextquill_trl_sft: true
 model_name_or_path: Qwen/Qwen2.5-3B  # the paper's backbone
 dtype: bfloat16
 dataset_name: data/{domain}  # the builder's folder: its dataset card names the split files

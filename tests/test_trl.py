@@ -177,6 +177,32 @@ def test_every_trl_config_parses_with_trls_parser(name):
     assert script.dataset_name.startswith("data/")
 
 
+
+def test_plain_trl_sft_on_a_shipped_config_stops_at_a_key_naming_nextquill_trl_sft(tmp_path):
+    """What a TRL user types first: `trl sft --config` on our config. TRL's parser hands the keys
+    it does not know to accelerate, which stops at the first one; that key names our command."""
+    config = yaml.safe_load((ROOT / "recipes" / "trl" / "books_nextquill.yaml").read_text())
+    config.update(dtype="float32", bf16=False, use_cpu=True)  # this machine has no GPU
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "trl"), "sft", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=offline_env(),
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.endswith("unrecognized arguments: --use_nextquill_trl_sft"), last_line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_marker_key_cannot_be_turned_off():
+    with pytest.raises(ValueError, match="use_nextquill_trl_sft: it only marks"):
+        trl_config(use_nextquill_trl_sft=False)
+
 # --- training runs ---------------------------------------------------------------------------
 
 

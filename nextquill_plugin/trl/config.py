@@ -23,6 +23,9 @@ from dataset_formats.settings import PromptSettings, describe_validation_error
 from ..config_keys import NextQuillArgs, checkpointing_kwargs, nextquill_config_problems
 
 DATASET_TYPE_KEY = "nextquill_dataset_type"
+# The first key of a shipped config: `trl sft`, which does not know it, stops there naming it,
+# so the first line a TRL user reads says which command runs the file.
+MARKER_KEY = "use_nextquill_trl_sft"
 NLL_LOSS_TYPES = ("nll", "chunked_nll")  # TRL's loss types that are the plain NLL
 # TRL's own switches that NextQuill's rows and loss cannot honour when on: (key, why).
 REFUSED_TRL_OPTIONS = (
@@ -87,6 +90,8 @@ def _check(self: Any) -> None:
         problems.append(
             f"{DATASET_TYPE_KEY}: {getattr(self, DATASET_TYPE_KEY)!r} is none of {', '.join(DATASET_TYPES)}."
         )
+    if getattr(self, MARKER_KEY) is not True:
+        problems.append(f"{MARKER_KEY}: it only marks a config for `nextquill trl-sft`; leave it true.")
     if problems:
         raise ValueError("NextQuillSFTConfig: " + " ".join(problems))
     self.gradient_checkpointing_kwargs = checkpointing_kwargs(
@@ -106,6 +111,14 @@ NextQuillSFTConfig = make_dataclass(
     "NextQuillSFTConfig",
     [
         *(_field_of(name, info) for name, info in NextQuillArgs.model_fields.items()),
+        (
+            MARKER_KEY,
+            bool,
+            field(
+                default=True,
+                metadata={"help": "Marks a config for `nextquill trl-sft` (`trl sft` stops at it)."},
+            ),
+        ),
         (
             DATASET_TYPE_KEY,
             str,
