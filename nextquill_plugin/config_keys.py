@@ -31,6 +31,7 @@ from pydantic import Field as PydanticField
 from pydantic_core import PydanticCustomError
 
 from dataset_formats.settings import PromptArgs, describe_validation_error
+from nextquill_common.refusals import SETTING_ERROR
 
 from .settings import SETTING_PREFIX, WEIGHT_PASS_BATCH_SIZE, NextQuillSettings, WeightSource
 
@@ -85,7 +86,7 @@ def _describe_errors(value: Any, handler: Any, info: ValidationInfo) -> Any:
                     f"; YAML reads {value} as text: write it as a decimal (e.g. 0.05) or with a "
                     "dot and a signed exponent (5.0e-2)"
                 )
-        raise PydanticCustomError("nextquill_setting", message) from None
+        raise PydanticCustomError(SETTING_ERROR, message) from None
 
 
 def _reads_as_number(text: str) -> bool:

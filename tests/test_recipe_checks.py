@@ -152,7 +152,12 @@ def test_axolotl_train_names_dropped_keys_keys_without_effect_and_refuses_a_key_
 ):
     """Through `axolotl train`: a misspelled Axolotl key (which Axolotl drops), NextQuill keys
     under nextquill: false (which change nothing) are named, and a key written twice (YAML
-    keeps the last) stops the run naming the key and both lines, before the model loads."""
+    keeps the last) stops the run naming the key and both lines, before the model loads.
+
+    What a refusal looks like, as the README says: its message without a stack trace of ours,
+    the last line under `--launcher python`; under the default launcher followed only by
+    accelerate's trace of the failed process; a plugin key typed on the command line stops
+    accelerate itself (exit 2)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -169,11 +174,11 @@ def test_axolotl_train_names_dropped_keys_keys_without_effect_and_refuses_a_key_
     text = yaml.safe_dump(recipe, sort_keys=False)
     path = tmp_path / "recipe.yml"
 
-    def train(recipe_text: str) -> subprocess.CompletedProcess:
+    def train(recipe_text: str, *arguments: str) -> subprocess.CompletedProcess:
         path.write_text(recipe_text)
         axolotl = Path(sys.executable).parent / "axolotl"
         return subprocess.run(
-            [str(axolotl), "train", str(path)],
+            [str(axolotl), "train", str(path), *arguments],
             cwd=tmp_path,
             env=offline_env(),
             capture_output=True,
@@ -188,8 +193,25 @@ def test_axolotl_train_names_dropped_keys_keys_without_effect_and_refuses_a_key_
     assert "these keys have no effect in this run: nextquill_alpha" in output
     lines = text.splitlines()
     first = next(i for i, line in enumerate(lines, 1) if line.startswith("learning_rate:"))
-    assert f"key 'learning_rate' is written twice (lines {first} and {len(lines) + 1})" in output
+    refusal = f"key 'learning_rate' is written twice (lines {first} and {len(lines) + 1})"
+    assert refusal in output
     assert "Loading model" not in output
+    before_the_first_trace, first_trace = twice.stderr.split("Traceback", 1)
+    assert refusal in before_the_first_trace  # and the one trace is accelerate's
+    assert "CalledProcessError" in first_trace and "Traceback" not in first_trace
+
+    misspelled_type = text.replace("dataset_formats.amazon_reviews", "dataset_formats.amazon_rev")
+    alone = train(misspelled_type, "--launcher", "python")
+    assert alone.returncode == 1 and "Traceback" not in alone.stderr
+    assert (
+        alone.stderr.strip()
+        .splitlines()[-1]
+        .startswith("NextQuill: dataset type `dataset_formats.amazon_rev` cannot be imported")
+    )
+
+    typed = train(text, "--nextquill_alpha", "0.2")
+    assert typed.returncode == 2
+    assert typed.stderr.strip().endswith("unrecognized arguments: --nextquill_alpha")
 
 
 def test_a_base_model_folder_that_does_not_exist_is_named(recipes, tmp_path, load_recipe):

@@ -177,7 +177,6 @@ def test_every_trl_config_parses_with_trls_parser(name):
     assert script.dataset_name.startswith("data/")
 
 
-
 def test_plain_trl_sft_on_a_shipped_config_stops_at_a_key_naming_nextquill_trl_sft(tmp_path):
     """What a TRL user types first: `trl sft --config` on our config. TRL's parser hands the keys
     it does not know to accelerate, which stops at the first one; that key names our command."""
@@ -202,6 +201,7 @@ def test_plain_trl_sft_on_a_shipped_config_stops_at_a_key_naming_nextquill_trl_s
 def test_the_marker_key_cannot_be_turned_off():
     with pytest.raises(ValueError, match="use_nextquill_trl_sft: it only marks"):
         trl_config(use_nextquill_trl_sft=False)
+
 
 # --- training runs ---------------------------------------------------------------------------
 

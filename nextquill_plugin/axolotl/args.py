@@ -14,6 +14,7 @@ import yaml
 from axolotl.integrations.config import merge_input_args
 
 from nextquill_common.recipe_yaml import read_mapping
+from nextquill_common.refusals import REFUSAL_PREFIX
 
 from ..config_keys import SETTING_TYPES, NextQuillArgs, ObjectiveArgs, recipe_key
 from ..settings import NextQuillSettings
@@ -76,7 +77,10 @@ def refuse_duplicate_keys(cfg: Any) -> None:
     and refuse a key written twice, or a file that is not a mapping, naming it."""
     path = recipe_file(cfg)
     if path:
-        read_mapping(path)
+        try:
+            read_mapping(path)
+        except ValueError as error:
+            raise ValueError(f"{REFUSAL_PREFIX}: {error}") from None
 
 
 def known_keys() -> set[str]:

@@ -31,6 +31,7 @@ from dataset_formats.checks import (
 )
 from dataset_formats.strategy import PLUGIN
 from nextquill_common.recipe_yaml import missing_local_model
+from nextquill_common.refusals import install_refusal_hook
 
 from ..config_keys import settings_from
 from ..settings import SETTING_PREFIX
@@ -91,7 +92,8 @@ class NextQuillPlugin(BasePlugin):
         """Before validation: the recipe writes each key once; keys Axolotl would drop and keys
         without effect in this run are named; the dataset types import, their data files can be
         read, and no plugin key was typed on Axolotl's command line (which does not pass them
-        on)."""
+        on). From here on a refusal of ours prints its message without a stack trace."""
+        install_refusal_hook()
         if nextquill_enabled(cfg) or PLUGIN in (cfg.get("plugins") or []):
             check_recipe_keys(cfg)
             problem = missing_local_model(cfg.get("base_model"))

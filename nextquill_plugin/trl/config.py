@@ -91,7 +91,9 @@ def _check(self: Any) -> None:
             f"{DATASET_TYPE_KEY}: {getattr(self, DATASET_TYPE_KEY)!r} is none of {', '.join(DATASET_TYPES)}."
         )
     if getattr(self, MARKER_KEY) is not True:
-        problems.append(f"{MARKER_KEY}: it only marks a config for `nextquill trl-sft`; leave it true.")
+        problems.append(
+            f"{MARKER_KEY}: it only marks a config for `nextquill trl-sft`; leave it true."
+        )
     if problems:
         raise ValueError("NextQuillSFTConfig: " + " ".join(problems))
     self.gradient_checkpointing_kwargs = checkpointing_kwargs(
@@ -116,7 +118,9 @@ NextQuillSFTConfig = make_dataclass(
             bool,
             field(
                 default=True,
-                metadata={"help": "Marks a config for `nextquill trl-sft` (`trl sft` stops at it)."},
+                metadata={
+                    "help": "Marks a config for `nextquill trl-sft` (`trl sft` stops at it)."
+                },
             ),
         ),
         (
