@@ -35,7 +35,7 @@ $(BIN)/.nextquill-installed: pyproject.toml constraints.txt
 # WordNet for METEOR: no PyPI package ships it; Debian's wordnet-base does (see README).
 $(VENV)/nltk_data/corpora/wordnet/lexnames: $(BIN)/.nextquill-installed
 	@test -f /usr/share/wordnet/index.sense || { \
-	  command -v apt-get >/dev/null || { echo "METEOR needs WordNet: run python -c \"import nltk; nltk.download('wordnet')\" or install Debian's wordnet-base wordnet-sense-index"; exit 1; }; \
+	  command -v apt-get >/dev/null || { echo "METEOR needs WordNet: run $(BIN)/nextquill setup-wordnet (NLTK's download, online) or install Debian's wordnet-base wordnet-sense-index"; exit 1; }; \
 	  echo "installing Debian's wordnet-base and wordnet-sense-index (for METEOR)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  { $$SUDO apt-get install -y -q wordnet-base wordnet-sense-index \

@@ -4,7 +4,7 @@ nextquill weights RECIPE.yml [-- --key value ...] theta_0 effects into the cache
 nextquill evaluate RECIPE.yml [--checkpoint DIR]  generate for a split and score it (Table 1)
 nextquill compare RUN_DIR RUN_DIR ...             Table-1/2-style comparison of evaluations
 nextquill inspect RECIPE.yml [--checkpoint DIR]   per-token causal effects: HTML, terminal, plots
-nextquill setup-wordnet                           WordNet for METEOR from Debian's packages
+nextquill setup-wordnet                           WordNet for METEOR (Debian's, else NLTK's download)
 nextquill prompts RECIPE.yml [--limit N]          the exact prompt text evaluate generates from
 nextquill recipes DEST                            copy the shipped recipes into DEST
 nextquill demo                                    the end-to-end demo (same as `make demo`)
@@ -148,8 +148,10 @@ class CompareRequest:
 class WordnetRequest:
     """`nextquill setup-wordnet`: where Debian's WordNet is and where NLTK should find it."""
 
-    source: str = option(
-        "where Debian's wordnet-base put WordNet", default="/usr/share/wordnet", flag="--source"
+    source: str | None = option(
+        "a WordNet 3.0 dict folder (default: Debian's /usr/share/wordnet when wordnet-base is "
+        "installed, else NLTK's download, which needs the network)",
+        flag="--source",
     )
     nltk_dir: str | None = option(
         "the nltk_data folder to copy it into (default: <sys.prefix>/nltk_data)"
@@ -227,11 +229,15 @@ def run_inspect(request) -> None:
 
 
 def run_setup_wordnet(request: WordnetRequest) -> None:
-    from .evaluation.wordnet_data import install_wordnet, require_wordnet  # on use: nltk
+    from .evaluation import wordnet_data  # on use: nltk
 
     nltk_dir = Path(request.nltk_dir) if request.nltk_dir else None
-    target = install_wordnet(Path(request.source), nltk_dir)
-    require_wordnet()
+    if request.source or wordnet_data.debian_wordnet_installed():
+        source = Path(request.source) if request.source else wordnet_data.DEBIAN_WORDNET
+        target = wordnet_data.install_wordnet(source, nltk_dir)
+    else:
+        target = wordnet_data.download_wordnet(nltk_dir)
+    wordnet_data.require_wordnet()
     print(f"nextquill setup-wordnet: WordNet 3.0 installed in {target}")
 
 
@@ -343,7 +349,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         run_inspect,
     ),
     "setup-wordnet": Subcommand(
-        "copy Debian's WordNet 3.0 (wordnet-base) where NLTK finds it",
+        "WordNet 3.0 for METEOR where NLTK finds it: Debian's wordnet-base, else NLTK's download",
         (WordnetRequest,),
         run_setup_wordnet,
     ),

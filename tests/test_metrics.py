@@ -122,8 +122,31 @@ def test_lexnames_table_matches_wordnet_30():
 def test_install_wordnet_says_what_to_install(tmp_path):
     with pytest.raises(FileNotFoundError, match="wordnet-base wordnet-sense-index"):
         install_wordnet(tmp_path / "empty", tmp_path / "nltk")
-    assert "nltk.download('wordnet')" in MISSING_WORDNET
+    assert "online:  nextquill setup-wordnet" in MISSING_WORDNET
     assert "apt-get install wordnet-base wordnet-sense-index" in MISSING_WORDNET
+
+
+def test_setup_wordnet_without_debians_files_downloads_and_fails_loudly_offline(
+    tmp_path, monkeypatch
+):
+    """The README's install line: NLTK's download returns False offline (`nltk.download` then
+    exited 0); `nextquill setup-wordnet` exits 1 naming both routes. An explicit --source that
+    lacks the files is named too."""
+    import nltk
+
+    from nextquill_plugin.cli import main
+    from nextquill_plugin.evaluation import wordnet_data
+
+    asked = []
+    monkeypatch.setattr(wordnet_data, "DEBIAN_WORDNET", tmp_path / "no-debian-wordnet")
+    monkeypatch.setattr(nltk, "download", lambda *a, **k: asked.append((a, k)) or False)
+    with pytest.raises(SystemExit) as error:
+        main(["setup-wordnet", "--nltk-dir", str(tmp_path / "nltk")])
+    assert str(error.value.code).startswith("nextquill setup-wordnet: NLTK could not download")
+    assert asked == [(("wordnet",), {"download_dir": str(tmp_path / "nltk"), "quiet": True})]
+    with pytest.raises(SystemExit, match="lacks adj.exc"):
+        main(["setup-wordnet", "--source", str(tmp_path), "--nltk-dir", str(tmp_path / "n")])
+    assert len(asked) == 1  # an explicit source is never swapped for a download
 
 
 def test_missing_wordnet_is_reported_with_both_install_routes(monkeypatch):

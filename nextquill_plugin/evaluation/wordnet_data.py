@@ -84,7 +84,7 @@ _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 MISSING_WORDNET = (
     "METEOR needs the WordNet corpus, which NLTK did not find. Install it one of two ways:\n"
-    "  online:  python -c \"import nltk; nltk.download('wordnet')\"\n"
+    "  online:  nextquill setup-wordnet (NLTK's download)\n"
     f"  offline (Debian/Ubuntu): apt-get install {DEBIAN_PACKAGES} && nextquill setup-wordnet\n"
     "(`make test` and `make demo` do the offline route into the virtual environment.)"
 )
@@ -117,6 +117,22 @@ def install_wordnet(source: Path = DEBIAN_WORDNET, nltk_dir: Path | None = None)
         shutil.copyfile(source / name, target / name)
     (target / "lexnames").write_text(lexnames_text())
     return target
+
+
+def debian_wordnet_installed() -> bool:
+    """Whether Debian's wordnet-base and wordnet-sense-index put every file NLTK opens."""
+    return all((DEBIAN_WORDNET / name).is_file() for name in WORDNET_FILES)
+
+
+def download_wordnet(nltk_dir: Path | None = None) -> Path:
+    """NLTK's own download of WordNet 3.0 into ``nltk_dir`` (it needs the network); a
+    RuntimeError naming both routes when it fails (``nltk.download`` itself returns False)."""
+    import nltk  # on use: seconds to import
+
+    target = nltk_dir or default_nltk_dir()
+    if not nltk.download("wordnet", download_dir=str(target), quiet=True):
+        raise RuntimeError("NLTK could not download WordNet (no network?). " + MISSING_WORDNET)
+    return target / "corpora" / "wordnet"
 
 
 def require_wordnet():
