@@ -57,3 +57,18 @@ def missing_local_model(name: Any) -> str | None:
     if looks_local and not Path(name).expanduser().exists():
         return f"base_model {name}: no such folder"
     return None
+
+
+def missing_deepspeed_config(value: Any) -> str | None:
+    """Why ``deepspeed`` names a JSON file that does not exist, or None. Axolotl keeps such a name
+    as it is and fails later: after the model has loaded, or (on CPU) silently compiling
+    DeepSpeed's CPU operators first."""
+    if not isinstance(value, str) or not value or value.lstrip().startswith("{"):
+        return None  # unset, or JSON written inline
+    if Path(value).expanduser().is_file():
+        return None
+    return (
+        f"deepspeed {value}: no such file. `axolotl fetch deepspeed_configs` writes Axolotl's "
+        "stock configs into ./deepspeed_configs (it needs the network); or train without "
+        "DeepSpeed (remove the key, or `--deepspeed=` on the command line)."
+    )

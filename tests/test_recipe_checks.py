@@ -232,3 +232,14 @@ def test_a_base_model_folder_that_does_not_exist_is_named(recipes, tmp_path, loa
             nextquill([command, str(recipe)])
     with pytest.raises(FileNotFoundError, match="base_model ./models/missing: no such folder"):
         load_recipe(base_model="./models/missing")
+
+
+def test_a_deepspeed_config_that_does_not_exist_is_named_before_the_model_loads(
+    load_recipe, tmp_path, monkeypatch
+):
+    """The shipped recipes name Axolotl's stock configs; without `axolotl fetch
+    deepspeed_configs`, Axolotl kept the name and failed after loading the model (on CPU it
+    compiled DeepSpeed's CPU operators first, silently)."""
+    monkeypatch.chdir(tmp_path)  # the name is relative to where axolotl runs
+    with pytest.raises(FileNotFoundError, match="`axolotl fetch deepspeed_configs` writes"):
+        load_recipe(deepspeed="deepspeed_configs/zero1.json")

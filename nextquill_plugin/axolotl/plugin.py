@@ -30,7 +30,7 @@ from dataset_formats.checks import (
     describe_rows,
 )
 from dataset_formats.strategy import PLUGIN
-from nextquill_common.recipe_yaml import missing_local_model
+from nextquill_common.recipe_yaml import missing_deepspeed_config, missing_local_model
 from nextquill_common.refusals import install_refusal_hook
 
 from ..config_keys import settings_from
@@ -96,9 +96,12 @@ class NextQuillPlugin(BasePlugin):
         install_refusal_hook()
         if nextquill_enabled(cfg) or PLUGIN in (cfg.get("plugins") or []):
             check_recipe_keys(cfg)
-            problem = missing_local_model(cfg.get("base_model"))
-            if problem:
-                raise FileNotFoundError(f"NextQuill: {problem}")
+            for problem in (
+                missing_local_model(cfg.get("base_model")),
+                missing_deepspeed_config(cfg.get("deepspeed")),
+            ):
+                if problem:
+                    raise FileNotFoundError(f"NextQuill: {problem}")
         check_dataset_types(cfg)
         check_data_files(cfg)
         refuse_cli_overrides(sys.argv)
