@@ -32,7 +32,7 @@ TOKEN_EFFECTS = "nq_token_effects"  # added by the theta_0 pass
 HISTORY_KEPT = "nq_history_kept"
 TRUNCATION = "nq_truncation"
 PROMPT_SETTINGS = "nq_prompt_settings"  # fingerprint of the prompt settings that made the row
-DATA_SOURCE = "nq_data_source"  # the data file the row came from: path, size, modification time
+DATA_SOURCE = "nq_data_source"  # the data file the row came from: path, size, content digest
 
 # Columns a dataset type emits besides input_ids/attention_mask/labels.
 PAIRED_COLUMNS = (COUNTERFACTUAL_IDS, COUNTERFACTUAL_LABELS)

@@ -1,9 +1,12 @@
-"""The identity of a recipe's data file (path, size, modification time), stamped on every row
-a dataset type makes, so that rows Axolotl prepared from an older version of the file are
-caught: Axolotl's prepared-data hash covers the recipe, not the file's content."""
+"""The identity of a recipe's data file (path, size, SHA-256 of its content), stamped on every
+row a dataset type makes, so that rows Axolotl prepared from an older version of the file are
+caught: Axolotl's prepared-data hash covers the recipe, not the file's content. The content, not
+the modification time: a file edited in place to the same size with its time put back is another
+file. Reading it once more costs little beside tokenizing it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,13 +14,18 @@ from typing import Any
 
 
 def file_identity(path: Path) -> dict[str, Any]:
-    """Size and modification time of a file, or summed and latest over a folder's files."""
+    """Path, size and content digest of a file, or of a folder's files (names included)."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    stats = [p.stat() for p in files]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else "").encode() + b"\0")
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return {
         "path": str(path),
-        "size": sum(s.st_size for s in stats),
-        "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
+        "size": sum(file.stat().st_size for file in files),
+        "sha256": digest.hexdigest(),
     }
 
 
@@ -40,9 +48,9 @@ def changed_source(source: str) -> str | None:
     if not path.exists():
         return None  # moved or removed since: the prepared rows are all there is
     now = file_identity(path)
-    if (now["size"], now["mtime_ns"]) == (then["size"], then["mtime_ns"]):
+    if now["sha256"] == then.get("sha256"):  # rows stamped before the digest have none
         return None
     return (
         f"{path} has changed since its rows were prepared ({then['size']} bytes then, "
-        f"{now['size']} now; modified since)"
+        f"{now['size']} now; other content)"
     )

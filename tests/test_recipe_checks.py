@@ -139,6 +139,13 @@ def test_rows_of_a_data_file_that_changed_since_they_were_prepared_are_refused(
 
     cfg = Cfg(recipe, dataset_prepared_path="last_run_prepared")
     check_data_sources(cfg, prepared, "train_dataset")  # unchanged: accepted
+    # Edited in place: the same size, its modification time put back.
+    before, text = os.stat(data), data.read_text()
+    data.write_text(text.replace("looks great", "looks grand", 1))
+    assert data.stat().st_size == before.st_size and text != data.read_text()
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ValueError, match="train.jsonl has changed since its rows were prepared"):
+        check_data_sources(cfg, prepared, "train_dataset")
     write_jsonl(data, synthetic_splits["train"][3:7])  # rebuilt, as `nextquill-data build` does
     with pytest.raises(ValueError, match="train.jsonl has changed since its rows were prepared"):
         check_data_sources(cfg, prepared, "train_dataset")
