@@ -10,7 +10,12 @@ import pytest
 import yaml
 
 from nextquill_common.jsonl import write_jsonl
-from nextquill_plugin.demo.local_runs import logged_metrics, run_axolotl, tiny_recipe
+from nextquill_plugin.demo.local_runs import (
+    IN_ONE_PROCESS,
+    logged_metrics,
+    run_axolotl,
+    tiny_recipe,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +35,7 @@ def test_tensorboard_event_files_hold_the_nextquill_scalars(tmp_path, tiny_model
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path, max_steps=3, use_tensorboard=True)
-    trained(run_axolotl("train", recipe, tmp_path))
+    trained(run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS))
     (events,) = {p.parent for p in (tmp_path / "out").rglob("events.out.tfevents.*")}
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
@@ -48,12 +53,17 @@ def test_resuming_continues_with_the_same_losses_and_the_cached_weights(
     recipe = tiny_recipe(tiny_model_dir, train_file, interrupted, **common)
     # The reference is this same run's steps 4-6: the LoRA matrices are initialised before
     # Axolotl seeds anything, so a second fresh run would start elsewhere.
-    reference = logged_metrics(trained(run_axolotl("train", recipe, interrupted)))
+    reference = logged_metrics(trained(run_axolotl("train", recipe, interrupted, **IN_ONE_PROCESS)))
     shutil.rmtree(interrupted / "out" / "checkpoint-6")  # as if stopped after step 3's save
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         (interrupted / "out" / name).unlink()
     output = trained(
-        run_axolotl("train", {**recipe, "auto_resume_from_checkpoints": True}, interrupted)
+        run_axolotl(
+            "train",
+            {**recipe, "auto_resume_from_checkpoints": True},
+            interrupted,
+            **IN_ONE_PROCESS,
+        )
     )
     assert "used cached theta_0 effects" in output  # the weights are not computed again
     resumed = logged_metrics(output)
@@ -91,7 +101,7 @@ def test_qlora_trains_with_the_lm_head_unquantised(tmp_path, tiny_tokenizer, tra
         max_steps=2,
         nextquill_weight_source="current",
     )
-    steps = logged_metrics(trained(run_axolotl("train", recipe, tmp_path)))
+    steps = logged_metrics(trained(run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS)))
     assert len(steps) == 2 and all(s["nextquill/causal_loss"] > 0 for s in steps)
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
 
@@ -113,7 +123,7 @@ def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our
     from nextquill_plugin.demo.local_runs import offline_env
 
     recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path, max_steps=4)
-    trained(run_axolotl("train", recipe, tmp_path))
+    trained(run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS))
     trained(
         run_axolotl("merge-lora", {**recipe, "lora_model_dir": str(tmp_path / "out")}, tmp_path)
     )

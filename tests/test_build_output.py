@@ -245,6 +245,9 @@ def test_ctrl_c_during_a_build_says_one_line_exits_130_and_leaves_nothing(tmp_pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job (`make test &`) ignores SIGINT, and children inherit that:
+        # the builder would never see the Ctrl-C. A terminal's Ctrl-C arrives at default handling.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while not any(build_dir.iterdir()) and process.poll() is None:  # its work folder: started

@@ -13,7 +13,12 @@ import yaml
 
 from nextquill_common.jsonl import write_jsonl
 from nextquill_common.offline import offline_env
-from nextquill_plugin.demo.local_runs import logged_metrics, run_axolotl, tiny_recipe
+from nextquill_plugin.demo.local_runs import (
+    IN_ONE_PROCESS,
+    logged_metrics,
+    run_axolotl,
+    tiny_recipe,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -46,13 +51,15 @@ def test_full_nextquill_trains_logs_parts_and_reuses_weight_cache(
     assert all(s["nextquill/causal_loss"] > 0 for s in steps)
     assert list((tmp_path / "prepared" / "nextquill").glob("effects-*.npz"))
 
-    second = run_axolotl("train", {**recipe, "max_steps": 2}, tmp_path)
+    second = run_axolotl("train", {**recipe, "max_steps": 2}, tmp_path, **IN_ONE_PROCESS)
     out2 = second.stdout + second.stderr
     assert second.returncode == 0, out2[-3000:]
     assert "used cached theta_0 effects" in out2
     assert "NextQuill theta_0 effects:" not in out2  # no progress bar: no forward pass
 
-    changed = run_axolotl("train", {**recipe, "max_steps": 2, "sequence_len": 640}, tmp_path)
+    changed = run_axolotl(
+        "train", {**recipe, "max_steps": 2, "sequence_len": 640}, tmp_path, **IN_ONE_PROCESS
+    )
     out3 = changed.stdout + changed.stderr
     assert changed.returncode == 0, out3[-3000:]
     assert "computed theta_0 effects" in out3  # other tokenized data: other key
@@ -60,7 +67,9 @@ def test_full_nextquill_trains_logs_parts_and_reuses_weight_cache(
 
 def test_causal_only_uses_unit_weights(tmp_path, tiny_model_dir, train_file):
     recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path, nextquill_token_weighting=False)
-    output, steps = assert_trained(run_axolotl("train", recipe, tmp_path), tmp_path)
+    output, steps = assert_trained(
+        run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS), tmp_path
+    )
     assert "theta_0 effects" not in output  # no weight pass needed
     assert all(s["nextquill/mean_weight"] == 1.0 for s in steps)
     assert all(s["nextquill/causal_loss"] > 0 for s in steps)
@@ -68,7 +77,9 @@ def test_causal_only_uses_unit_weights(tmp_path, tiny_model_dir, train_file):
 
 def test_norm_only_has_no_causal_loss(tmp_path, tiny_model_dir, train_file):
     recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path, nextquill_causal_loss=False)
-    output, steps = assert_trained(run_axolotl("train", recipe, tmp_path), tmp_path)
+    output, steps = assert_trained(
+        run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS), tmp_path
+    )
     assert "computed theta_0 effects" in output
     assert all(s["nextquill/causal_loss"] == 0.0 for s in steps)
 
@@ -109,7 +120,7 @@ def test_mixed_recipe_trains_stock_rows_with_plain_loss(tmp_path, tiny_model_dir
     ):
         recipe[key] = local.get(key, False)  # keys the tiny recipe leaves out are off
     recipe["shuffle_merged_datasets"] = True
-    result = run_axolotl("train", recipe, tmp_path)
+    result = run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert f"has {128} paired rows and {40} ordinary rows" in output
@@ -168,7 +179,7 @@ def test_weights_command_fills_the_cache_then_full_finetune_with_eval_uses_it(
         len(list((tmp_path / "prepared" / "nextquill").glob("effects-*.npz"))) == 2
     )  # train and eval
 
-    result = run_axolotl("train", recipe, tmp_path)
+    result = run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert (
@@ -209,7 +220,7 @@ def test_two_fresh_runs_of_a_lora_recipe_log_identical_losses(tmp_path, tiny_mod
     for name in ("first", "second"):
         workdir = tmp_path / name
         recipe = tiny_recipe(tiny_model_dir, train_file, workdir, max_steps=4)
-        result = run_axolotl("train", recipe, workdir)
+        result = run_axolotl("train", recipe, workdir, **IN_ONE_PROCESS)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         runs.append(logged_metrics(result.stdout + result.stderr))
     first, second = runs

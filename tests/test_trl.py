@@ -19,7 +19,13 @@ import yaml
 
 from nextquill_common.jsonl import write_jsonl
 from nextquill_plugin.config_keys import NextQuillArgs, settings_from
-from nextquill_plugin.demo.local_runs import FULL_FINETUNE, offline_env, run_axolotl, tiny_recipe
+from nextquill_plugin.demo.local_runs import (
+    FULL_FINETUNE,
+    IN_ONE_PROCESS,
+    offline_env,
+    run_axolotl,
+    tiny_recipe,
+)
 from nextquill_plugin.demo.theta0 import PROMPT, THETA0_DIR
 from nextquill_plugin.objective import NEXTQUILL_METRICS
 
@@ -304,7 +310,7 @@ def test_trl_logs_the_losses_the_axolotl_path_logs(tmp_path, train_file, variant
             "shuffle_merged_datasets": False,  # Axolotl would reorder rows before the sampler
         },
     )
-    result = run_axolotl("train", recipe, tmp_path / "axolotl")
+    result = run_axolotl("train", recipe, tmp_path / "axolotl", **IN_ONE_PROCESS)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     trl_shape = {
         "per_device_train_batch_size": shape["micro_batch_size"],

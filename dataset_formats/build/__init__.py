@@ -56,11 +56,18 @@ __all__ = [
 
 @contextlib.contextmanager
 def database_step(what: str) -> Iterator[None]:
-    """Turn a DuckDB failure (usually memory) into a BuildError that says what to change."""
+    """Turn a DuckDB failure (usually memory) into a BuildError that says what to change, and a
+    Ctrl-C that DuckDB caught inside a query back into the KeyboardInterrupt it was."""
     try:
         yield
+    except duckdb.InterruptException:
+        raise KeyboardInterrupt from None
     except duckdb.Error as error:
         raise BuildError(f"{what} failed ({error}); try a larger --memory-limit") from error
+    except RuntimeError as error:  # DuckDB's Python client raises this one as a RuntimeError
+        if str(error) == "Query interrupted":
+            raise KeyboardInterrupt from None
+        raise
 
 
 class Progress:

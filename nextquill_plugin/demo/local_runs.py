@@ -44,6 +44,13 @@ FULL_FINETUNE = {
 }
 
 
+# `axolotl train --launcher python` with the one torch thread accelerate's launcher gives a CPU
+# run: the same training in one Python process instead of three (the default launcher's `axolotl`,
+# `accelerate` and trainer processes each import torch). The tests use it where the launcher is
+# not what they test; the demo keeps the launcher a user gets by default.
+IN_ONE_PROCESS = {"launcher": "python", "threads": 1}
+
+
 def tiny_recipe(model_dir: Path, train_file: Path, workdir: Path, **overrides) -> dict:
     """A complete CPU recipe for the tiny model; ``overrides`` replace or add keys (None removes)."""
     recipe = {
@@ -86,13 +93,17 @@ def run_axolotl(
     extra_args: tuple[str, ...] = (),
     name: str = "recipe.yml",
     threads: int | None = None,
+    launcher: str | None = None,
 ) -> subprocess.CompletedProcess:
     """`axolotl <command> recipe.yml`, exactly as a user runs it (from the venv's bin); with
-    ``threads``, torch uses that many CPU threads."""
+    ``threads``, torch uses that many CPU threads; ``launcher`` is `axolotl train`'s
+    (default accelerate; "python" trains in the one process, without two more Python starts)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / name
     config.write_text(yaml.safe_dump(recipe, sort_keys=False))
     axolotl = Path(sys.executable).parent / "axolotl"
+    if launcher:
+        extra_args = ("--launcher", launcher, *extra_args)
     return subprocess.run(
         [str(axolotl), command, str(config.resolve()), *extra_args],
         cwd=workdir,

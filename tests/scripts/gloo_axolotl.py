@@ -8,6 +8,7 @@ initialised), so initialising gloo first lets a recipe that names DeepSpeed run 
     python gloo_axolotl.py train RECIPE --key value ...           axolotl's own train entry point
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -21,6 +22,10 @@ def main() -> None:
     from nextquill_plugin.cli import parse_pairs
 
     dist.init_process_group("gloo", rank=0, world_size=1)
+    if importlib.util.find_spec("deepspeed"):  # the [deepspeed] extra
+        from torchrun_axolotl import shim_deepspeed_without_shm_kernel  # this folder's
+
+        shim_deepspeed_without_shm_kernel()
     mode, rest = sys.argv[1], sys.argv[2:]
     recipes = [a for a in rest if not a.startswith("--") and a.endswith(".yml")]
     overrides = parse_pairs([a for a in rest if a not in recipes])

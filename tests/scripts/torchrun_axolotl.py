@@ -96,6 +96,17 @@ def shim_deepspeed_gloo_collectives() -> None:
         synchronous(name)
 
 
+def shim_deepspeed_without_shm_kernel() -> None:
+    """DeepSpeed's communication backend compiles a shared-memory all-reduce kernel for CPU
+    accelerators when it starts (C++, about two minutes on 2 cores, once per machine and
+    venv); only its inference all-reduce uses that kernel, while training's collectives go
+    through torch.distributed (gloo here). The tests train: the kernel is not built. On GPUs
+    DeepSpeed never builds it."""
+    import deepspeed.comm.torch as deepspeed_torch_backend
+
+    deepspeed_torch_backend.build_shm_op = lambda: None
+
+
 def shim_cpu_device_mesh() -> None:
     """Axolotl builds the FSDP device mesh on "cuda"; a CPU process group needs a "cpu" mesh."""
     import torch
@@ -166,6 +177,7 @@ def main() -> None:
     shim_cpu_device_map()
     shim_accelerate_cpu_processes()
     shim_deepspeed_gloo_collectives()
+    shim_deepspeed_without_shm_kernel()
     shim_cpu_device_mesh()
     shim_accelerate_cpu_fsdp()
     shim_cpu_bf16()
