@@ -49,11 +49,12 @@ demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m nextquill_plugin.demo.run
 
 # Tests run in TEST_WORKERS pytest-xdist processes: most tests wait on one single-threaded
-# subprocess (axolotl train, torchrun), so two workers keep two cores busy; a file's tests stay
-# in one worker, so a module's fixture runs are made once. --durations names the slowest.
+# subprocess (axolotl train, torchrun), so two workers keep two cores busy. Each test goes to
+# whichever worker is free, except tests in one xdist_group (those sharing the runs of a module
+# fixture), which stay in one worker. --durations names the slowest.
 TEST_WORKERS ?= 2
 test: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 tests
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -95,11 +95,16 @@ def build_population(
     return out / "users", {u.user_id: u for u in synthetic_users(n_users, seed, style)}
 
 
-def train(name: str, recipe: dict, out: Path, threads: int) -> tuple[Path, float]:
-    """One `axolotl train` subprocess; returns (output folder, seconds)."""
+def train(
+    name: str, recipe: dict, out: Path, threads: int, smoke: bool = False
+) -> tuple[Path, float]:
+    """One `axolotl train` subprocess; returns (output folder, seconds). Smoke runs (the
+    tests') use `--launcher python`, one process instead of three; measured runs keep the
+    launcher a user gets."""
     workdir = out / "runs" / name
     started = time.time()
-    steps = train_logged(name, recipe, workdir, threads=threads)
+    launcher = "python" if smoke else None
+    steps = train_logged(name, recipe, workdir, threads=threads, launcher=launcher)
     say(
         f"trained {name} in {time.time() - started:.0f}s: "
         f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             jobs.append((name, variant, seed, recipe))
     threads = max(1, 2 // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
-        trained = list(pool.map(lambda job: train(job[0], job[3], out, threads), jobs))
+        trained = list(pool.map(lambda job: train(job[0], job[3], out, threads, args.smoke), jobs))
 
     # results[penalty][variant][seed]: corpus metrics; predictions[...]: records with flags
     results: dict[str, dict[str, dict[int, dict]]] = {p: {} for p in PENALTIES}

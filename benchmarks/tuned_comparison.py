@@ -154,7 +154,9 @@ class Study:
         def one(run: Run) -> None:
             folder = self.folder(run)
             if not (folder / "trained.json").exists():
-                train(run.name, self.recipe(run), self.out / run.condition, threads)
+                train(
+                    run.name, self.recipe(run), self.out / run.condition, threads, self.args.smoke
+                )
                 write_text_atomic(folder / "trained.json", json.dumps(asdict(run)) + "\n")
             for split, scope in evaluations:
                 self.evaluated(run, split, scope, threads)

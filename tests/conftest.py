@@ -10,12 +10,30 @@ use_offline_mode()
 
 import pytest  # noqa: E402
 
+# Files whose tests each run their own subprocesses and share no costly fixture: under
+# `--dist loadgroup` each of their tests goes to whichever worker is free. Every other file's
+# tests stay together in one worker, in file order, as under `--dist loadfile` (in-process
+# tests can leave state behind: Axolotl's load_cfg tees sys.stdout/stderr into pytest's
+# capture files, which a later test of another file then finds closed).
+SPREAD_FILES = {
+    "test_axolotl_features.py",
+    "test_benchmarks.py",
+    "test_e2e_train.py",
+    "test_recipes.py",
+    "test_trl.py",
+}
 
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """e2e and distributed tests are slow ones too: `pytest -m "not slow"` leaves them out."""
+    """e2e and distributed tests are slow ones too: `pytest -m "not slow"` leaves them out.
+    Each test gets an xdist group (see SPREAD_FILES) unless its file gives one."""
     for item in items:
         if item.get_closest_marker("e2e") or item.get_closest_marker("distributed"):
             item.add_marker(pytest.mark.slow)
+        if not item.get_closest_marker("xdist_group"):
+            spread = item.path.name in SPREAD_FILES
+            item.add_marker(pytest.mark.xdist_group(item.nodeid if spread else item.path.name))
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,16 @@ ADAPTERS = {
 }
 
 
+def each_adapter() -> list:
+    """The adapters as parameters, each in its own xdist group: the two adapters' runs share
+    nothing, so two test workers train them side by side; one adapter's runs stay in one
+    worker, where ``runs`` makes each once."""
+    return [
+        pytest.param(name, marks=pytest.mark.xdist_group(f"distributed-{name}"))
+        for name in ADAPTERS
+    ]
+
+
 def fsdp2(reshard_after_forward: bool) -> dict:
     return {
         "fsdp_version": 2,
@@ -137,14 +147,15 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, synthetic_splits):
     root = tmp_path_factory.mktemp("distributed")
-    return Runs(root, write_jsonl(root / "train.jsonl", synthetic_splits["train"]))
+    # 32 rows: the runs read 24 (6 steps of 4 rows), and the theta_0 pass reads all of them
+    return Runs(root, write_jsonl(root / "train.jsonl", synthetic_splits["train"][:32]))
 
 
 def column(steps: list[dict], key: str) -> np.ndarray:
     return np.array([step[key] for step in steps])
 
 
-@pytest.mark.parametrize("adapter", list(ADAPTERS))
+@pytest.mark.parametrize("adapter", each_adapter())
 def test_ddp_matches_one_process_with_the_same_rows_per_step(runs, adapter):
     ddp = runs(f"{adapter} DDP", **ADAPTERS[adapter])
     one = runs(f"{adapter} 1 process", 1, gradient_accumulation_steps=2, **ADAPTERS[adapter])
@@ -159,7 +170,7 @@ def test_ddp_matches_one_process_with_the_same_rows_per_step(runs, adapter):
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("adapter", list(ADAPTERS))
+@pytest.mark.parametrize("adapter", each_adapter())
 def test_every_parallel_path_trains_as_ddp_does(runs, adapter, path):
     ddp = runs(f"{adapter} DDP", **ADAPTERS[adapter])
     one = runs(f"{adapter} 1 process", 1, gradient_accumulation_steps=2, **ADAPTERS[adapter])
@@ -169,7 +180,7 @@ def test_every_parallel_path_trains_as_ddp_does(runs, adapter, path):
     assert np.abs(column(other, "loss") - column(one, "loss")).max() < 5e-3
 
 
-@pytest.mark.parametrize("adapter", list(ADAPTERS))
+@pytest.mark.parametrize("adapter", each_adapter())
 def test_zero3_theta0_cache_is_the_unpartitioned_models(runs, adapter):
     """The theta_0 pass and the cache key see ZeRO-3's gathered weights: the same file name
     (a cache `nextquill weights` filled is found) and the same effects as DDP's."""
@@ -186,9 +197,12 @@ def test_zero3_theta0_cache_is_the_unpartitioned_models(runs, adapter):
 @pytest.mark.parametrize(
     ("name", "adapter", "path"),
     [
-        ("lora bf16 DDP", "lora", {}),
-        ("full bf16 DDP", "full", {}),  # Axolotl keeps some modules in float32 here
-        ("full bf16 ZeRO-3", "full", PATHS["ZeRO-3"]),
+        pytest.param(*case, marks=pytest.mark.xdist_group(f"distributed-{case[1]}"))
+        for case in (
+            ("lora bf16 DDP", "lora", {}),
+            ("full bf16 DDP", "full", {}),  # Axolotl keeps some modules in float32 here
+            ("full bf16 ZeRO-3", "full", PATHS["ZeRO-3"]),
+        )
     ],
 )
 def test_bf16_trains_close_to_float32(runs, name, adapter, path):
@@ -212,6 +226,7 @@ def test_bf16_trains_close_to_float32(runs, name, adapter, path):
     assert disagreement < 0.005, summary
 
 
+@pytest.mark.xdist_group("distributed-lora")
 def test_stock_zero2_with_optimizer_offload_trains(runs):
     """zero2.json as shipped (DeepSpeed's CPU Adam): the first step, before any update, logs
     DDP's loss; every step is finite."""

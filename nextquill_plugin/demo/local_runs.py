@@ -119,12 +119,23 @@ class TrainingFailed(RuntimeError):
 
 
 def train_logged(
-    name: str, recipe: dict, workdir: Path, timeout: int = 3600, threads: int | None = None
+    name: str,
+    recipe: dict,
+    workdir: Path,
+    timeout: int = 3600,
+    threads: int | None = None,
+    launcher: str | None = None,
 ) -> list[dict]:
     """`axolotl train` on ``recipe`` in ``workdir``, its whole log kept in workdir/train.log;
     returns the logged per-step metrics, or raises TrainingFailed with the log's tail."""
     result = run_axolotl(
-        "train", recipe, workdir, timeout=timeout, name=f"{name}.yml", threads=threads
+        "train",
+        recipe,
+        workdir,
+        timeout=timeout,
+        name=f"{name}.yml",
+        threads=threads,
+        launcher=launcher,
     )
     log = result.stdout + result.stderr
     (workdir / "train.log").write_text(log)
