@@ -11,6 +11,9 @@ import pytest
 from nextquill_plugin.demo.local_runs import offline_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# Each runs a benchmark script in a process of its own (imports alone take seconds): the quick
+# loop (-m "not slow") leaves them to `make test`.
+pytestmark = pytest.mark.slow
 
 
 def run_script(name: str, *args: str, timeout: int = 900) -> str:
@@ -76,7 +79,6 @@ def test_builder_benchmark_reports_sizes_threads_and_bounds(tmp_path):
     assert list(tmp_path.iterdir()) == []  # generated files and outputs removed
 
 
-@pytest.mark.slow
 def test_planted_preference_benchmark_smoke(tmp_path):
     output = run_script("planted_preference.py", "--smoke", "--out", str(tmp_path), timeout=1200)
     assert "theta_0's lambda tokens" in output
@@ -88,7 +90,6 @@ def test_planted_preference_benchmark_smoke(tmp_path):
     assert (tmp_path / "report.md").read_text() in output
 
 
-@pytest.mark.slow
 def test_tuned_comparison_smoke_tunes_tests_and_resumes(tmp_path):
     output = run_script("tuned_comparison.py", "--smoke", "--out", str(tmp_path), timeout=1200)
     assert "## rare: personal words in 30%" in output and "theta_0 marks" in output
@@ -141,7 +142,6 @@ def test_benchmarks_go_offline_before_anything_reads_the_offline_setting():
         assert result.stdout.strip() == "True", name
 
 
-@pytest.mark.slow
 def test_generation_throughput_benchmark_compares_one_and_two_processes():
     output = run_script(
         "generation_throughput.py", "--rows", "6", "--max-new-tokens", "4", "--rounds", "1"

@@ -124,6 +124,7 @@ def test_the_wheel_ships_recipes_demo_data_license_and_entry_points(tmp_path):
     assert "[axolotl.cli_commands]" in text and "[axolotl.plugins]" in text
 
 
+@pytest.mark.slow
 def test_axolotl_runs_the_nextquill_command(tmp_path):
     import os
     import subprocess
@@ -143,6 +144,7 @@ def test_axolotl_runs_the_nextquill_command(tmp_path):
     assert (tmp_path / "r" / "books_nextquill.yml").exists()
 
 
+@pytest.mark.slow
 def test_exit_codes_and_the_subcommands_own_usage(tmp_path):
     """2 for a wrong command line, with the subcommand's usage; 1 for a run that failed, with
     its message and no traceback; the same rule for both commands."""
@@ -228,6 +230,7 @@ def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
     assert {stat.S_IMODE(p.stat().st_mode) for p in (rows, text)} == {plain}
 
 
+@pytest.mark.slow
 def test_known_library_noise_stays_off_our_commands():
     """torchao's missing CUDA kernels, torch's pytree deprecation, bitsandbytes' Hub lookups and
     trl's experimental notice (all printed when Axolotl is imported, as `nextquill weights` and

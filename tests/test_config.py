@@ -86,6 +86,7 @@ def test_plugin_is_inert_without_nextquill(load):
     assert plugin.get_training_args(enabled)["nextquill_weight_source"] == "initial"
 
 
+@pytest.mark.slow
 def test_math_and_tools_import_without_axolotl_and_the_plugin_loads_by_its_recipe_name():
     """The math is reusable without Axolotl, and the CLI can go offline before Axolotl's
     import (bitsandbytes asks the Hub for kernels at import); Axolotl still finds the plugin

@@ -7,7 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from nextquill_common.offline import offline_env
+
+pytestmark = pytest.mark.slow  # each starts a fresh interpreter that imports the framework
 
 
 def run_without(libraries: tuple[str, ...], code: str) -> subprocess.CompletedProcess:

@@ -79,6 +79,7 @@ def run(args, cwd, timeout=900):
     )
 
 
+@pytest.mark.slow
 def test_every_recipe_validates_with_axolotl(workdir, tiny_model_dir):
     # Only the base model is overridden (it must be local); everything else is the recipe's.
     generated = sorted(p for p in load_generator().expected_recipes() if p.suffix == ".yml")

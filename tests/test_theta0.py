@@ -37,6 +37,7 @@ def test_the_report_describes_the_shipped_model(tmp_path):
         theta0.load_report(copy)
 
 
+@pytest.mark.slow
 def test_the_shipped_theta0_marks_the_planted_words_as_its_report_says(tmp_path):
     report = theta0.load_report()
     rows, truth = theta0.measurement_rows(tmp_path, n_rows=report["scores"]["rows"])
