@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import os
+
 from nextquill_common.offline import use_offline_mode
 
 # No test may reach a hub: set before transformers/datasets/axolotl are imported (importing
 # nextquill_common.offline imports neither).
 use_offline_mode()
+# Axolotl's load_cfg tees sys.stdout/stderr into debug.log for the rest of the process; in a test
+# process (load_recipe) the tee wraps pytest's capture files, which a later test finds closed.
+# This is Axolotl's own switch for tests; `axolotl` subprocesses inherit it (no test reads their
+# debug.log).
+os.environ["AXOLOTL_TEE_STDOUT"] = "0"
+
+import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Importing axolotl.cli configures logging anew (dictConfig), which closes every handler there
+# is, and with them a stream pytest captures into: a test after the one that first imported it
+# in a worker found pytest's capture file closed. Imported here once, before any test runs.
+if importlib.util.find_spec("axolotl"):  # absent in the TRL-only lane
+    import axolotl.cli  # noqa: E402, F401
+
 # Files whose tests each run their own subprocesses and share no costly fixture: under
 # `--dist loadgroup` each of their tests goes to whichever worker is free. Every other file's
-# tests stay together in one worker, in file order, as under `--dist loadfile` (in-process
-# tests can leave state behind: Axolotl's load_cfg tees sys.stdout/stderr into pytest's
-# capture files, which a later test of another file then finds closed).
+# tests stay together in one worker, in file order, as under `--dist loadfile`.
 SPREAD_FILES = {
     "test_axolotl_features.py",
     "test_benchmarks.py",
