@@ -49,7 +49,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = get_type_hints(cls)
     for f in cli_fields(cls):
         kind = f.metadata.get("type") or _value_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if f.default is MISSING and f.default_factory is MISSING:
             nargs = f.metadata.get("nargs")
             if nargs:  # a list of values: each of the list's item type

@@ -293,3 +293,14 @@ def test_the_demo_reads_its_comparison_whichever_way_it_falls(tmp_path):
     assert "below" not in better
     worse = reading(tmp_path / "worse", tmp_path / "base")
     assert "NextQuill is below ContextSFT beyond noise on ROUGE-1;" in worse
+
+
+def test_every_subcommand_prints_its_help(capsys):
+    """`nextquill compare --help` crashed in argparse on the "%" of its help ("95% ...")."""
+    from nextquill_plugin.cli import SUBCOMMANDS, main
+
+    for name in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0, name
+        assert f"usage: nextquill {name}" in capsys.readouterr().out
