@@ -16,9 +16,9 @@ import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
 
 
 class HistorySelection(StrEnum):
@@ -78,13 +78,24 @@ def label_problem(key: str, label: Any) -> str | None:
 DEFAULT_SEQUENCE_LEN = 2048  # Axolotl's own default for sequence_len
 
 
+def refuse_booleans(value: Any) -> Any:
+    """pydantic reads YAML's `true` as the integer 1 (and a bare `--key` override is true)."""
+    if isinstance(value, bool):
+        raise ValueError(f"a whole number is needed, not {str(value).lower()}")
+    return value
+
+
+# An integer setting that a YAML boolean does not pass for.
+WholeNumber = Annotated[int, BeforeValidator(refuse_booleans)]
+
+
 class PromptArgs(BaseModel):
     """Recipe keys read by the dataset types (``dataset_formats.amazon_reviews`` / ``.paired``)."""
 
     nextquill_include_history: bool = Field(
         default=True, description="False: prompts without history (the SFT baseline)."
     )
-    nextquill_history_k: int = Field(
+    nextquill_history_k: WholeNumber = Field(
         default=8,
         ge=1,
         description="K: history reviews per prompt (for prompts without history, "

@@ -35,7 +35,7 @@ def data_source(ds_cfg: Mapping[str, Any] | None) -> str | None:
     raw = (ds_cfg or {}).get("path") if hasattr(ds_cfg or {}, "get") else None
     if not isinstance(raw, str):
         return None
-    path = Path(raw).expanduser().resolve()
+    path = Path(raw).expanduser().absolute()  # a symlink stays one: re-pointing it is a change
     if not path.exists():
         return None
     return json.dumps(file_identity(path), sort_keys=True)

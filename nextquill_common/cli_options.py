@@ -96,6 +96,17 @@ def option(
     return field(default=default, metadata=metadata)
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
 def argument(help: str, *, nargs: str | None = None) -> Any:
     """A dataclass field that is a positional argument (``nargs="+"``: one or more)."""
     return field(metadata={"help": help, **({"nargs": nargs} if nargs else {})})

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a mapping with a key written twice, naming the key and
@@ -16,6 +18,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:  # `<<: *defaults`: keys written here may override them
+                continue
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:

@@ -36,6 +36,7 @@ import yaml
 from nextquill_common.cli_options import (
     add_dataclass_options,
     argument,
+    at_least_one,
     dataclass_from_args,
     interrupted,
     option,
@@ -104,17 +105,6 @@ def parse_pairs(extra: list[str]) -> dict[str, Any]:
         overrides[key] = parse_value(value)
         i += 1
     return overrides
-
-
-def at_least_one(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
 
 
 # --- the requests of the subcommands whose work is not in evaluation/ ----------------------------

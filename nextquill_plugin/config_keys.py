@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic import Field as PydanticField
 from pydantic_core import PydanticCustomError
 
-from dataset_formats.settings import PromptArgs, describe_validation_error
+from dataset_formats.settings import PromptArgs, WholeNumber, describe_validation_error
 from nextquill_common.refusals import SETTING_ERROR
 
 from .settings import SETTING_PREFIX, WEIGHT_PASS_BATCH_SIZE, NextQuillSettings, WeightSource
@@ -139,7 +139,7 @@ class NextQuillArgs(ObjectiveArgs, PromptArgs):
         default=False,
         description="Train with the NextQuill objective. False: the plugin changes nothing.",
     )
-    nextquill_weight_batch_size: int = PydanticField(
+    nextquill_weight_batch_size: WholeNumber = PydanticField(
         default=WEIGHT_PASS_BATCH_SIZE,
         ge=1,
         description="Micro-batch size of the theta_0 weight pass.",

@@ -230,6 +230,19 @@ def test_shipped_demo_data_builds_and_feeds_the_dataset_type(tmp_path, tiny_toke
     assert out["cf_input_ids"] and out["nq_history_kept"] == min(8, len(row["history"]))
 
 
+def test_a_byte_order_mark_before_the_first_line_is_not_a_malformed_line(tmp_path):
+    """A file saved by an editor that writes a UTF-8 BOM lost its first review as malformed."""
+    from dataset_formats.demo_data import DEMO_META, DEMO_REVIEWS
+
+    marked = tmp_path / "reviews.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + gzip.decompress(Path(DEMO_REVIEWS).read_bytes()))
+    options = BuildOptions(show_progress=False)
+    plain = build([DEMO_REVIEWS], [DEMO_META], tmp_path / "plain", options).to_json()
+    with_mark = build([marked], [DEMO_META], tmp_path / "marked", options).to_json()
+    assert with_mark["reviews_dropped"] == plain["reviews_dropped"]
+    assert with_mark["reviews_kept"] == plain["reviews_kept"] > 0
+
+
 MEMORY_BOUND_MIB = 3072  # stated bound: peak RSS of a 1M-review build with --memory-limit 1GB
 
 

@@ -67,6 +67,13 @@ def test_users_are_resampled_jointly_and_rows_of_a_user_are_averaged():
     assert differences["bleu"].mean > 0
     with pytest.raises(ValueError, match="same prompts"):
         paired_differences(method[:2], baseline, resamples=10)
+    # The same prompt ids over an edited file: the references differ (it reported +24.9%).
+    edited = [
+        {**r, "reference": r["reference"] + " edited"} if i == 2 else r
+        for i, r in enumerate(baseline)
+    ]
+    with pytest.raises(ValueError, match="other references for 1 of their prompts"):
+        paired_differences(method, edited, resamples=10)
 
 
 def test_compare_markdown_marks_the_best_and_the_relative_improvement():

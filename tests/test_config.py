@@ -34,6 +34,8 @@ def test_defaults_are_the_papers(load):
         ({"nextquill_low_weight": 0.95}, "must not exceed nextquill_high_weight"),
         ({"nextquill_high_weight": 1.5}, "nextquill_high_weight must lie in [0, 1]"),
         ({"nextquill_low_weight": -0.2}, "nextquill_low_weight must lie in [0, 1]"),
+        ({"nextquill_history_k": True}, "a whole number is needed, not true"),  # it read as 1
+        ({"nextquill_weight_batch_size": True}, "a whole number is needed, not true"),
         ({"sample_packing": True}, "set sample_packing: false"),
         ({"nextquill_include_history": False}, "nextquill_include_history: false"),
         (

@@ -89,6 +89,7 @@ class Runs:
     def deepspeed_config(self, stage: int | str) -> str:
         if stage == "2-no-offload":
             path = self.root / "deepspeed_configs" / "zero2_no_offload.json"
+            path.parent.mkdir(exist_ok=True)  # the first config this worker writes, maybe
             zero = {k: v for k, v in ZERO[2]["zero_optimization"].items() if "offload" not in k}
             path.write_text(json.dumps({"zero_optimization": zero, **ZERO_COMMON}))
             return str(path)

@@ -71,3 +71,32 @@ def test_a_row_that_is_not_dpl_names_its_line_and_writes_nothing(tmp_path, dpl_f
         convert_dpl(rows, meta, out)
     assert not out.exists()
     assert list(tmp_path.glob(".train.jsonl.*")) == []  # no temporary file left behind
+
+
+def test_an_existing_out_file_is_never_written_over(tmp_path, dpl_files, capsys):
+    """convert-dpl replaced a user's 12-row file with its 1 row, exit 0."""
+    rows, meta = dpl_files
+    out = tmp_path / "mine.jsonl"
+    out.write_text("my own rows\n")
+    with pytest.raises(SystemExit) as error:
+        nextquill_data(["convert-dpl", "--rows", str(rows), "--meta", str(meta), "--out", str(out)])
+    assert (
+        error.value.code == 2
+        and "exists; remove it or name another file" in capsys.readouterr().err
+    )
+    assert out.read_text() == "my own rows\n"
+
+
+def test_synthetic_refuses_no_users_and_a_folder_holding_its_file_names(tmp_path, capsys):
+    """`synthetic --users 0` wrote 0 reviews with exit 0; a folder holding the user's own
+    reviews.jsonl.gz had it replaced."""
+    for users in ("0", "-5"):
+        with pytest.raises(SystemExit) as error:
+            nextquill_data(["synthetic", "--out", str(tmp_path / "s"), "--users", users])
+        assert error.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "reviews.jsonl.gz").write_bytes(b"precious")
+    with pytest.raises(SystemExit) as error:
+        nextquill_data(["synthetic", "--out", str(tmp_path / "mine"), "--users", "2"])
+    assert error.value.code == 2 and "already holds reviews.jsonl.gz" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "reviews.jsonl.gz").read_bytes() == b"precious"

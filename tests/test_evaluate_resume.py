@@ -127,6 +127,12 @@ def test_evaluations_of_other_settings_get_their_own_folders(recipes, tmp_path, 
         nextquill(["evaluate", recipe, *QUICK, "--limit", "2", "--out", str(plain)])
     assert (plain / "metrics.json").read_bytes() == before
     nextquill(["evaluate", recipe, *QUICK, "--out", str(plain), "--name", "again"])  # same run
+    mine = tmp_path / "mine"  # a user's own predictions.jsonl: it was written over, exit 0
+    mine.mkdir()
+    (mine / "predictions.jsonl").write_text('{"mine": 1}\n')
+    with pytest.raises(SystemExit, match="predictions.jsonl without the metrics.json"):
+        nextquill(["evaluate", recipe, *QUICK, "--out", str(mine)])
+    assert (mine / "predictions.jsonl").read_text() == '{"mine": 1}\n'
 
 
 def test_partial_predictions_of_another_evaluation_are_refused_not_deleted(recipes, tmp_path):

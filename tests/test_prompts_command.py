@@ -55,3 +55,45 @@ def test_prompts_command_prints_text_that_tokenizes_to_the_evaluation_prompt(
     assert len(without) < len(text) and "[Review 1]" in text and "[Review 1]" not in without
     nextquill(["prompts", str(recipes["amazon"]), "--limit", "2", "--max-new-tokens", "32"])
     assert capsys.readouterr().out.count(text) == 1
+
+
+def test_wrong_row_options_are_usage_errors_before_any_model_loads(recipes, tmp_path, capsys):
+    """They were accepted: --max-new-tokens -5 printed prompts, --limit 0 said the file had no
+    rows (exit 1), --split beside --data was ignored without a word, and a greedy evaluation
+    recorded --top-p 5 in its metrics.json."""
+    import pytest
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("")
+    recipe = str(recipes["amazon"])
+    for command, arguments, message in (
+        ("prompts", ["--max-new-tokens", "-5"], "--max-new-tokens must be >= 1 (got -5)"),
+        ("prompts", ["--limit", "0"], "--limit must be >= 1 (got 0)"),
+        ("evaluate", ["--split", "validation", "--data", str(rows)], "give one of them"),
+        ("inspect", ["--split", "test", "--data", str(rows)], "give one of them"),
+        ("evaluate", ["--top-p", "5"], "top_p in (0, 1] (got 1.0, 5.0)"),  # was recorded
+    ):
+        with pytest.raises(SystemExit) as error:
+            nextquill([command, recipe, *arguments])
+        assert error.value.code == 2, (command, arguments)
+        err = capsys.readouterr().err
+        assert f"usage: nextquill {command}" in err and message in err, err
+
+
+def test_a_dataset_path_that_is_the_builders_folder_reads_the_split_inside_it(
+    recipes, tmp_path, synthetic_splits
+):
+    """The split file was looked for beside the folder (a stray test.jsonl there was evaluated)."""
+    from nextquill_common.jsonl import write_jsonl
+
+    folder = tmp_path / "books"
+    write_jsonl(folder / "train.jsonl", synthetic_splits["train"][:2])
+    write_jsonl(folder / "test.jsonl", synthetic_splits["test"][1:2])
+    write_jsonl(tmp_path / "test.jsonl", synthetic_splits["test"][:1])  # the stray file
+    recipe = yaml.safe_load(recipes["amazon"].read_text())
+    recipe["datasets"][0]["path"] = str(folder)
+    path = tmp_path / "r.yml"
+    path.write_text(yaml.safe_dump(recipe))
+    (inside,) = render_prompts(PromptsRequest(recipe=str(path), limit=1))
+    (expected,) = render_prompts(PromptsRequest(recipe=str(path), data=str(folder / "test.jsonl")))
+    assert inside == expected

@@ -94,6 +94,21 @@ def test_a_misspelled_override_after_the_double_dash_is_refused(recipes, tmp_pat
     nextquill(["prompts", str(recipes["amazon"]), "--limit", "1", "--", "--sequence_len", "600"])
 
 
+def test_yaml_merge_keys_are_read_as_yaml_reads_them_and_not_taken_for_a_key_written_twice():
+    """`<<: *defaults` stopped every command with "could not determine a constructor for the tag
+    ...merge"; Axolotl reads such recipes. Keys written beside the merge override it, as in YAML;
+    a key written twice beside it is still refused."""
+    import yaml
+
+    from nextquill_common.recipe_yaml import UniqueKeyLoader
+
+    text = "defaults: &d\n  seed: 1\n  lr: 2\nrun:\n  <<: *d\n  seed: 3\n"
+    assert yaml.load(text, Loader=UniqueKeyLoader) == yaml.safe_load(text)
+    assert yaml.safe_load(text)["run"] == {"seed": 3, "lr": 2}
+    with pytest.raises(yaml.YAMLError, match="key 'seed' is written twice"):
+        yaml.load(text + "  seed: 4\n", Loader=UniqueKeyLoader)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -149,6 +164,18 @@ def test_rows_of_a_data_file_that_changed_since_they_were_prepared_are_refused(
     write_jsonl(data, synthetic_splits["train"][3:7])  # rebuilt, as `nextquill-data build` does
     with pytest.raises(ValueError, match="train.jsonl has changed since its rows were prepared"):
         check_data_sources(cfg, prepared, "train_dataset")
+    # A symlink re-pointed at another file: its rows were prepared from the first one.
+    link, first, second = tmp_path / "link.jsonl", tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_jsonl(first, synthetic_splits["train"][:3])
+    write_jsonl(second, synthetic_splits["train"][3:6])
+    link.symlink_to(first)
+    linked = load(tiny_tokenizer, {**recipe, "sequence_len": 512}, {"path": str(link)})
+    rows = Dataset.from_list([linked.tokenize_prompt(r) for r in synthetic_splits["train"][:3]])
+    check_data_sources(cfg, rows, "train_dataset")
+    link.unlink()
+    link.symlink_to(second)
+    with pytest.raises(ValueError, match="link.jsonl has changed since its rows were prepared"):
+        check_data_sources(cfg, rows, "train_dataset")
     os.remove(data)  # moved away: the prepared rows are all there is; accepted
     check_data_sources(cfg, prepared, "train_dataset")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nextquill_common.cli_options import (
     add_dataclass_options,
+    at_least_one,
     dataclass_from_args,
     interrupted,
     package_version,
@@ -25,6 +26,7 @@ from . import BuildError, BuildOptions, build
 from .dpl import convert_dpl
 from .synthetic import Style, synthetic_raw_amazon
 
+SYNTHETIC_FILES = ("reviews.jsonl.gz", "meta.jsonl.gz")  # what `synthetic` writes into --out
 # What runs a command, given its parsed arguments.
 Run = Callable[[argparse.Namespace], None]
 
@@ -106,6 +108,8 @@ def _add_convert_dpl(commands) -> tuple[argparse.ArgumentParser, Run]:
 
 
 def _run_convert_dpl(args: argparse.Namespace) -> None:
+    if args.out.exists():  # never written over: it may be anyone's file
+        args.command_parser.error(f"--out {args.out} exists; remove it or name another file")
     print(f"wrote {convert_dpl(args.rows, args.meta, args.out)} rows to {args.out}")
 
 
@@ -117,10 +121,10 @@ def _add_synthetic(commands) -> tuple[argparse.ArgumentParser, Run]:
         "--out", required=True, type=Path, help="folder for reviews.jsonl.gz and meta.jsonl.gz"
     )
     synthetic_parser.add_argument(
-        "--users", type=int, default=200, help="how many users (default: 200)"
+        "--users", type=at_least_one, default=200, help="how many users (default: 200)"
     )
     synthetic_parser.add_argument(
-        "--reviews-per-user", type=int, default=22, help="reviews per user (default: 22)"
+        "--reviews-per-user", type=at_least_one, default=22, help="reviews per user (default: 22)"
     )
     synthetic_parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_dataclass_options(synthetic_parser, Style)
@@ -132,11 +136,16 @@ def _run_synthetic(args: argparse.Namespace) -> None:
         style = dataclass_from_args(Style, args)
     except ValueError as error:
         args.command_parser.error(str(error))  # exits with 2: a wrong command line
+    present = [name for name in SYNTHETIC_FILES if (args.out / name).exists()]
+    if present:  # never written over: they may be anyone's files
+        args.command_parser.error(
+            f"--out {args.out} already holds {', '.join(present)}; name another folder"
+        )
     reviews, meta = synthetic_raw_amazon(
         args.users, args.reviews_per_user, seed=args.seed, style=style
     )
-    write_jsonl(args.out / "reviews.jsonl.gz", reviews, sort_keys=True)
-    write_jsonl(args.out / "meta.jsonl.gz", meta, sort_keys=True)
+    for name, rows in zip(SYNTHETIC_FILES, (reviews, meta), strict=True):
+        write_jsonl(args.out / name, rows, sort_keys=True)
     print(f"wrote {len(reviews)} reviews and {len(meta)} items to {args.out}")
 
 

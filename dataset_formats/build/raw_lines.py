@@ -54,21 +54,28 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield first + offset, line.encode() if isinstance(line, str) else line
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def iter_line_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, pa.Array]]:
     """(number of the first line, Arrow strings) blocks of a JSONL file, gzipped or not.
 
     Lines are split on b"\\n" (kept at the end of each string, as Python's file iteration
-    does); a last line without one counts. Lines that are not valid UTF-8 are null. Raises
+    does); a last line without one counts; a byte order mark before the first is dropped. Lines
+    that are not valid UTF-8 are null. Raises
     BuildError for an empty file or a truncated or corrupt gzip stream.
     """
     line_no = 1
     try:
         with _open(path) as handle:
             rest = b""
+            first = True
             while True:
                 chunk = handle.read(block_bytes)
                 if not chunk:
                     break
+                if first:  # a UTF-8 byte order mark (some editors write one) is not JSON
+                    chunk, first = chunk.removeprefix(UTF8_BOM), False
                 data = rest + chunk
                 cut = data.rfind(b"\n") + 1
                 if cut == 0:

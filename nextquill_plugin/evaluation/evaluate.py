@@ -49,6 +49,7 @@ class EvaluationRequest(RecipeRowsRequest):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1 (got {self.limit})")
         if self.resamples < 1:
@@ -80,6 +81,11 @@ def check_results_are_this_runs(out: Path, key: str) -> None:
     two evaluations must never share a folder silently."""
     metrics = out / "metrics.json"
     if not metrics.is_file():
+        if (out / "predictions.jsonl").exists():  # ours writes metrics.json right after it
+            raise ValueError(
+                f"{out} holds a predictions.jsonl without the metrics.json an evaluation writes "
+                "beside it: not ours to write over; pass --out to write this one elsewhere"
+            )
         return
     try:
         found = json.loads(metrics.read_text()).get("run_key")

@@ -65,8 +65,11 @@ class GenerationSettings:
             problems.append(f"penalty_scope must be one of {PENALTY_SCOPES}")
         if self.cos_gamma < 0:
             problems.append(f"cos_gamma must be >= 0 (got {self.cos_gamma})")
-        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
-            problems.append("sampling needs temperature > 0 and 0 < top_p <= 1")
+        # Checked under greedy decoding too: metrics.json records them with the results.
+        if not (self.temperature > 0 and 0 < self.top_p <= 1):
+            problems.append(
+                f"temperature must be > 0 and top_p in (0, 1] (got {self.temperature}, {self.top_p})"
+            )
         if problems:
             raise ValueError("generation settings: " + "; ".join(problems))
 

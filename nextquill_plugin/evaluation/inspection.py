@@ -109,6 +109,7 @@ class InspectionRequest(RecipeRowsRequest):
     terminal: bool = option("no coloured terminal view", default=True, flag="--no-terminal")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.samples < 0:
             raise ValueError(f"--samples must be >= 0 (got {self.samples})")
         if self.plot_samples < 1:

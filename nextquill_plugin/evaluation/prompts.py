@@ -28,6 +28,13 @@ class PromptsRequest(RecipeRowsRequest):
     without_history: bool = option("the counterfactual prompt (history replaced)", default=False)
     max_new_tokens: int = option("room left for the generation", default=DEFAULT_ROOM)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1 (got {self.limit})")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1 (got {self.max_new_tokens})")
+
 
 def render_prompts(request: PromptsRequest) -> list[str]:
     """The prompt text of each row, as evaluation renders it (room left for

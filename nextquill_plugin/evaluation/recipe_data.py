@@ -50,11 +50,12 @@ def evaluated_dataset(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def split_path(dataset: dict[str, Any], split: str) -> Path:
-    """``<folder of the dataset's file>/<split>.jsonl``: the builder writes train/validation/test
-    side by side."""
+    """``<split>.jsonl`` beside the dataset's file, or inside it when the recipe names the
+    builder's folder: the builder writes train/validation/test side by side."""
     if not dataset.get("path"):
         raise ValueError("the evaluated dataset has no path to find the split next to; pass --data")
-    return Path(dataset["path"]).parent / f"{split}.jsonl"
+    path = Path(dataset["path"])
+    return (path if path.is_dir() else path.parent) / f"{split}.jsonl"
 
 
 def load_strategy(dataset_type: str, tokenizer, recipe: dict[str, Any]) -> EvaluableType:
@@ -91,9 +92,17 @@ class RecipeRowsRequest:
     checkpoint: str | None = option(
         "LoRA adapter or full model folder from training (default: the recipe's base_model)"
     )
-    split: str = option("file <split>.jsonl next to the recipe's training data", default="test")
+    split: str | None = option(
+        "file <split>.jsonl next to the recipe's training data (default: test)"
+    )
     data: str | None = option("a JSONL file of built rows instead of --split")
     overrides: dict[str, Any] | None = field(default=None, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if self.split and self.data:
+            raise ValueError("--split and --data both name the rows to use; give one of them")
+        if self.split is None and not self.data:
+            self.split = "test"
 
     def load_recipe_and_rows(self, limit: int | None) -> tuple[dict[str, Any], str, Path, list]:
         """(the recipe with overrides, the dataset type, the rows' file, its first ``limit``

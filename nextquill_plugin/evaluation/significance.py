@@ -82,6 +82,15 @@ def paired_differences(
         raise ValueError(
             "the two runs were not evaluated on the same prompts; evaluate both on one split"
         )
+    differing = [
+        r["prompt_id"] for r in method if r["reference"] != by_prompt[r["prompt_id"]]["reference"]
+    ]
+    if differing:  # the same prompt ids over edited data: the differences would mean nothing
+        raise ValueError(
+            f"the two runs have other references for {len(differing)} of their prompts (e.g. "
+            f"{differing[0]}): they were evaluated on different versions of the data; evaluate "
+            "both on the same file"
+        )
     users = sorted({user_of(r) for r in method})
     index = {user: i for i, user in enumerate(users)}
     row_user = np.array([index[user_of(r)] for r in method])
