@@ -29,17 +29,16 @@ from .generation import (
 )
 from .metrics import METRIC_NAMES, evaluate_texts
 from .predictions_store import PARTIAL_GLOB, PartialPredictions
-from .recipe_data import RecipeRowsRequest, load_strategy
+from .recipe_data import FirstRowsRequest, load_strategy
 from .wordnet_data import require_wordnet
 
 
 @dataclass
-class EvaluationRequest(RecipeRowsRequest):
+class EvaluationRequest(FirstRowsRequest):
     """What to evaluate, on which rows, and where to write; one command-line option a field."""
 
     out: str | None = option("output folder (default: <checkpoint>/eval-<split>)")
     name: str | None = option("the row's name in `nextquill compare`")
-    limit: int | None = option("only the first N rows")
     dtype: str = option(
         "model dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
     )
@@ -50,8 +49,6 @@ class EvaluationRequest(RecipeRowsRequest):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1 (got {self.limit})")
         if self.resamples < 1:
             raise ValueError(f"--bootstrap must be >= 1 resamples (got {self.resamples})")
 

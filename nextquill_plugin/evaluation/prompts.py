@@ -15,23 +15,20 @@ from dataclasses import dataclass
 from nextquill_common.cli_options import option
 
 from .generation import GenerationSettings, load_tokenizer
-from .recipe_data import RecipeRowsRequest, load_strategy
+from .recipe_data import FirstRowsRequest, load_strategy
 
 DEFAULT_ROOM = GenerationSettings().max_new_tokens
 
 
 @dataclass
-class PromptsRequest(RecipeRowsRequest):
+class PromptsRequest(FirstRowsRequest):
     """Which rows' prompts to render; one command-line option a field."""
 
-    limit: int | None = option("only the first N rows")
     without_history: bool = option("the counterfactual prompt (history replaced)", default=False)
     max_new_tokens: int = option("room left for the generation", default=DEFAULT_ROOM)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1 (got {self.limit})")
         if self.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be >= 1 (got {self.max_new_tokens})")
 

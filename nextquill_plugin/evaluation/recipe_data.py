@@ -111,3 +111,15 @@ class RecipeRowsRequest:
         dataset = evaluated_dataset(recipe)
         data = Path(self.data) if self.data else split_path(dataset, self.split)
         return recipe, dataset["type"], data, read_rows(data, limit)
+
+
+@dataclass
+class FirstRowsRequest(RecipeRowsRequest):
+    """A RecipeRowsRequest that may stop after the first N rows (evaluate, prompts)."""
+
+    limit: int | None = option("only the first N rows")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1 (got {self.limit})")
