@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nextquill_common.offline import OFFLINE_VARIABLES
 from nextquill_plugin.demo.local_runs import offline_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -128,18 +129,26 @@ def test_step_profile_finds_the_same_operators_as_two_target_only_steps():
 def test_benchmarks_go_offline_before_anything_reads_the_offline_setting():
     """Run as documented (``python benchmarks/<name>.py``, no offline variables set), each
     script sets offline mode before huggingface_hub reads it at import (bitsandbytes, imported
-    by Axolotl, would otherwise ask the Hub for kernels)."""
+    by Axolotl, would otherwise ask the Hub for kernels). The probe stops each script at its
+    first import of huggingface_hub and prints what that import would read."""
     env = {key: value for key, value in offline_env().items() if not key.endswith("OFFLINE")}
     for name in ("training_step.py", "step_profile.py", "weight_pass.py", "planted_preference.py"):
         probe = (
-            f"import runpy; runpy.run_path({str(BENCHMARKS / name)!r}, run_name='imported')\n"
-            "import huggingface_hub.constants as hub; print(hub.HF_HUB_OFFLINE)\n"
+            "import importlib.abc, os, runpy, sys\n"
+            "class StopAtHub(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, fullname, path, target=None):\n"
+            "        if fullname == 'huggingface_hub':\n"
+            "            print(os.environ.get('HF_HUB_OFFLINE'), flush=True)\n"
+            "            os._exit(0)\n"
+            "sys.meta_path.insert(0, StopAtHub())\n"
+            f"runpy.run_path({str(BENCHMARKS / name)!r}, run_name='imported')\n"
+            "print('huggingface_hub never imported')\n"
         )
         result = subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, text=True, env=env
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        assert result.stdout.strip() == "True", name
+        assert result.stdout.strip() == OFFLINE_VARIABLES["HF_HUB_OFFLINE"], name
 
 
 def test_generation_throughput_benchmark_compares_one_and_two_processes():
