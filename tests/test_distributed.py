@@ -1,7 +1,9 @@
 """Every multi-process path Axolotl offers for SFT, with NextQuill on, against one process.
 
 Two CPU processes (torchrun, gloo) run `axolotl train` through tests/scripts/torchrun_axolotl.py,
-which holds every shim a CPU needs and a GPU does not. Each run starts from the shipped theta_0
+which holds every shim a CPU needs and a GPU does not: one torchrun per adapter, whose processes
+import Axolotl once and train each run in a forked child (its own process group, nothing shared
+with the run before). Each run starts from the shipped theta_0
 (it reads the history, so some target tokens get weight lambda and the weights matter) and
 trains 6 steps with SGD: SGD keeps float rounding differences between reduction orders at
 rounding size, where Adam's first steps turn them into sign flips.
@@ -79,8 +81,30 @@ PATHS = {
 }
 
 
+# bf16 runs (default attention, no flash attention): (name, adapter, recipe keys)
+BF16 = [
+    ("lora bf16 DDP", "lora", {}),
+    ("full bf16 DDP", "full", {}),  # Axolotl keeps some modules in float32 here
+    ("full bf16 ZeRO-3", "full", PATHS["ZeRO-3"]),
+]
+
+
+def planned_runs(adapter: str) -> dict[str, tuple[int, dict]]:
+    """Every run an adapter's tests compare: name -> (processes, recipe keys)."""
+    keys = ADAPTERS[adapter]
+    plan = {f"{adapter} DDP": (2, keys)}
+    plan |= {f"{adapter} {path}": (2, {**keys, **PATHS[path]}) for path in PATHS}
+    plan |= {name: (2, {**keys, "bf16": True, **extra}) for name, a, extra in BF16 if a == adapter}
+    if adapter == "lora":  # zero2.json as shipped: DeepSpeed's CPU Adam
+        adam = {"optimizer": "adamw_torch", "learning_rate": 0.005}
+        plan["lora stock zero2"] = (2, {**keys, **adam, "deepspeed": 2})
+    # last: rank 1 has no part in it and goes on to the end
+    plan[f"{adapter} 1 process"] = (1, {**keys, "gradient_accumulation_steps": 2})
+    return plan
+
+
 class Runs:
-    """`axolotl train` runs by name, each made once per test module."""
+    """The `axolotl train` runs of each adapter, all made by one torchrun on first use."""
 
     def __init__(self, root: Path, train_file: Path):
         self.root, self.train_file = root, train_file
@@ -95,57 +119,84 @@ class Runs:
             return str(path)
         return str(write_zero_config(self.root / "deepspeed_configs", stage))
 
-    def __call__(self, name: str, processes: int = 2, **overrides) -> list[dict]:
-        """The logged steps of a run (full precision, from rank 0)."""
-        if name in self.done:
-            return self.done[name]
-        workdir = self.root / name.replace(" ", "_")
+    def workdir(self, name: str) -> Path:
+        return self.root / name.replace(" ", "_")
+
+    def planned(self, name: str, processes: int, overrides: dict) -> dict:
+        """One run of the harness's plan: its recipe written, its files named."""
+        workdir = self.workdir(name)
         if "deepspeed" in overrides:
-            overrides["deepspeed"] = self.deepspeed_config(overrides["deepspeed"])
+            overrides = {**overrides, "deepspeed": self.deepspeed_config(overrides["deepspeed"])}
         recipe = tiny_recipe(
             THETA0_DIR,
             self.train_file,
             workdir,
-            **{
-                **PROMPT,
-                "micro_batch_size": 2,
-                "max_steps": STEPS,
-                "optimizer": "sgd",
-                **overrides,
-            },
+            **{**PROMPT, "micro_batch_size": 2, "max_steps": STEPS, "optimizer": "sgd", **overrides},
         )
         workdir.mkdir(parents=True)
         config = workdir / "recipe.yml"
         config.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        metrics = workdir / "metrics.jsonl"
-        command = [sys.executable, "-m", "torch.distributed.run"]
-        command += [f"--nproc_per_node={processes}", f"--master_port={free_port()}"]
+        return {
+            "name": name,
+            "recipe": str(config),
+            "metrics": str(workdir / "metrics.jsonl"),
+            "log": str(workdir / "train.log"),
+            "processes": processes,
+            "port": free_port(),
+        }
+
+    def train(self, adapter: str) -> None:
+        """All of the adapter's runs in one torchrun of 2 processes (see the harness)."""
+        session = self.root / f"{adapter}-session"
+        session.mkdir()
+        plan = {
+            "runs": [self.planned(name, *run) for name, run in planned_runs(adapter).items()],
+            "status": str(session / "status.json"),
+        }
+        (session / "plan.json").write_text(json.dumps(plan, indent=1))
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
         result = subprocess.run(
-            [*command, str(HARNESS), str(config), str(metrics)],
-            cwd=workdir,
+            [*command, f"--master_port={free_port()}", str(HARNESS), str(session / "plan.json")],
+            cwd=session,
             env=offline_env(),
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=3600,
         )
-        log = result.stdout + result.stderr
-        (workdir / "train.log").write_text(log)
-        assert result.returncode == 0, f"{name} failed:\n{log[-5000:]}"
-        steps = [json.loads(line) for line in metrics.read_text().splitlines()]
-        steps = [step for step in steps if "loss" in step]
-        assert len(steps) == STEPS, log[-3000:]
-        assert all(math.isfinite(step["loss"]) for step in steps)
-        self.done[name] = steps
+        assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+        statuses = json.loads(Path(plan["status"]).read_text())
+        for run in plan["runs"]:
+            logs = "".join(Path(f"{run['log']}.rank{r}").read_text()[-2500:] for r in (0, 1)
+                           if Path(f"{run['log']}.rank{r}").exists())
+            if statuses.get(run["name"]) != 0:
+                self.done[run["name"]] = AssertionError(f"{run['name']} failed:\n{logs}")
+                continue
+            steps = [json.loads(line) for line in Path(run["metrics"]).read_text().splitlines()]
+            steps = [step for step in steps if "loss" in step]
+            if len(steps) != STEPS or not all(math.isfinite(step["loss"]) for step in steps):
+                self.done[run["name"]] = AssertionError(f"{run['name']}: {steps}\n{logs}")
+                continue
+            self.done[run["name"]] = steps
+
+    def __call__(self, name: str) -> list[dict]:
+        """The logged steps of a run (full precision, from rank 0)."""
+        if name not in self.done:
+            self.train(name.split()[0])
+        steps = self.done[name]
+        if isinstance(steps, AssertionError):
+            raise steps
         return steps
 
     def effects(self, name: str) -> tuple[str, dict[str, np.ndarray]]:
         """(file name, arrays) of the theta_0 cache a run wrote."""
-        (path,) = (self.root / name.replace(" ", "_")).glob("prepared/nextquill/effects-*.npz")
+        (path,) = self.workdir(name).glob("prepared/nextquill/effects-*.npz")
         with np.load(path) as cache:
             return path.name, {key: cache[key] for key in ("p_with", "p_without", "offsets")}
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: a module-scoped fixture is torn down whenever an xdist worker waits for more
+# tests (pytest sees no next item), and its runs would be made again.
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory, synthetic_splits):
     root = tmp_path_factory.mktemp("distributed")
     # 32 rows: the runs read 24 (6 steps of 4 rows), and the theta_0 pass reads all of them
@@ -158,8 +209,7 @@ def column(steps: list[dict], key: str) -> np.ndarray:
 
 @pytest.mark.parametrize("adapter", each_adapter())
 def test_ddp_matches_one_process_with_the_same_rows_per_step(runs, adapter):
-    ddp = runs(f"{adapter} DDP", **ADAPTERS[adapter])
-    one = runs(f"{adapter} 1 process", 1, gradient_accumulation_steps=2, **ADAPTERS[adapter])
+    ddp, one = runs(f"{adapter} DDP"), runs(f"{adapter} 1 process")
     # Before any update both see the same rows: Ln, Lp, weights and marks over them are equal.
     for key in ("nextquill/normal_loss", "nextquill/causal_loss", "nextquill/mean_weight"):
         assert column(ddp, key)[0] == pytest.approx(column(one, key)[0], abs=1e-4), key
@@ -173,9 +223,7 @@ def test_ddp_matches_one_process_with_the_same_rows_per_step(runs, adapter):
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("adapter", each_adapter())
 def test_every_parallel_path_trains_as_ddp_does(runs, adapter, path):
-    ddp = runs(f"{adapter} DDP", **ADAPTERS[adapter])
-    one = runs(f"{adapter} 1 process", 1, gradient_accumulation_steps=2, **ADAPTERS[adapter])
-    other = runs(f"{adapter} {path}", **ADAPTERS[adapter], **PATHS[path])
+    ddp, one, other = (runs(f"{adapter} {name}") for name in ("DDP", "1 process", path))
     for key in ("loss", *NEXTQUILL_METRICS):
         np.testing.assert_allclose(column(other, key), column(ddp, key), atol=1e-4, err_msg=key)
     assert np.abs(column(other, "loss") - column(one, "loss")).max() < 5e-3
@@ -185,8 +233,7 @@ def test_every_parallel_path_trains_as_ddp_does(runs, adapter, path):
 def test_zero3_theta0_cache_is_the_unpartitioned_models(runs, adapter):
     """The theta_0 pass and the cache key see ZeRO-3's gathered weights: the same file name
     (a cache `nextquill weights` filled is found) and the same effects as DDP's."""
-    runs(f"{adapter} DDP", **ADAPTERS[adapter])
-    runs(f"{adapter} ZeRO-3", **ADAPTERS[adapter], **PATHS["ZeRO-3"])
+    runs(f"{adapter} DDP"), runs(f"{adapter} ZeRO-3")
     name, ddp = runs.effects(f"{adapter} DDP")
     zero3_name, zero3 = runs.effects(f"{adapter} ZeRO-3")
     assert zero3_name == name
@@ -199,21 +246,16 @@ def test_zero3_theta0_cache_is_the_unpartitioned_models(runs, adapter):
     ("name", "adapter", "path"),
     [
         pytest.param(*case, marks=pytest.mark.xdist_group(f"distributed-{case[1]}"))
-        for case in (
-            ("lora bf16 DDP", "lora", {}),
-            ("full bf16 DDP", "full", {}),  # Axolotl keeps some modules in float32 here
-            ("full bf16 ZeRO-3", "full", PATHS["ZeRO-3"]),
-        )
+        for case in BF16
     ],
 )
 def test_bf16_trains_close_to_float32(runs, name, adapter, path):
-    """bf16 (default attention, no flash attention): theta_0 pass and training.
+    """bf16: theta_0 pass and training.
 
     bf16 keeps 8 bits of mantissa, so a logit near 16 moves by up to 0.06 and a probability
     near 0.5 by about a quarter of that per logit: effects differ by a few hundredths at
     worst. What the weights depend on is which tokens pass delta; nearly all must agree."""
-    float32 = runs(f"{adapter} DDP", **ADAPTERS[adapter])
-    bf16 = runs(name, bf16=True, **ADAPTERS[adapter], **path)
+    float32, bf16 = runs(f"{adapter} DDP"), runs(name)
     assert np.abs(column(bf16, "loss") - column(float32, "loss")).max() < 0.02
     _, effects32 = runs.effects(f"{adapter} DDP")
     _, effects16 = runs.effects(name)
@@ -231,9 +273,7 @@ def test_bf16_trains_close_to_float32(runs, name, adapter, path):
 def test_stock_zero2_with_optimizer_offload_trains(runs):
     """zero2.json as shipped (DeepSpeed's CPU Adam): the first step, before any update, logs
     DDP's loss; every step is finite."""
-    ddp = runs("lora DDP", **ADAPTERS["lora"])
-    adam = {**ADAPTERS["lora"], "optimizer": "adamw_torch", "learning_rate": 0.005}
-    offload = runs("lora stock zero2", deepspeed=2, **adam)
+    ddp, offload = runs("lora DDP"), runs("lora stock zero2")
     assert column(offload, "loss")[0] == pytest.approx(column(ddp, "loss")[0], abs=1e-5)
 
 

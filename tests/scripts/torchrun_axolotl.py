@@ -1,6 +1,14 @@
-"""Test-only: `axolotl train RECIPE` in every process of a CPU torchrun (gloo backend).
+"""Test-only: `axolotl train` runs in the processes of one CPU torchrun (gloo backend).
 
-    python -m torch.distributed.run --nproc_per_node=2 torchrun_axolotl.py RECIPE METRICS.jsonl
+    python -m torch.distributed.run --nproc_per_node=2 torchrun_axolotl.py PLAN.json
+
+PLAN.json lists runs: {"recipe", "metrics", "log", "processes" (1 or 2), "port"}. Each process
+imports Axolotl once, then forks one child per run: the child trains the recipe from the state
+a fresh process has after its imports (nothing a run sets is seen by the next), and the
+imports, most of a run's time on CPU, are paid once for all runs. A 1-process run trains in
+rank 0's child alone. Each child joins its own gloo group (the run's port); the exit status of
+every run is written to PLAN.json's "status" file by rank 0 (rank 1's failures show in rank 1's
+log, and make rank 0's child fail too).
 
 Axolotl, accelerate, transformers and DeepSpeed assume GPUs for multi-process training. The
 shims below make the same code paths run on CPU; each says what it replaces and why. They
@@ -15,11 +23,14 @@ import sys
 
 def init_gloo() -> None:
     """Axolotl (and DeepSpeed) would create an NCCL group, which a CPU build does not have;
-    a process group that already exists is used as it is."""
+    a process group that already exists is used as it is. A run that hangs on a dead peer
+    fails within minutes, not gloo's default half hour."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timedelta(minutes=5))
 
 
 def shim_cpu_device_map() -> None:
@@ -102,9 +113,12 @@ def shim_deepspeed_without_shm_kernel() -> None:
     venv); only its inference all-reduce uses that kernel, while training's collectives go
     through torch.distributed (gloo here). The tests train: the kernel is not built. On GPUs
     DeepSpeed never builds it."""
-    import deepspeed.comm.torch as deepspeed_torch_backend
+    import importlib
 
-    deepspeed_torch_backend.build_shm_op = lambda: None
+    # not `import deepspeed.comm.torch as ...`: that names deepspeed.comm's attribute `torch`,
+    # which is torch itself
+    backend_module = importlib.import_module("deepspeed.comm.torch")
+    backend_module.build_shm_op = lambda: None
 
 
 def shim_cpu_device_mesh() -> None:
@@ -167,13 +181,49 @@ def record_logged_metrics(path: str) -> None:
     Trainer.log = log
 
 
-def main() -> None:
+def train_in_child(run: dict, rank: int) -> None:
+    """The forked child: the run's own process group and log, then `axolotl train`."""
+    import traceback
+
     import torch
 
-    # The LoRA matrices are initialised before Axolotl seeds anything: the same start in every
-    # run (and on every rank) makes runs comparable step by step.
-    torch.manual_seed(0)
-    init_gloo()
+    log = os.open(f"{run['log']}.rank{rank}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    status = 1
+    try:
+        processes = run["processes"]
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(run["port"]),
+            WORLD_SIZE=str(processes),
+            LOCAL_WORLD_SIZE=str(processes),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+        )
+        # torchrun's agent hosts the store of its own port; this group's rank 0 hosts its own
+        os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+        # The LoRA matrices are initialised before Axolotl seeds anything: the same start in
+        # every run (and on every rank) makes runs comparable step by step.
+        torch.manual_seed(0)
+        init_gloo()
+        record_logged_metrics(run["metrics"])
+        from axolotl.cli.train import do_cli
+
+        sys.argv = sys.argv[:1]  # axolotl parses its own CLI dataclass from sys.argv
+        do_cli(config=run["recipe"])
+        status = 0
+    except BaseException:  # noqa: BLE001 - the child reports everything, then exits
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def main() -> None:
+    import json
+
     shim_cpu_device_map()
     shim_accelerate_cpu_processes()
     shim_deepspeed_gloo_collectives()
@@ -181,12 +231,31 @@ def main() -> None:
     shim_cpu_device_mesh()
     shim_accelerate_cpu_fsdp()
     shim_cpu_bf16()
-    recipe, metrics = sys.argv[1], sys.argv[2]
-    record_logged_metrics(metrics)
-    from axolotl.cli.train import do_cli
+    # What every run imports, imported once before the forks (anything else a run imports
+    # itself). No torch thread pool and no process group exist yet: a fork inherits neither.
+    import axolotl.cli.train  # noqa: F401
+    import axolotl.train  # noqa: F401
+    import deepspeed  # noqa: F401
 
-    sys.argv = sys.argv[:1]  # axolotl parses its own CLI dataclass from sys.argv
-    do_cli(config=recipe)
+    import nextquill_plugin.axolotl.plugin  # noqa: F401
+
+    import gc
+
+    gc.freeze()  # the collector leaves the imported objects alone: children share their pages
+    plan = json.loads(open(sys.argv[1]).read())
+    rank = int(os.environ["RANK"])
+    statuses = {}
+    for run in plan["runs"]:
+        if rank >= run["processes"]:
+            continue
+        child = os.fork()
+        if child == 0:
+            train_in_child(run, rank)
+        _, wait_status = os.waitpid(child, 0)
+        statuses[run["name"]] = os.waitstatus_to_exitcode(wait_status)
+    if rank == 0:
+        with open(plan["status"], "w") as file:
+            json.dump(statuses, file)
 
 
 # Guarded: worker processes that datasets starts re-import this file as a module.
