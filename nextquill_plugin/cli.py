@@ -40,6 +40,8 @@ from nextquill_common.cli_options import (
     dataclass_from_args,
     interrupted,
     option,
+    output_file,
+    output_folder,
     package_version,
 )
 from nextquill_common.jsonl import write_text_atomic
@@ -126,7 +128,7 @@ class CompareRequest:
     baseline: str | None = option("run name to report relative improvement against")
     format: str = option("table format", default="markdown", choices=("markdown", "csv"))
     ci: bool = option("show 95% confidence intervals", default=False)
-    csv: str | None = option("also write the CSV table to this file")
+    csv: str | None = option("also write the CSV table to this file", type=output_file)
     resamples: int = option(
         "bootstrap resamples of the paired differences from --baseline",
         default=1000,
@@ -152,7 +154,7 @@ class WordnetRequest:
 class RecipesRequest:
     """`nextquill recipes`: where to copy the shipped recipes."""
 
-    destination: str = argument("folder to copy them into (created if missing)")
+    destination: str = argument("folder to copy them into (created if missing)", type=output_folder)
 
 
 # --- what each subcommand runs (the work's modules imported on use: see the docstring) ---------

@@ -134,6 +134,15 @@ def test_rows_of_another_type_are_refused_naming_the_type(tiny_model_dir, synthe
         )
 
 
+def test_the_command_prints_its_help(capsys):
+    """`nextquill trl-sft --help` printed "give --config FILE" instead of its help."""
+    from nextquill_plugin.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["trl-sft", "--help"])
+    assert done.value.code == 0 and "--nextquill_alpha" in capsys.readouterr().out
+
+
 def test_a_bad_config_file_is_refused_by_the_command_in_one_line(tmp_path, capsys):
     from nextquill_plugin.cli import main
 
@@ -141,6 +150,11 @@ def test_a_bad_config_file_is_refused_by_the_command_in_one_line(tmp_path, capsy
     config.write_text("model_name_or_path: nowhere\nnextquill_alpha: -1\noutput_dir: out\n")
     with pytest.raises(SystemExit, match=r"nextquill trl-sft: NextQuillSFTConfig: nextquill_alpha"):
         main(["trl-sft", "--config", str(config), "--use_cpu", "true", "--bf16", "false"])
+    config.write_text("")
+    with pytest.raises(SystemExit, match=r"nextquill trl-sft: config .*config.yaml is empty"):
+        main(["trl-sft", "--config", str(config)])
+    with pytest.raises(SystemExit, match=r"config .* is a folder, not a config file"):
+        main(["trl-sft", "--config", str(tmp_path)])
     config.write_text("model_name_or_path: nowhere\nnextquil_alpha: 0.1\noutput_dir: out\n")
     with pytest.raises(
         SystemExit, match=r"unknown keys: nextquil_alpha \(did you mean nextquill_alpha"
@@ -394,6 +408,7 @@ print("TRAINED", losses)
         ([], "give --config FILE"),
         (["--config", "CONFIG", "--dataset_streaming", "true"], "streaming: true is refused"),
         (["--config", "CONFIG", "--streaming", "true"], "streaming: true is refused"),
+        (["--config", "CONFIG", "--output_dir", "CONFIG"], "is a file; give a folder"),
     ],
 )
 def test_the_command_refuses_no_config_and_streaming_as_usage_errors(

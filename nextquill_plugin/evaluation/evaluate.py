@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset_formats.prompting import DROPPED_ALL_HISTORY
-from nextquill_common.cli_options import option
+from nextquill_common.cli_options import option, output_folder
 from nextquill_common.jsonl import read_jsonl, write_jsonl, write_text_atomic
 
 from .. import distributed
@@ -37,7 +37,9 @@ from .wordnet_data import require_wordnet
 class EvaluationRequest(FirstRowsRequest):
     """What to evaluate, on which rows, and where to write; one command-line option a field."""
 
-    out: str | None = option("output folder (default: <checkpoint>/eval-<split>)")
+    out: str | None = option(
+        "output folder (default: <checkpoint>/eval-<split>)", type=output_folder
+    )
     name: str | None = option("the row's name in `nextquill compare`")
     dtype: str = option(
         "model dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dataset_formats.contract import EFFECT_INPUT_COLUMNS, IGNORE_INDEX
-from nextquill_common.cli_options import option
+from nextquill_common.cli_options import option, output_folder
 from nextquill_common.jsonl import write_text_atomic
 
 from ..config_keys import settings_from
@@ -105,7 +105,7 @@ class InspectionRequest(RecipeRowsRequest):
     against_name: str = option("the second checkpoint's name", default="against")
     samples: int = option("samples in HTML/terminal", default=8)
     plot_samples: int = option("samples in the plots", default=200)
-    out: str = option("output folder", default="inspect")
+    out: str = option("output folder", default="inspect", type=output_folder)
     terminal: bool = option("no coloured terminal view", default=True, flag="--no-terminal")
 
     def __post_init__(self) -> None:
