@@ -21,7 +21,7 @@ from . import DATASET_TYPES
 from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, PROMPT_SETTINGS, TRUNCATION
 from .prompting import describe_truncation
 from .settings import PromptSettings
-from .sources import changed_source
+from .sources import changed_source, local_data_path, named_data_files
 
 LOG = get_logger("axolotl.integrations.nextquill")  # logs on the main process only
 
@@ -57,9 +57,12 @@ def check_data_files(cfg: Mapping[str, Any]) -> None:
     for key in ("datasets", "test_datasets"):
         for dataset in cfg.get(key) or []:
             kind = dataset.get("type") if isinstance(dataset, dict) else None
-            path = Path(str(dataset.get("path"))) if isinstance(dataset, dict) else None
-            if kind in DATASET_TYPES and path is not None and path.is_file():
-                check_data_file(path, kind)
+            if kind not in DATASET_TYPES:
+                continue
+            path = local_data_path(dataset)
+            for file in named_data_files(dataset) or ([path] if path else []):
+                if file.is_file():
+                    check_data_file(file, kind)
 
 
 def check_data_file(path: Path, kind: str) -> None:

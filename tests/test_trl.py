@@ -153,7 +153,7 @@ def test_a_bad_config_file_is_refused_by_the_command_in_one_line(tmp_path, capsy
     config.write_text("")
     with pytest.raises(SystemExit, match=r"nextquill trl-sft: config .*config.yaml is empty"):
         main(["trl-sft", "--config", str(config)])
-    with pytest.raises(SystemExit, match=r"config .* is a folder, not a config file"):
+    with pytest.raises(SystemExit, match=r"config .* is a folder, not a file"):
         main(["trl-sft", "--config", str(tmp_path)])
     config.write_text("model_name_or_path: nowhere\nnextquil_alpha: 0.1\noutput_dir: out\n")
     with pytest.raises(

@@ -12,7 +12,7 @@ from axolotl.cli.config import load_cfg
 from axolotl.common.datasets import load_datasets
 from axolotl.train import setup_model_and_trainer
 
-from nextquill_common.jsonl import write_problem
+from nextquill_common.jsonl import input_file_problem, write_problem
 
 from ..config_keys import settings_from
 from .plugin import effects_cache_dir
@@ -21,8 +21,9 @@ from .plugin import effects_cache_dir
 def compute_weights(recipe: str, overrides: dict[str, Any]) -> Path:
     """Prepare the data and load the model as training does, which fills the cache; returns
     the cache folder."""
-    if not Path(recipe).is_file():
-        raise FileNotFoundError(f"recipe {recipe} does not exist")
+    problem = input_file_problem(recipe)
+    if problem:
+        raise FileNotFoundError(f"recipe {recipe} {problem}")
     cfg = load_cfg(recipe, **overrides)
     if not cfg.nextquill:
         raise SystemExit(

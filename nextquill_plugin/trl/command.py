@@ -25,6 +25,7 @@ from trl import (
 )
 
 from dataset_formats.strategy import LOG as ROWS_LOG
+from nextquill_common.jsonl import input_file_problem
 
 from ..effects_cache import LOG as EFFECTS_LOG
 from .config import NextQuillSFTConfig
@@ -46,10 +47,9 @@ def refuse_unknown_config_keys(parser: Any, argv: list[str]) -> None:
     if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
         return
     path = Path(argv[argv.index("--config") + 1])
-    if path.is_dir():
-        raise ValueError(f"config {path} is a folder, not a config file")
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} does not exist")
+    problem = input_file_problem(path)
+    if problem:
+        raise FileNotFoundError(f"config {path} {problem}")
     config = yaml.safe_load(path.read_text())
     if config is None:
         raise ValueError(f"config {path} is empty")
