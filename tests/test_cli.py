@@ -41,12 +41,12 @@ def test_overrides_refuse_keys_no_schema_declares():
         "max_steps": 3,
         "nextquill_alpha": 0.1,
     }
-    with pytest.raises(SystemExit, match="unknown key flag"):
+    with pytest.raises(ValueError, match="unknown key flag"):
         parse_overrides(["--max_steps=3", "--flag"])
 
 
 def test_overrides_reject_stray_words():
-    with pytest.raises(SystemExit, match="unexpected argument 'oops'"):
+    with pytest.raises(ValueError, match="unexpected argument 'oops'"):
         parse_overrides(["oops"])
 
 

@@ -82,15 +82,25 @@ def test_nextquill_without_a_single_paired_row_is_an_error():
     describe_rows(alpaca_only, "eval_dataset")  # a warning only
 
 
-def test_a_misspelled_override_after_the_double_dash_is_refused(recipes, tmp_path):
+def test_a_wrong_override_after_the_double_dash_is_a_usage_error(recipes, capsys):
+    """A misspelled key, a value its key's type refuses and a pair without -- are wrong command
+    lines: exit 2 with the usage line (`-- --sequence_len abc` ended in "invalid literal for
+    int()" with exit 1, `-- sequence_len=2048` with exit 1)."""
     from nextquill_plugin.cli import main as nextquill
 
     for command in ("evaluate", "prompts", "inspect", "weights"):
-        with pytest.raises(SystemExit, match="unknown key nextquill_histroy_k: did you mean"):
-            nextquill([command, str(recipes["amazon"]), "--", "--nextquill_histroy_k", "2"])
-        # an Axolotl key too: `-- --sequnce_len 2048` evaluated at the recipe's length, exit 0
-        with pytest.raises(SystemExit, match="unknown key sequnce_len: did you mean sequence_len"):
-            nextquill([command, str(recipes["amazon"]), "--", "--sequnce_len", "2048"])
+        for overrides, message in (
+            (["--nextquill_histroy_k", "2"], "unknown key nextquill_histroy_k: did you mean"),
+            # an Axolotl key too: `-- --sequnce_len 2048` evaluated at the recipe's length, exit 0
+            (["--sequnce_len", "2048"], "unknown key sequnce_len: did you mean sequence_len"),
+            (["--sequence_len", "abc"], "sequence_len: 'abc' is not valid"),
+            (["sequence_len=2048"], "unexpected argument 'sequence_len=2048' after --"),
+        ):
+            with pytest.raises(SystemExit) as error:
+                nextquill([command, str(recipes["amazon"]), "--", *overrides])
+            err = capsys.readouterr().err
+            assert error.value.code == 2 and f"usage: nextquill {command}" in err, err
+            assert message in err, err
     nextquill(["prompts", str(recipes["amazon"]), "--limit", "1", "--", "--sequence_len", "600"])
 
 
