@@ -46,6 +46,37 @@ def check_dataset_types(cfg: Mapping[str, Any]) -> None:
                 raise ImportError(f"NextQuill: `{kind}` is not a dataset type (it has no load()).")
 
 
+OUTPUT_KEYS = ("output_dir", "dataset_prepared_path", "nextquill_weight_cache_dir")
+
+
+def check_output_paths(cfg: Mapping[str, Any]) -> None:
+    """Refuse, before Axolotl, an output folder that is a file (Axolotl stops with a trace), or
+    one inside a dataset folder: a folder's files are its data's identity, so what a run
+    writes there would make the prepared rows out of date at every run."""
+    folders = [
+        path
+        for key in ("datasets", "test_datasets")
+        for dataset in cfg.get(key) or []
+        if isinstance(dataset, Mapping)
+        for path in [local_data_path(dataset)]
+        if path is not None and path.is_dir()
+    ]
+    for key in OUTPUT_KEYS:
+        value = cfg.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value).expanduser().absolute()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"NextQuill: {key} {value} is a file; give a folder")
+        for folder in folders:
+            if path.is_relative_to(folder):
+                raise ValueError(
+                    f"NextQuill: {key} {value} is inside the dataset folder {folder}, whose "
+                    "files are the data: what is written there would change it at every run; "
+                    "put it outside that folder"
+                )
+
+
 ROWS_SAMPLED = 1000  # rows of each data file checked before Axolotl reads it
 
 

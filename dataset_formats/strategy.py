@@ -58,6 +58,8 @@ class EvaluableType(Protocol):
     def reference(self, row: Mapping[str, Any]) -> str:
         """The text the user wrote (what a generation is scored against)."""
 
+    prompt_id_rule: str  # how prompt_id names a row, for messages
+
     def prompt_id(self, row: Mapping[str, Any], index: int) -> str:
         """A stable name of the row (``index``: its position in the file)."""
 

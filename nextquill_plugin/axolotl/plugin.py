@@ -26,6 +26,7 @@ from dataset_formats.checks import (
     check_data_files,
     check_data_sources,
     check_dataset_types,
+    check_output_paths,
     check_prompt_settings,
     describe_rows,
 )
@@ -102,6 +103,7 @@ class NextQuillPlugin(BasePlugin):
             ):
                 if problem:
                     raise FileNotFoundError(f"NextQuill: {problem}")
+            check_output_paths(cfg)
         check_dataset_types(cfg)
         check_data_files(cfg)
         refuse_cli_overrides(sys.argv)

@@ -116,8 +116,15 @@ class GenerationPrompts:
                 raise ValueError(f"{data} row {index + 1}: {error}") from None
             built.ids.append(strategy.prompt_id(row, index))
             built.references.append(strategy.reference(row))
-        if len(set(built.ids)) != len(built.ids):
-            raise ValueError(f"{data}: rows share prompt ids; give each row a distinct id")
+        first_row: dict[str, int] = {}
+        for index, prompt_id in enumerate(built.ids):
+            if prompt_id in first_row:
+                raise ValueError(
+                    f"{data}: rows {first_row[prompt_id] + 1} and {index + 1} have the same "
+                    f"prompt id {prompt_id!r} (a row's id is {strategy.prompt_id_rule}); remove "
+                    "the repeated row, or make the ids differ"
+                )
+            first_row[prompt_id] = index
         return built
 
     def token_ids(self, rows: list[int], key: str = "prompt_ids") -> list[list[int]]:
