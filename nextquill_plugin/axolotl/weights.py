@@ -15,7 +15,7 @@ from axolotl.train import setup_model_and_trainer
 from nextquill_common.jsonl import input_file_problem, write_problem
 
 from ..config_keys import settings_from
-from .plugin import effects_cache_dir
+from .plugin import recipe_cache_dir
 
 
 def compute_weights(recipe: str, overrides: dict[str, Any]) -> Path:
@@ -34,7 +34,7 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> Path:
             "nextquill: this recipe needs no theta_0 pass (nextquill_token_weighting is false or "
             "nextquill_weight_source is current)."
         )
-    cache = effects_cache_dir(cfg)
+    cache = recipe_cache_dir(cfg)
     problem = write_problem(cache)  # this command exists to fill the cache: find out first
     if problem:
         raise ValueError(
