@@ -142,6 +142,8 @@ class AmazonReviewsStrategy(NextQuillStrategy):
     def reference(self, row: dict[str, Any]) -> str:
         return row["target"]["text"]
 
+    prompt_id_rule = "user_id/target item_id"
+
     def prompt_id(self, row: dict[str, Any], index: int) -> str:
         return f"{row.get('user_id')}/{(row.get('target') or {}).get('item_id') or index}"
 

@@ -21,7 +21,7 @@ from . import DATASET_TYPES
 from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, PROMPT_SETTINGS, TRUNCATION
 from .prompting import describe_truncation
 from .settings import PromptSettings
-from .sources import changed_source
+from .sources import changed_source, local_data_path, named_data_files
 
 LOG = get_logger("axolotl.integrations.nextquill")  # logs on the main process only
 
@@ -46,6 +46,37 @@ def check_dataset_types(cfg: Mapping[str, Any]) -> None:
                 raise ImportError(f"NextQuill: `{kind}` is not a dataset type (it has no load()).")
 
 
+OUTPUT_KEYS = ("output_dir", "dataset_prepared_path", "nextquill_weight_cache_dir")
+
+
+def check_output_paths(cfg: Mapping[str, Any]) -> None:
+    """Refuse, before Axolotl, an output folder that is a file (Axolotl stops with a trace), or
+    one inside a dataset folder: a folder's files are its data's identity, so what a run
+    writes there would make the prepared rows out of date at every run."""
+    folders = [
+        path
+        for key in ("datasets", "test_datasets")
+        for dataset in cfg.get(key) or []
+        if isinstance(dataset, Mapping)
+        for path in [local_data_path(dataset)]
+        if path is not None and path.is_dir()
+    ]
+    for key in OUTPUT_KEYS:
+        value = cfg.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value).expanduser().absolute()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"NextQuill: {key} {value} is a file; give a folder")
+        for folder in folders:
+            if path.is_relative_to(folder):
+                raise ValueError(
+                    f"NextQuill: {key} {value} is inside the dataset folder {folder}, whose "
+                    "files are the data: what is written there would change it at every run; "
+                    "put it outside that folder"
+                )
+
+
 ROWS_SAMPLED = 1000  # rows of each data file checked before Axolotl reads it
 
 
@@ -57,9 +88,12 @@ def check_data_files(cfg: Mapping[str, Any]) -> None:
     for key in ("datasets", "test_datasets"):
         for dataset in cfg.get(key) or []:
             kind = dataset.get("type") if isinstance(dataset, dict) else None
-            path = Path(str(dataset.get("path"))) if isinstance(dataset, dict) else None
-            if kind in DATASET_TYPES and path is not None and path.is_file():
-                check_data_file(path, kind)
+            if kind not in DATASET_TYPES:
+                continue
+            path = local_data_path(dataset)
+            for file in named_data_files(dataset) or ([path] if path else []):
+                if file.is_file():
+                    check_data_file(file, kind)
 
 
 def check_data_file(path: Path, kind: str) -> None:

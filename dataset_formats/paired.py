@@ -94,6 +94,8 @@ class PairedStrategy(NextQuillStrategy):
     def reference(self, row: dict[str, Any]) -> str:
         return split_row(row)[2]
 
+    prompt_id_rule = "its id field, else user_id/its position in the file"
+
     def prompt_id(self, row: dict[str, Any], index: int) -> str:
         for key in ("id", "user_id"):
             if row.get(key) is not None:

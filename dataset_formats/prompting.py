@@ -167,6 +167,15 @@ def _fit_history(
     return FittedHistory(entries, limit, prompt, flags)
 
 
+class PromptTooLong(ValueError):
+    """Not even the shortest prompt (no history) fits with a target token; ``prompt_tokens``
+    is its length."""
+
+    def __init__(self, message: str, prompt_tokens: int):
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+
+
 def _fit_target(
     target: list[int], longest_prompt: int, budget: int, flags: int
 ) -> tuple[list[int], int]:
@@ -176,9 +185,10 @@ def _fit_target(
         return target, flags
     room = budget - longest_prompt
     if room < 2:
-        raise ValueError(
+        raise PromptTooLong(
             f"sequence_len={budget} cannot hold even the prompt without history "
-            f"({longest_prompt} tokens); raise sequence_len."
+            f"({longest_prompt} tokens); raise sequence_len.",
+            longest_prompt,
         )
     return [*target[: room - 1], target[-1]], flags | CUT_TARGET
 

@@ -13,30 +13,64 @@ from pathlib import Path
 from typing import Any
 
 
-def file_identity(path: Path) -> dict[str, Any]:
-    """Path, size and content digest of a file, or of a folder's files (names included)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+def file_identity(path: Path, files: list[Path] | None = None) -> dict[str, Any]:
+    """Path, size and content digest of a file, of a folder's files (names included), or of
+    ``files`` (a dataset's ``data_files``), shown as ``path``."""
+    if files is None:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     digest = hashlib.sha256()
     for file in files:
-        digest.update(str(file.relative_to(path) if file != path else "").encode() + b"\0")
+        name = str(file.relative_to(path)) if path.is_dir() else ""  # a folder's file names count
+        digest.update(name.encode() + b"\0")
         with open(file, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    return {
+    identity = {
         "path": str(path),
         "size": sum(file.stat().st_size for file in files),
         "sha256": digest.hexdigest(),
     }
+    if files != [path] and not path.is_dir():
+        identity["files"] = [str(file) for file in files]
+    return identity
 
 
-def data_source(ds_cfg: Mapping[str, Any] | None) -> str | None:
-    """The identity (JSON text) of a dataset entry's local file or folder; None for a hub
-    dataset or an entry without a path."""
+def named_data_files(ds_cfg: Mapping[str, Any] | None) -> list[Path]:
+    """The local files of a dataset entry's ``data_files`` (a path, a list, or a split
+    mapping: Axolotl's ``path: json`` form), as absolute paths; [] without them."""
+    files = (ds_cfg or {}).get("data_files") if hasattr(ds_cfg or {}, "get") else None
+    if isinstance(files, Mapping):
+        files = [
+            f for value in files.values() for f in (value if isinstance(value, list) else [value])
+        ]
+    elif isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return []
+    return [Path(f).expanduser().absolute() for f in files]
+
+
+def local_data_path(ds_cfg: Mapping[str, Any] | None) -> Path | None:
+    """The local file or folder a dataset entry reads (its first ``data_files`` file, else its
+    ``path``); None for a Hub dataset or an entry without either."""
+    files = named_data_files(ds_cfg)
+    if files:
+        return files[0]
     raw = (ds_cfg or {}).get("path") if hasattr(ds_cfg or {}, "get") else None
     if not isinstance(raw, str):
         return None
     path = Path(raw).expanduser().absolute()  # a symlink stays one: re-pointing it is a change
-    if not path.exists():
+    return path if path.exists() else None
+
+
+def data_source(ds_cfg: Mapping[str, Any] | None) -> str | None:
+    """The identity (JSON text) of a dataset entry's local files or folder; None for a hub
+    dataset or an entry without a path."""
+    files = [file for file in named_data_files(ds_cfg) if file.is_file()]
+    if files:
+        return json.dumps(file_identity(files[0], files), sort_keys=True)
+    path = local_data_path(ds_cfg)
+    if path is None:
         return None
     return json.dumps(file_identity(path), sort_keys=True)
 
@@ -45,9 +79,10 @@ def changed_source(source: str) -> str | None:
     """Why rows stamped with ``source`` no longer match their file, or None."""
     then = json.loads(source)
     path = Path(then["path"])
-    if not path.exists():
+    files = [Path(file) for file in then.get("files", [])] or None
+    if not all(file.exists() for file in files or [path]):
         return None  # moved or removed since: the prepared rows are all there is
-    now = file_identity(path)
+    now = file_identity(path, files)
     if now["sha256"] == then.get("sha256"):  # rows stamped before the digest have none
         return None
     return (

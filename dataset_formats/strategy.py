@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, HISTORY_KEPT, TRUNCATION
-from .prompting import PromptRenderer
+from .prompting import PromptRenderer, PromptTooLong
 from .settings import PromptSettings
 
 LOG = logging.getLogger("axolotl.dataset_formats")
@@ -57,6 +57,8 @@ class EvaluableType(Protocol):
 
     def reference(self, row: Mapping[str, Any]) -> str:
         """The text the user wrote (what a generation is scored against)."""
+
+    prompt_id_rule: str  # how prompt_id names a row, for messages
 
     def prompt_id(self, row: Mapping[str, Any], index: int) -> str:
         """A stable name of the row (``index``: its position in the file)."""
@@ -111,12 +113,17 @@ class NextQuillStrategy:
         ``max_new_tokens`` instead of the reference (which must not shape the prompt).
         """
         self.check_row(row)
-        settings = replace(
-            self.settings,
-            sequence_len=self.settings.sequence_len - max_new_tokens + 1,
-            emit_counterfactual=True,
-        )
-        paired = self.paired_example(row, "", settings)  # target = EOS only
+        room = self.settings.sequence_len - max_new_tokens  # for the prompt
+        settings = replace(self.settings, sequence_len=room + 1, emit_counterfactual=True)
+        try:
+            paired = self.paired_example(row, "", settings)  # target = EOS only
+        except PromptTooLong as error:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves {max(room, 0)} of sequence_len="
+                f"{self.settings.sequence_len} tokens for the prompt, which needs "
+                f"{error.prompt_tokens} even without history; lower max_new_tokens or raise "
+                "sequence_len"
+            ) from None
         prompt = paired["input_ids"][:-1]
         counterfactual = paired[COUNTERFACTUAL_IDS][:-1] if paired[COUNTERFACTUAL_IDS] else prompt
         return {

@@ -16,6 +16,7 @@ import types
 import typing
 from dataclasses import MISSING, Field, field, fields
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 T = TypeVar("T")
@@ -107,9 +108,28 @@ def at_least_one(text: str) -> int:
     return value
 
 
-def argument(help: str, *, nargs: str | None = None) -> Any:
+def output_folder(text: str) -> str:
+    """An argparse type: a folder to write into, which may not exist yet but is not a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    return text
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file to write, which is not a folder."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    return text
+
+
+def argument(help: str, *, nargs: str | None = None, type: Any = None) -> Any:
     """A dataclass field that is a positional argument (``nargs="+"``: one or more)."""
-    return field(metadata={"help": help, **({"nargs": nargs} if nargs else {})})
+    metadata: dict[str, Any] = {"help": help}
+    for key, value in (("nargs", nargs), ("type", type)):
+        if value is not None:
+            metadata[key] = value
+    return field(metadata=metadata)
 
 
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)

@@ -22,13 +22,32 @@ def is_gzip(path: Path) -> bool:
     return Path(path).suffix == ".gz"
 
 
+def input_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an input file ("does not exist", "is a folder, not a
+    file", ...), or None."""
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return "is a folder, not a file"
+    if not path.is_file():
+        return "is not a regular file (a device or a pipe)"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """``(line number, record)`` of every non-blank line; a bad line raises ValueError naming
-    ``path:line``."""
+    """``(line number, record)`` of every non-blank line; a bad line (not JSON, not UTF-8)
+    raises ValueError naming ``path:line``."""
     path = Path(path)
     opener = gzip.open if is_gzip(path) else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with opener(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{number}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:

@@ -40,6 +40,8 @@ from nextquill_common.cli_options import (
     dataclass_from_args,
     interrupted,
     option,
+    output_file,
+    output_folder,
     package_version,
 )
 from nextquill_common.jsonl import write_text_atomic
@@ -67,13 +69,14 @@ def parse_value(text: str) -> Any:
 def parse_overrides(extra: list[str]) -> dict[str, Any]:
     """``--key value`` / ``--key=value`` pairs, as `axolotl train` takes them; a key that
     neither Axolotl's schema nor NextQuill's declares is refused with the closest known key (a
-    misspelled key would be applied to nothing). Without Axolotl installed, keys that look like
-    NextQuill's are checked."""
+    misspelled key would be applied to nothing), and so is a value its key's type refuses.
+    Without Axolotl installed, keys that look like NextQuill's are checked. Raises ValueError,
+    a wrong command line."""
     from .config_keys import NextQuillArgs, misspelled_keys  # on use: pydantic schemas
 
     overrides = parse_pairs(extra)
     try:
-        from .axolotl.args import unknown_keys  # on use: Axolotl's schema
+        from .axolotl.args import unknown_keys, values_of_the_wrong_type  # on use: the schema
     except ModuleNotFoundError:  # the TRL path alone: no Axolotl schema to check against
         problems = misspelled_keys(overrides, known=set(NextQuillArgs.model_fields))
     else:
@@ -81,8 +84,9 @@ def parse_overrides(extra: list[str]) -> dict[str, Any]:
             f"unknown key {key}" + (f": did you mean {close}?" if close else "")
             for key, close in unknown_keys(overrides)
         ]
+        problems += values_of_the_wrong_type(overrides)
     if problems:
-        raise SystemExit("nextquill: " + "; ".join(problems))
+        raise ValueError("recipe overrides: " + "; ".join(problems))
     return overrides
 
 
@@ -92,8 +96,8 @@ def parse_pairs(extra: list[str]) -> dict[str, Any]:
     while i < len(extra):
         token = extra[i]
         if not token.startswith("--"):
-            raise SystemExit(
-                f"nextquill: unexpected argument {token!r}; overrides look like --key value"
+            raise ValueError(
+                f"unexpected argument {token!r} after --; overrides look like --key value"
             )
         key, eq, value = token[2:].partition("=")
         if not eq:
@@ -126,7 +130,7 @@ class CompareRequest:
     baseline: str | None = option("run name to report relative improvement against")
     format: str = option("table format", default="markdown", choices=("markdown", "csv"))
     ci: bool = option("show 95% confidence intervals", default=False)
-    csv: str | None = option("also write the CSV table to this file")
+    csv: str | None = option("also write the CSV table to this file", type=output_file)
     resamples: int = option(
         "bootstrap resamples of the paired differences from --baseline",
         default=1000,
@@ -152,7 +156,7 @@ class WordnetRequest:
 class RecipesRequest:
     """`nextquill recipes`: where to copy the shipped recipes."""
 
-    destination: str = argument("folder to copy them into (created if missing)")
+    destination: str = argument("folder to copy them into (created if missing)", type=output_folder)
 
 
 # --- what each subcommand runs (the work's modules imported on use: see the docstring) ---------
@@ -420,10 +424,10 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
     if argv[:1] == [TRL_SFT]:
         return run_trl_sft(argv[1:], prog)
     parser, subparsers = build_parser(prog)
-    overrides: dict[str, Any] = {}
+    after_cut: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, overrides = argv[:cut], parse_overrides(argv[cut + 1 :])
+        argv, after_cut = argv[:cut], argv[cut + 1 :]
     args, extra = parser.parse_known_args(argv)
     if extra:
         hint = f"; recipe overrides go after --: {prog} {args.command} ... -- {' '.join(extra)}"
@@ -433,8 +437,12 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
         )
     subcommand = SUBCOMMANDS[args.command]
     classes = subcommand.request_classes()
-    if overrides and not any(reads_recipe(cls) for cls in classes):
+    if after_cut and not any(reads_recipe(cls) for cls in classes):
         subparsers[args.command].error(f"{args.command} takes no recipe overrides")
+    try:
+        overrides = parse_overrides(after_cut) if after_cut else {}
+    except ValueError as error:
+        subparsers[args.command].error(str(error))
     try:  # a value the options' dataclasses refuse is a wrong command line: exit 2, usage
         requests = [
             dataclass_from_args(

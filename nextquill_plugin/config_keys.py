@@ -30,7 +30,12 @@ from pydantic import (
 from pydantic import Field as PydanticField
 from pydantic_core import PydanticCustomError
 
-from dataset_formats.settings import PromptArgs, WholeNumber, describe_validation_error
+from dataset_formats.settings import (
+    PromptArgs,
+    PromptSettings,
+    WholeNumber,
+    describe_validation_error,
+)
 from nextquill_common.refusals import SETTING_ERROR
 
 from .settings import SETTING_PREFIX, WEIGHT_PASS_BATCH_SIZE, NextQuillSettings, WeightSource
@@ -204,6 +209,15 @@ def raw_settings(data: dict[str, Any]) -> NextQuillSettings | None:
         return None
 
 
+def history_included(data: dict[str, Any]) -> bool:
+    """nextquill_include_history as validation reads it ("false" and 0 are false too); True
+    for a value that is not a bool (its validation names it)."""
+    try:
+        return PromptSettings.from_cfg(data).include_history
+    except ValueError:
+        return True
+
+
 def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
     """Every reason the NextQuill settings in ``data`` (a raw recipe dict) cannot work
     together. Each field's own type and bounds are pydantic's (``ObjectiveArgs``); these are
@@ -235,7 +249,7 @@ def nextquill_config_problems(data: dict[str, Any]) -> list[str]:
             "NextQuill's two forward passes (DeepSpeed ZeRO then fails with 'Gradient computed twice'); "
             "set gradient_checkpointing_kwargs: {use_reentrant: false}."
         )
-    if data.get("nextquill_include_history") is False:
+    if not history_included(data):
         problems.append(
             "nextquill_include_history: false builds prompts without history, so there is no "
             "causal effect to learn; use it only with nextquill: false (the SFT baseline)."

@@ -36,6 +36,19 @@ from .token_effects import TokenEffects, compute_token_effects, initial_model_co
 
 CACHE_FORMAT_VERSION = "1"
 LOG = logging.getLogger("axolotl.integrations.nextquill")
+# Axolotl's default dataset_prepared_path (axolotl.common.const), declared here so that the TRL
+# path, which imports no Axolotl, caches where an Axolotl run in the same folder does.
+DEFAULT_PREPARED_PATH = "last_run_prepared"
+
+
+def effects_cache_dir(cache_dir: str | Path | None, prepared_path: str | Path | None) -> Path:
+    """Where theta_0 effects are cached, under either framework: ``nextquill_weight_cache_dir``
+    if set, else ``<dataset_prepared_path>/nextquill`` (a TRL config has no prepared path: it
+    takes Axolotl's default). Files are keyed by the model and the rows, so runs of both
+    frameworks share what either computed."""
+    if cache_dir:
+        return Path(cache_dir)
+    return Path(prepared_path or DEFAULT_PREPARED_PATH) / "nextquill"
 
 
 def model_fingerprint(model: nn.Module, name: str = "") -> str:

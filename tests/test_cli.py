@@ -41,12 +41,12 @@ def test_overrides_refuse_keys_no_schema_declares():
         "max_steps": 3,
         "nextquill_alpha": 0.1,
     }
-    with pytest.raises(SystemExit, match="unknown key flag"):
+    with pytest.raises(ValueError, match="unknown key flag"):
         parse_overrides(["--max_steps=3", "--flag"])
 
 
 def test_overrides_reject_stray_words():
-    with pytest.raises(SystemExit, match="unexpected argument 'oops'"):
+    with pytest.raises(ValueError, match="unexpected argument 'oops'"):
         parse_overrides(["oops"])
 
 
@@ -304,3 +304,28 @@ def test_every_subcommand_prints_its_help(capsys):
             main([name, "--help"])
         assert done.value.code == 0, name
         assert f"usage: nextquill {name}" in capsys.readouterr().out
+
+
+def test_an_output_that_is_the_wrong_kind_of_path_is_a_usage_error(tmp_path, capsys):
+    """--out naming a file ended in "[Errno 17] File exists" (synthetic, evaluate, inspect,
+    recipes), after the work for some; compare --csv naming a folder in "[Errno 21]"."""
+    from dataset_formats.build.cli import main as nextquill_data
+    from nextquill_plugin.cli import main
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine\n")
+    cases = [
+        (nextquill_data, ["synthetic", "--out", str(a_file)], "is a file; give a folder"),
+        (nextquill_data, ["build", "--reviews", "r", "--meta", "m", "--out", str(a_file)], "is a file; give a folder"),
+        (nextquill_data, ["convert-dpl", "--rows", "r", "--meta", "m", "--out", str(tmp_path)], "is a folder; give a file name"),
+        (main, ["evaluate", "r.yml", "--out", str(a_file)], "is a file; give a folder"),
+        (main, ["inspect", "r.yml", "--out", str(a_file)], "is a file; give a folder"),
+        (main, ["recipes", str(a_file)], "is a file; give a folder"),
+        (main, ["compare", "a", "b", "--csv", str(tmp_path)], "is a folder; give a file name"),
+    ]  # fmt: skip
+    for command, arguments, message in cases:
+        with pytest.raises(SystemExit) as error:
+            command(arguments)
+        err = capsys.readouterr().err
+        assert error.value.code == 2 and message in err and "usage:" in err, arguments
+    assert a_file.read_text() == "mine\n"

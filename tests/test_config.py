@@ -38,6 +38,9 @@ def test_defaults_are_the_papers(load):
         ({"nextquill_weight_batch_size": True}, "a whole number is needed, not true"),
         ({"sample_packing": True}, "set sample_packing: false"),
         ({"nextquill_include_history": False}, "nextquill_include_history: false"),
+        # read as false by validation, but refused only after the model loaded
+        ({"nextquill_include_history": "false"}, "nextquill_include_history: false"),
+        ({"nextquill_include_history": 0}, "nextquill_include_history: false"),
         (
             {"pretraining_dataset": [{"path": "x", "type": "pretrain"}]},
             "remove pretraining_dataset",

@@ -100,3 +100,54 @@ def test_synthetic_refuses_no_users_and_a_folder_holding_its_file_names(tmp_path
         nextquill_data(["synthetic", "--out", str(tmp_path / "mine"), "--users", "2"])
     assert error.value.code == 2 and "already holds reviews.jsonl.gz" in capsys.readouterr().err
     assert (tmp_path / "mine" / "reviews.jsonl.gz").read_bytes() == b"precious"
+
+
+def test_metadata_that_matches_no_review_writes_nothing_and_a_partial_match_is_counted(
+    tmp_path, dpl_files, capsys
+):
+    """convert-dpl whose metadata named none of the rows' items wrote rows with empty titles,
+    exit 0; meta lines without an asin ended in a KeyError trace."""
+    rows, _ = dpl_files
+    other = write_jsonl(tmp_path / "other.jsonl", [{"asin": "ZZZ", "title": "Elsewhere"}])
+    out = tmp_path / "x.jsonl"
+    with pytest.raises(SystemExit) as error:
+        nextquill_data(
+            ["convert-dpl", "--rows", str(rows), "--meta", str(other), "--out", str(out)]
+        )
+    err = capsys.readouterr().err
+    assert error.value.code == 1 and "none of the 3 reviews in rows.jsonl names an item" in err
+    assert not out.exists()
+
+    only_a = write_jsonl(tmp_path / "only_a.jsonl", [{"asin": "A", "title": "Book A"}])
+    nextquill_data(["convert-dpl", "--rows", str(rows), "--meta", str(only_a), "--out", str(out)])
+    assert "1 of 3 reviews name an item that" in capsys.readouterr().out
+    assert [review["item_title"] for review in read_jsonl(out)[0]["history"]] == ["Book A", ""]
+
+    amazon_meta = write_jsonl(tmp_path / "meta.jsonl", [{"parent_asin": "A", "title": "Book A"}])
+    with pytest.raises(SystemExit) as error:
+        nextquill_data(
+            [
+                "convert-dpl",
+                "--rows",
+                str(rows),
+                "--meta",
+                str(amazon_meta),
+                "--out",
+                str(tmp_path / "y.jsonl"),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert error.value.code == 1 and "meta.jsonl:1: not DPL item metadata (no 'asin')" in err
+
+
+def test_synthetic_users_write_every_review_asked_for(tmp_path, capsys):
+    """3 users x 22 reviews made 4 items, so each user wrote 4 reviews (exit 0)."""
+    nextquill_data(
+        ["synthetic", "--out", str(tmp_path / "s"), "--users", "3", "--reviews-per-user", "22"]
+    )
+    assert "wrote 66 reviews" in capsys.readouterr().out
+    reviews = read_jsonl(tmp_path / "s" / "reviews.jsonl.gz")
+    per_user = {}
+    for review in reviews:
+        per_user[review["user_id"]] = per_user.get(review["user_id"], 0) + 1
+    assert sorted(per_user.values()) == [22, 22, 22]

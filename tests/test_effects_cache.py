@@ -212,3 +212,15 @@ def test_a_folder_where_the_cache_file_goes_is_found_before_the_pass(cached, cap
     assert computed and again_path == path and path.is_dir()
     assert np.array_equal(again.p_with, effects.p_with)
     assert "is not a file; the effects are computed and used for this run only" in caplog.text
+
+
+def test_both_frameworks_default_to_the_folder_axolotl_prepares_data_in():
+    """The TRL path cached under <output_dir>/nextquill and computed again what an Axolotl run
+    had cached (the route: tests/test_trl.py, the NextQuill and NormOnly losses)."""
+    const = pytest.importorskip("axolotl.common.const")
+    from nextquill_plugin.effects_cache import DEFAULT_PREPARED_PATH, effects_cache_dir
+
+    assert DEFAULT_PREPARED_PATH == const.DEFAULT_DATASET_PREPARED_PATH
+    assert effects_cache_dir(None, None) == Path(const.DEFAULT_DATASET_PREPARED_PATH) / "nextquill"
+    assert effects_cache_dir(None, "prep") == Path("prep/nextquill")
+    assert effects_cache_dir("mine", "prep") == Path("mine")

@@ -124,3 +124,15 @@ def test_score_only_rescores_existing_predictions(recipes, untuned_run, tmp_path
     assert again["metrics"]["rouge1"]["value"] == pytest.approx(mean)
     with pytest.raises(SystemExit, match="predictions.jsonl does not exist"):
         evaluate(recipes["amazon"], tmp_path / "nothing", "--score-only")
+
+
+def test_a_repeated_row_is_named_with_the_rule_its_id_follows(recipes, tmp_path, synthetic_splits):
+    """ "rows share prompt ids; give each row a distinct id" named no row, and an id field does
+    not name an amazon_reviews row."""
+    row = synthetic_splits["test"][0]
+    data = write_jsonl(tmp_path / "dup.jsonl", [row, synthetic_splits["test"][1], row])
+    expected = f"rows 1 and 3 have the same prompt id '{row['user_id']}/{row['target']['item_id']}'"
+    with pytest.raises(SystemExit, match=expected + r" \(a row's id is user_id/target item_id\)"):
+        nextquill(
+            ["evaluate", str(recipes["amazon"]), "--data", str(data), "--out", str(tmp_path / "e")]
+        )

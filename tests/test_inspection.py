@@ -150,3 +150,17 @@ def test_terminal_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch)
     plain = render_terminal(views, delta=0.05, colour=False)
     assert "\x1b[" not in plain and "[ jazz]" in plain
     assert render_terminal(views, delta=0.05).count("\x1b[48;2;") == 3
+
+
+def test_a_second_checkpoint_that_is_no_model_is_named_before_any_model_loads(
+    recipes, tmp_path, monkeypatch
+):
+    """`--against /nope` was found only after the first model's whole pass."""
+    from nextquill_plugin.evaluation import inspection
+
+    loaded = []
+    monkeypatch.setattr(inspection, "load_model_for_generation", lambda *a: loaded.append(a))
+    with pytest.raises(SystemExit, match=f"checkpoint {tmp_path / 'nope'} holds neither"):
+        nextquill(["inspect", str(recipes["amazon"]), "--against", str(tmp_path / "nope"),
+                   "--out", str(tmp_path / "out")])  # fmt: skip
+    assert loaded == []

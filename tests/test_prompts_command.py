@@ -97,3 +97,36 @@ def test_a_dataset_path_that_is_the_builders_folder_reads_the_split_inside_it(
     (inside,) = render_prompts(PromptsRequest(recipe=str(path), limit=1))
     (expected,) = render_prompts(PromptsRequest(recipe=str(path), data=str(folder / "test.jsonl")))
     assert inside == expected
+
+
+def test_inputs_of_the_wrong_kind_are_named_as_such(recipes, tmp_path, capsys):
+    """A --data folder or /dev/null "did not exist", a binary --data gave a codec error without
+    its file, a recipe folder "did not exist", --max-new-tokens 100000 spoke of a negative
+    sequence_len, and a recipe's `path: json` + `data_files` was looked for in the cwd."""
+    import pytest
+
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b'{"user_id": "u"}\n\xf8\xff\n')
+    recipe = str(recipes["amazon"])
+    for arguments, message in (
+        ([recipe, "--data", str(tmp_path)], f"evaluation data {tmp_path} is a folder, not a file"),
+        ([recipe, "--data", "/dev/null"], "/dev/null is not a regular file"),
+        ([recipe, "--data", str(binary)], f"{binary}:2: not UTF-8 text"),
+        ([str(tmp_path)], f"recipe {tmp_path} is a folder, not a file"),
+        (
+            [recipe, "--limit", "1", "--max-new-tokens", "100000"],
+            "max_new_tokens=100000 leaves 0 of sequence_len=512 tokens for the prompt, which needs",
+        ),
+    ):
+        with pytest.raises(SystemExit) as error:
+            nextquill(["prompts", *arguments])
+        assert message in str(error.value.code) + capsys.readouterr().err, arguments
+
+    data_files = yaml.safe_load(recipes["amazon"].read_text())
+    folder = recipes["amazon"].parent / "amazon"
+    data_files["datasets"][0] |= {"path": "json", "data_files": [str(folder / "train.jsonl")]}
+    path = tmp_path / "data_files.yml"
+    path.write_text(yaml.safe_dump(data_files))
+    assert render_prompts(PromptsRequest(recipe=str(path), limit=1)) == render_prompts(
+        PromptsRequest(recipe=recipe, limit=1)
+    )

@@ -82,15 +82,25 @@ def test_nextquill_without_a_single_paired_row_is_an_error():
     describe_rows(alpaca_only, "eval_dataset")  # a warning only
 
 
-def test_a_misspelled_override_after_the_double_dash_is_refused(recipes, tmp_path):
+def test_a_wrong_override_after_the_double_dash_is_a_usage_error(recipes, capsys):
+    """A misspelled key, a value its key's type refuses and a pair without -- are wrong command
+    lines: exit 2 with the usage line (`-- --sequence_len abc` ended in "invalid literal for
+    int()" with exit 1, `-- sequence_len=2048` with exit 1)."""
     from nextquill_plugin.cli import main as nextquill
 
     for command in ("evaluate", "prompts", "inspect", "weights"):
-        with pytest.raises(SystemExit, match="unknown key nextquill_histroy_k: did you mean"):
-            nextquill([command, str(recipes["amazon"]), "--", "--nextquill_histroy_k", "2"])
-        # an Axolotl key too: `-- --sequnce_len 2048` evaluated at the recipe's length, exit 0
-        with pytest.raises(SystemExit, match="unknown key sequnce_len: did you mean sequence_len"):
-            nextquill([command, str(recipes["amazon"]), "--", "--sequnce_len", "2048"])
+        for overrides, message in (
+            (["--nextquill_histroy_k", "2"], "unknown key nextquill_histroy_k: did you mean"),
+            # an Axolotl key too: `-- --sequnce_len 2048` evaluated at the recipe's length, exit 0
+            (["--sequnce_len", "2048"], "unknown key sequnce_len: did you mean sequence_len"),
+            (["--sequence_len", "abc"], "sequence_len: 'abc' is not valid"),
+            (["sequence_len=2048"], "unexpected argument 'sequence_len=2048' after --"),
+        ):
+            with pytest.raises(SystemExit) as error:
+                nextquill([command, str(recipes["amazon"]), "--", *overrides])
+            err = capsys.readouterr().err
+            assert error.value.code == 2 and f"usage: nextquill {command}" in err, err
+            assert message in err, err
     nextquill(["prompts", str(recipes["amazon"]), "--limit", "1", "--", "--sequence_len", "600"])
 
 
@@ -243,6 +253,18 @@ def test_axolotl_train_names_dropped_keys_keys_without_effect_and_refuses_a_key_
         .startswith("NextQuill: dataset type `dataset_formats.amazon_rev` cannot be imported")
     )
 
+    (tmp_path / "a_file").write_text("mine\n")  # Axolotl's FileExistsError trace
+    file_out = train(
+        text.replace(f"output_dir: {tmp_path}/out", f"output_dir: {tmp_path}/a_file"),
+        "--launcher",
+        "python",
+    )
+    assert file_out.returncode == 1 and "Traceback" not in file_out.stderr
+    assert (
+        file_out.stderr.strip().splitlines()[-1]
+        == f"NextQuill: output_dir {tmp_path}/a_file is a file; give a folder"
+    )
+
     typed = train(text, "--nextquill_alpha", "0.2")
     assert typed.returncode == 2
     assert typed.stderr.strip().endswith("unrecognized arguments: --nextquill_alpha")
@@ -277,3 +299,16 @@ def test_a_deepspeed_config_that_does_not_exist_is_named_before_the_model_loads(
     monkeypatch.chdir(tmp_path)  # the name is relative to where axolotl runs
     with pytest.raises(FileNotFoundError, match="`axolotl fetch deepspeed_configs` writes"):
         load_recipe(deepspeed="deepspeed_configs/zero1.json")
+
+
+def test_outputs_inside_the_dataset_folder_are_refused(load_recipe, tmp_path):
+    """With the prepared rows inside the dataset folder, every run found them out of date (the
+    folder's files, prepared rows included, are the data's identity): the first run too."""
+    from nextquill_common.jsonl import write_jsonl
+
+    folder = tmp_path / "data"
+    write_jsonl(folder / "train.jsonl", [{"user_id": "u"}])
+    dataset = [{"path": str(folder), "ds_type": "json", "type": "dataset_formats.amazon_reviews"}]
+    for key in ("dataset_prepared_path", "output_dir", "nextquill_weight_cache_dir"):
+        with pytest.raises(ValueError, match=f"{key} .* is inside the dataset folder"):
+            load_recipe(datasets=dataset, **{key: str(folder / "inside")})

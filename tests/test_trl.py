@@ -134,6 +134,15 @@ def test_rows_of_another_type_are_refused_naming_the_type(tiny_model_dir, synthe
         )
 
 
+def test_the_command_prints_its_help(capsys):
+    """`nextquill trl-sft --help` printed "give --config FILE" instead of its help."""
+    from nextquill_plugin.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["trl-sft", "--help"])
+    assert done.value.code == 0 and "--nextquill_alpha" in capsys.readouterr().out
+
+
 def test_a_bad_config_file_is_refused_by_the_command_in_one_line(tmp_path, capsys):
     from nextquill_plugin.cli import main
 
@@ -141,6 +150,11 @@ def test_a_bad_config_file_is_refused_by_the_command_in_one_line(tmp_path, capsy
     config.write_text("model_name_or_path: nowhere\nnextquill_alpha: -1\noutput_dir: out\n")
     with pytest.raises(SystemExit, match=r"nextquill trl-sft: NextQuillSFTConfig: nextquill_alpha"):
         main(["trl-sft", "--config", str(config), "--use_cpu", "true", "--bf16", "false"])
+    config.write_text("")
+    with pytest.raises(SystemExit, match=r"nextquill trl-sft: config .*config.yaml is empty"):
+        main(["trl-sft", "--config", str(config)])
+    with pytest.raises(SystemExit, match=r"config .* is a folder, not a file"):
+        main(["trl-sft", "--config", str(tmp_path)])
     config.write_text("model_name_or_path: nowhere\nnextquil_alpha: 0.1\noutput_dir: out\n")
     with pytest.raises(
         SystemExit, match=r"unknown keys: nextquil_alpha \(did you mean nextquill_alpha"
@@ -271,13 +285,13 @@ def run_command(args: list[str], cwd: Path) -> str:
     return output
 
 
-def trl_sft(config: Path, processes: int = 1) -> str:
+def trl_sft(config: Path, processes: int = 1, cwd: Path | None = None) -> str:
     command = [str(Path(sys.executable).parent / "nextquill"), "trl-sft", "--config", str(config)]
     if processes > 1:  # torchrun starts them; accelerate (TRL's) joins them with gloo on CPU
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
         command += [f"--master_port={free_port()}", "-m", "nextquill_plugin.cli", "trl-sft"]
         command += ["--config", str(config)]
-    return run_command(command, config.parent)
+    return run_command(command, cwd or config.parent)
 
 
 @pytest.mark.slow  # not e2e: the axolotl 0.21 lane tests the plugin, not TRL
@@ -298,7 +312,7 @@ def test_trl_logs_the_losses_the_axolotl_path_logs(tmp_path, train_file, variant
     recipe = tiny_recipe(
         THETA0_DIR,
         train_file,
-        tmp_path / "axolotl",
+        tmp_path,
         **{
             **FULL_FINETUNE,
             **PROMPT,
@@ -308,16 +322,24 @@ def test_trl_logs_the_losses_the_axolotl_path_logs(tmp_path, train_file, variant
             "learning_rate": 0.001,
             "use_tensorboard": True,
             "shuffle_merged_datasets": False,  # Axolotl would reorder rows before the sampler
+            # Axolotl's default prepared path, in the folder both frameworks run in: the TRL
+            # run finds the theta_0 effects the Axolotl run cached there
+            "dataset_prepared_path": None,
         },
     )
-    result = run_axolotl("train", recipe, tmp_path / "axolotl", **IN_ONE_PROCESS)
+    result = run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     trl_shape = {
         "per_device_train_batch_size": shape["micro_batch_size"],
         "gradient_accumulation_steps": shape["gradient_accumulation_steps"],
     }
-    trl_sft(write_trl_config(tmp_path / "trl", train_file, **keys, **trl_shape))
-    axolotl, trl = scalars(tmp_path / "axolotl" / "out"), scalars(tmp_path / "trl" / "out")
+    trl_log = trl_sft(
+        write_trl_config(tmp_path / "trl", train_file, **keys, **trl_shape), cwd=tmp_path
+    )
+    if variant in ("NextQuill", "NormOnly"):  # weights from theta_0 (CausalOnly's are all 1)
+        cached = list((tmp_path / "last_run_prepared" / "nextquill").glob("effects-*.npz"))
+        assert len(cached) == 1 and "used cached theta_0 effects" in trl_log, trl_log[-3000:]
+    axolotl, trl = scalars(tmp_path / "out"), scalars(tmp_path / "trl" / "out")
     assert len(trl["loss"]) == STEPS
     np.testing.assert_allclose(trl["loss"], axolotl["loss"], atol=1e-5)
     if variant == "ContextSFT":
@@ -394,6 +416,7 @@ print("TRAINED", losses)
         ([], "give --config FILE"),
         (["--config", "CONFIG", "--dataset_streaming", "true"], "streaming: true is refused"),
         (["--config", "CONFIG", "--streaming", "true"], "streaming: true is refused"),
+        (["--config", "CONFIG", "--output_dir", "CONFIG"], "is a file; give a folder"),
     ],
 )
 def test_the_command_refuses_no_config_and_streaming_as_usage_errors(

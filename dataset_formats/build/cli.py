@@ -18,6 +18,8 @@ from nextquill_common.cli_options import (
     at_least_one,
     dataclass_from_args,
     interrupted,
+    output_file,
+    output_folder,
     package_version,
 )
 from nextquill_common.jsonl import write_jsonl
@@ -27,6 +29,18 @@ from .dpl import convert_dpl
 from .synthetic import Style, synthetic_raw_amazon
 
 SYNTHETIC_FILES = ("reviews.jsonl.gz", "meta.jsonl.gz")  # what `synthetic` writes into --out
+
+
+def folder_path(text: str) -> Path:
+    """An argparse type: a folder to write into (``output_folder``), as a Path."""
+    return Path(output_folder(text))
+
+
+def file_path(text: str) -> Path:
+    """An argparse type: a file to write (``output_file``), as a Path."""
+    return Path(output_file(text))
+
+
 # What runs a command, given its parsed arguments.
 Run = Callable[[argparse.Namespace], None]
 
@@ -76,7 +90,7 @@ def _add_build(commands) -> tuple[argparse.ArgumentParser, Run]:
         help="its item metadata files (meta_{Category}.jsonl[.gz])",
     )  # fmt: skip
     build_parser.add_argument(
-        "--out", required=True, type=Path,
+        "--out", required=True, type=folder_path,
         help="output folder: train/validation/test.jsonl, stats.json and a dataset card",
     )  # fmt: skip
     add_dataclass_options(build_parser, BuildOptions)
@@ -102,7 +116,7 @@ def _add_convert_dpl(commands) -> tuple[argparse.ArgumentParser, Run]:
         "--meta", required=True, type=Path, help="the DPL release's item metadata"
     )
     dpl_parser.add_argument(
-        "--out", required=True, type=Path, help="the JSONL file of user rows to write"
+        "--out", required=True, type=file_path, help="the JSONL file of user rows to write"
     )
     return dpl_parser, _run_convert_dpl
 
@@ -110,7 +124,13 @@ def _add_convert_dpl(commands) -> tuple[argparse.ArgumentParser, Run]:
 def _run_convert_dpl(args: argparse.Namespace) -> None:
     if args.out.exists():  # never written over: it may be anyone's file
         args.command_parser.error(f"--out {args.out} exists; remove it or name another file")
-    print(f"wrote {convert_dpl(args.rows, args.meta, args.out)} rows to {args.out}")
+    converted = convert_dpl(args.rows, args.meta, args.out)
+    print(f"wrote {converted.rows} rows to {args.out}")
+    if converted.unmatched:
+        print(
+            f"{converted.unmatched} of {converted.reviews} reviews name an item that "
+            f"{args.meta} lacks: their item title and description are empty"
+        )
 
 
 def _add_synthetic(commands) -> tuple[argparse.ArgumentParser, Run]:
@@ -118,7 +138,10 @@ def _add_synthetic(commands) -> tuple[argparse.ArgumentParser, Run]:
         "synthetic", help="raw Amazon-schema files with planted per-user preferences"
     )
     synthetic_parser.add_argument(
-        "--out", required=True, type=Path, help="folder for reviews.jsonl.gz and meta.jsonl.gz"
+        "--out",
+        required=True,
+        type=folder_path,
+        help="folder for reviews.jsonl.gz and meta.jsonl.gz",
     )
     synthetic_parser.add_argument(
         "--users", type=at_least_one, default=200, help="how many users (default: 200)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from nextquill_common.jsonl import write_jsonl
@@ -16,15 +17,43 @@ from nextquill_common.jsonl import write_jsonl
 from . import BuildError, iter_json_lines, join_description
 
 
-def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> int:
-    """DPL release rows (user_id, profile, data) + item meta (asin, title, description) -> our rows."""
+@dataclass
+class Converted:
+    """What ``convert_dpl`` wrote: rows, and the reviews whose item the metadata lacks."""
+
+    rows: int
+    reviews: int
+    unmatched: int
+
+
+def read_dpl_items(meta_path: Path) -> dict[str, dict]:
+    """asin -> item metadata; a line that is not DPL item metadata stops the conversion."""
     items = {}
-    for _, raw in iter_json_lines(meta_path):
-        obj = json.loads(raw)
-        items[obj["asin"]] = obj
+    for line_no, raw in iter_json_lines(meta_path):
+        try:
+            item = json.loads(raw)
+            items[item["asin"]] = item
+        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            reason = f"no {error}" if isinstance(error, KeyError) else str(error)
+            raise BuildError(
+                f"{meta_path.name}:{line_no}: not DPL item metadata ({reason})"
+            ) from error
+    return items
+
+
+def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> Converted:
+    """DPL release rows (user_id, profile, data) + item meta (asin, title, description) -> our
+    rows. A review whose item the metadata lacks keeps empty item texts; when no review's item
+    is there, the files do not belong together and nothing is written."""
+    items = read_dpl_items(meta_path)
+    converted = Converted(rows=0, reviews=0, unmatched=0)
 
     def review(r: dict) -> dict:
-        meta = items.get(r["asin"], {})
+        converted.reviews += 1
+        meta = items.get(r["asin"])
+        if meta is None:
+            converted.unmatched += 1
+            meta = {}
         return {
             "item_id": r["asin"],
             "item_title": meta.get("title") or "",
@@ -35,10 +64,7 @@ def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> int:
             "timestamp": r.get("timestamp"),
         }
 
-    written = 0
-
     def user_rows() -> Iterator[dict]:
-        nonlocal written
         for line_no, raw in iter_json_lines(rows_path):
             try:
                 row = json.loads(raw)
@@ -51,8 +77,13 @@ def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> int:
                 }
             except (KeyError, TypeError, json.JSONDecodeError) as error:
                 raise BuildError(f"{rows_path.name}:{line_no}: not a DPL row ({error})") from error
-            written += 1
+            converted.rows += 1
             yield user_row
+        if converted.reviews and converted.unmatched == converted.reviews:
+            raise BuildError(
+                f"none of the {converted.reviews} reviews in {rows_path.name} names an item of "
+                f"{meta_path.name} ({len(items)} items): is --meta the metadata of these rows?"
+            )
 
     write_jsonl(out_path, user_rows())  # streamed; a bad row leaves no partial file
-    return written
+    return converted

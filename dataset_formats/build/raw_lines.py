@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
+
+from nextquill_common.jsonl import input_file_problem
 
 from .common import (
     MAX_LOCATIONS_PER_REASON,
@@ -115,12 +116,9 @@ def check_inputs(reviews: list[Path], meta: list[Path]) -> None:
     (judged by the first line of each), before a line of any is read."""
     for flag, paths in (("--reviews", reviews), ("--meta", meta)):
         for path in map(Path, paths):
-            if not path.exists():
-                raise BuildError(f"{flag} {path} does not exist")
-            if not path.is_file():
-                raise BuildError(f"{flag} {path} is a folder, not a file; name the file in it")
-            if not os.access(path, os.R_OK):
-                raise BuildError(f"{flag} {path} cannot be read (permission denied)")
+            problem = input_file_problem(path)
+            if problem:
+                raise BuildError(f"{flag} {path} {problem}")
     review_keys = [_first_keys(Path(p)) for p in reviews]
     meta_keys = [_first_keys(Path(p)) for p in meta]
     looks_like_items = all(k and not REVIEW_KEYS & k and ITEM_KEYS & k for k in review_keys)

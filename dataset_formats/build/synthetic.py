@@ -293,7 +293,8 @@ def synthetic_raw_amazon(
     8); review texts have over 200 characters and descriptions 100-2000, as the protocol wants.
     """
     rng = random.Random(seed + 7)
-    n_items = max(1, n_users * reviews_per_user // reviews_per_item)
+    # at least one item per review of a user: every user writes reviews_per_user reviews
+    n_items = max(reviews_per_user, n_users * reviews_per_user // reviews_per_item)
     meta = []
     for index in range(n_items):
         item = _item(rng, index)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 from axolotl.integrations.config import merge_input_args
+from pydantic import TypeAdapter, ValidationError
 
 from nextquill_common.recipe_yaml import read_mapping
 from nextquill_common.refusals import REFUSAL_PREFIX
@@ -105,6 +106,26 @@ def unknown_keys(cfg: Any) -> list[tuple[str, str | None]]:
         if isinstance(key, str) and key not in known
         for close in [difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)]
     ]
+
+
+def values_of_the_wrong_type(overrides: dict[str, Any]) -> list[str]:
+    """Each override whose value the schema's type for its key refuses (``--sequence_len abc``),
+    as "key: why"; rules across keys are the recipe load's."""
+    _, schema = merge_input_args()
+    problems = []
+    for key, value in overrides.items():
+        info = schema.model_fields.get(key)
+        if info is None:
+            continue
+        try:
+            adapter = TypeAdapter(info.annotation)
+        except Exception:  # noqa: BLE001 - a type pydantic cannot check alone is left to the load
+            continue
+        try:
+            adapter.validate_python(value)
+        except ValidationError as error:
+            problems.append(f"{key}: {value!r} is not valid ({error.errors()[0]['msg']})")
+    return problems
 
 
 def keys_without_effect(cfg: Any) -> list[str]:

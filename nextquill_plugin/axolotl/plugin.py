@@ -17,7 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
 from axolotl.integrations.base import BasePlugin
 from transformers import set_seed
 
@@ -26,6 +25,7 @@ from dataset_formats.checks import (
     check_data_files,
     check_data_sources,
     check_dataset_types,
+    check_output_paths,
     check_prompt_settings,
     describe_rows,
 )
@@ -34,6 +34,7 @@ from nextquill_common.recipe_yaml import missing_deepspeed_config, missing_local
 from nextquill_common.refusals import install_refusal_hook
 
 from ..config_keys import settings_from
+from ..effects_cache import effects_cache_dir
 from ..settings import SETTING_PREFIX
 from ..trainer_mixin import DATASET_SPLITS
 from .args import (
@@ -45,11 +46,9 @@ from .args import (
 )
 
 
-def effects_cache_dir(cfg: Any) -> Path:
-    """Where theta_0 effects are cached: next to the prepared dataset unless configured."""
-    if cfg.nextquill_weight_cache_dir:
-        return Path(cfg.nextquill_weight_cache_dir)
-    return Path(cfg.dataset_prepared_path or DEFAULT_DATASET_PREPARED_PATH) / "nextquill"
+def recipe_cache_dir(cfg: Any) -> Path:
+    """The recipe's theta_0 cache folder (``effects_cache_dir``'s rule)."""
+    return effects_cache_dir(cfg.nextquill_weight_cache_dir, cfg.dataset_prepared_path)
 
 
 def check_recipe_keys(cfg: Any) -> None:
@@ -102,6 +101,7 @@ class NextQuillPlugin(BasePlugin):
             ):
                 if problem:
                     raise FileNotFoundError(f"NextQuill: {problem}")
+            check_output_paths(cfg)
         check_dataset_types(cfg)
         check_data_files(cfg)
         refuse_cli_overrides(sys.argv)
@@ -115,7 +115,7 @@ class NextQuillPlugin(BasePlugin):
                 "computed by `nextquill weights %s` (before a multi-GPU run) or at the start of "
                 "`axolotl train`, and cached in %s.",
                 cfg.get("axolotl_config_path") or "recipe.yml",
-                effects_cache_dir(cfg),
+                recipe_cache_dir(cfg),
             )
         return None
 
@@ -167,7 +167,7 @@ class NextQuillPlugin(BasePlugin):
                 describe_rows(dataset, split)
         if enabled:
             trainer.prepare_nextquill(
-                effects_cache_dir(cfg),
+                recipe_cache_dir(cfg),
                 model_name=str(cfg.base_model),
                 batch_size=cfg.nextquill_weight_batch_size,
             )

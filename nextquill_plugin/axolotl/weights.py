@@ -12,17 +12,18 @@ from axolotl.cli.config import load_cfg
 from axolotl.common.datasets import load_datasets
 from axolotl.train import setup_model_and_trainer
 
-from nextquill_common.jsonl import write_problem
+from nextquill_common.jsonl import input_file_problem, write_problem
 
 from ..config_keys import settings_from
-from .plugin import effects_cache_dir
+from .plugin import recipe_cache_dir
 
 
 def compute_weights(recipe: str, overrides: dict[str, Any]) -> Path:
     """Prepare the data and load the model as training does, which fills the cache; returns
     the cache folder."""
-    if not Path(recipe).is_file():
-        raise FileNotFoundError(f"recipe {recipe} does not exist")
+    problem = input_file_problem(recipe)
+    if problem:
+        raise FileNotFoundError(f"recipe {recipe} {problem}")
     cfg = load_cfg(recipe, **overrides)
     if not cfg.nextquill:
         raise SystemExit(
@@ -33,7 +34,7 @@ def compute_weights(recipe: str, overrides: dict[str, Any]) -> Path:
             "nextquill: this recipe needs no theta_0 pass (nextquill_token_weighting is false or "
             "nextquill_weight_source is current)."
         )
-    cache = effects_cache_dir(cfg)
+    cache = recipe_cache_dir(cfg)
     problem = write_problem(cache)  # this command exists to fill the cache: find out first
     if problem:
         raise ValueError(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset_formats.prompting import DROPPED_ALL_HISTORY
-from nextquill_common.cli_options import option
+from nextquill_common.cli_options import option, output_folder
 from nextquill_common.jsonl import read_jsonl, write_jsonl, write_text_atomic
 
 from .. import distributed
@@ -37,7 +37,9 @@ from .wordnet_data import require_wordnet
 class EvaluationRequest(FirstRowsRequest):
     """What to evaluate, on which rows, and where to write; one command-line option a field."""
 
-    out: str | None = option("output folder (default: <checkpoint>/eval-<split>)")
+    out: str | None = option(
+        "output folder (default: <checkpoint>/eval-<split>)", type=output_folder
+    )
     name: str | None = option("the row's name in `nextquill compare`")
     dtype: str = option(
         "model dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
@@ -114,8 +116,15 @@ class GenerationPrompts:
                 raise ValueError(f"{data} row {index + 1}: {error}") from None
             built.ids.append(strategy.prompt_id(row, index))
             built.references.append(strategy.reference(row))
-        if len(set(built.ids)) != len(built.ids):
-            raise ValueError(f"{data}: rows share prompt ids; give each row a distinct id")
+        first_row: dict[str, int] = {}
+        for index, prompt_id in enumerate(built.ids):
+            if prompt_id in first_row:
+                raise ValueError(
+                    f"{data}: rows {first_row[prompt_id] + 1} and {index + 1} have the same "
+                    f"prompt id {prompt_id!r} (a row's id is {strategy.prompt_id_rule}); remove "
+                    "the repeated row, or make the ids differ"
+                )
+            first_row[prompt_id] = index
         return built
 
     def token_ids(self, rows: list[int], key: str = "prompt_ids") -> list[list[int]]:

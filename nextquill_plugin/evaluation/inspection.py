@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from dataset_formats.contract import EFFECT_INPUT_COLUMNS, IGNORE_INDEX
-from nextquill_common.cli_options import option
+from nextquill_common.cli_options import option, output_folder
 from nextquill_common.jsonl import write_text_atomic
 
 from ..config_keys import settings_from
 from ..equations import PreferenceRule
 from ..settings import WEIGHT_PASS_BATCH_SIZE
 from ..token_effects import compute_token_effects
-from .generation import load_model_for_generation
+from .generation import load_model_for_generation, model_sources
 from .inspection_plots import plot_difference_histogram, plot_preference_tokens
 from .inspection_render import render_html, render_terminal, use_colour
 from .inspection_views import (
@@ -105,7 +105,7 @@ class InspectionRequest(RecipeRowsRequest):
     against_name: str = option("the second checkpoint's name", default="against")
     samples: int = option("samples in HTML/terminal", default=8)
     plot_samples: int = option("samples in the plots", default=200)
-    out: str = option("output folder", default="inspect")
+    out: str = option("output folder", default="inspect", type=output_folder)
     terminal: bool = option("no coloured terminal view", default=True, flag="--no-terminal")
 
     def __post_init__(self) -> None:
@@ -131,6 +131,8 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
         max(request.samples, request.plot_samples)
     )
     rule = PreferenceRule.from_settings(settings_from(recipe))  # validated, as in training
+    for _, checkpoint in request.checkpoints():  # each checkpoint found before any model loads
+        model_sources(recipe["base_model"], checkpoint)
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     views: dict[str, list[TokenView]] = {}

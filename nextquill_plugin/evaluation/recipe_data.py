@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from dataset_formats import DATASET_TYPES
+from dataset_formats.sources import local_data_path
 from dataset_formats.strategy import EvaluableType
 from nextquill_common.cli_options import option
-from nextquill_common.jsonl import read_jsonl
+from nextquill_common.jsonl import input_file_problem, read_jsonl
 from nextquill_common.recipe_yaml import missing_local_model, read_mapping
 
 from ..trl.recipe_view import is_trl_config, recipe_view
@@ -22,8 +23,9 @@ def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     """The recipe as a dict with command-line overrides applied (as `axolotl train` would). A
     TRL-style config (``nextquill trl-sft``'s) is read as the Axolotl recipe it amounts to."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} does not exist")
+    problem = input_file_problem(path)
+    if problem:
+        raise FileNotFoundError(f"recipe {path} {problem}")
     recipe = read_mapping(path)
     if is_trl_config(recipe):
         recipe = recipe_view(recipe)
@@ -50,11 +52,15 @@ def evaluated_dataset(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def split_path(dataset: dict[str, Any], split: str) -> Path:
-    """``<split>.jsonl`` beside the dataset's file, or inside it when the recipe names the
-    builder's folder: the builder writes train/validation/test side by side."""
-    if not dataset.get("path"):
-        raise ValueError("the evaluated dataset has no path to find the split next to; pass --data")
-    path = Path(dataset["path"])
+    """``<split>.jsonl`` beside the dataset's file (``path``, or ``data_files`` under
+    ``path: json``), or inside it when the recipe names the builder's folder: the builder
+    writes train/validation/test side by side."""
+    path = local_data_path(dataset)
+    if path is None:
+        raise ValueError(
+            "the evaluated dataset names no local file or folder to find the split next to; "
+            "pass --data"
+        )
     return (path if path.is_dir() else path.parent) / f"{split}.jsonl"
 
 
@@ -68,11 +74,14 @@ def load_strategy(dataset_type: str, tokenizer, recipe: dict[str, Any]) -> Evalu
 
 def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of a JSONL (or .jsonl.gz) file; a bad line is reported with its line number."""
-    if not path.is_file():
+    problem = input_file_problem(path)
+    if problem == "does not exist":
         raise FileNotFoundError(
             f"evaluation data {path} does not exist (build it with `nextquill-data build`, "
             "or pass --data FILE)"
         )
+    if problem:
+        raise FileNotFoundError(f"evaluation data {path} {problem}")
     rows = read_jsonl(path, limit)
     if not rows:
         raise ValueError(f"{path} holds no rows")

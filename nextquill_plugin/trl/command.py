@@ -25,6 +25,7 @@ from trl import (
 )
 
 from dataset_formats.strategy import LOG as ROWS_LOG
+from nextquill_common.jsonl import input_file_problem
 
 from ..effects_cache import LOG as EFFECTS_LOG
 from .config import NextQuillSFTConfig
@@ -46,9 +47,12 @@ def refuse_unknown_config_keys(parser: Any, argv: list[str]) -> None:
     if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
         return
     path = Path(argv[argv.index("--config") + 1])
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} does not exist")
-    config = yaml.safe_load(path.read_text()) or {}
+    problem = input_file_problem(path)
+    if problem:
+        raise FileNotFoundError(f"config {path} {problem}")
+    config = yaml.safe_load(path.read_text())
+    if config is None:
+        raise ValueError(f"config {path} is empty")
     if not isinstance(config, dict):
         raise ValueError(f"config {path} is not a YAML mapping")
     known = {action.dest for action in parser._actions} | {"env"}
@@ -66,7 +70,8 @@ def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     parser = TrlParser(
         (ScriptArguments, NextQuillSFTConfig, ModelConfig, DatasetMixtureConfig), prog=prog
     )
-    if not {"--config", f"--{TRL_MODEL_KEY}"} & {arg.split("=")[0] for arg in argv}:
+    given = {arg.split("=")[0] for arg in argv}
+    if not {"--config", f"--{TRL_MODEL_KEY}", "-h", "--help"} & given:
         # Without either, TRL's defaults (bf16 on) fail far from the cause.
         parser.error(
             f"give --config FILE (a TRL-style YAML config, see recipes/trl/) or --{TRL_MODEL_KEY}"
@@ -78,6 +83,8 @@ def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     )
     if not model_args.model_name_or_path:
         parser.error(f"the config names no model; set {TRL_MODEL_KEY}")
+    if Path(training_args.output_dir).exists() and not Path(training_args.output_dir).is_dir():
+        parser.error(f"output_dir {training_args.output_dir} is a file; give a folder")
     if script_args.dataset_streaming or dataset_args.streaming:
         parser.error(
             "dataset_streaming / streaming: true is refused: NextQuill tokenizes the rows and "

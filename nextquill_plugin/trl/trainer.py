@@ -7,13 +7,13 @@ the loss, the metrics, the kept columns and the theta_0 effects are ``NextQuillT
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer
 from trl import SFTTrainer
 
 from ..config_keys import settings_from
+from ..effects_cache import effects_cache_dir
 from ..trainer_mixin import NextQuillTrainerMixin
 from .config import NextQuillSFTConfig
 from .data import NextQuillSFTCollator, tokenized_rows
@@ -107,7 +107,7 @@ class NextQuillSFTTrainer(NextQuillTrainerMixin, SFTTrainer):
         self.nextquill_settings = settings_from(args)
         if args.nextquill:  # else ContextSFT on the same prompts: TRL's loss, as TRL sets it up
             self.prepare_nextquill(
-                args.nextquill_weight_cache_dir or Path(args.output_dir) / "nextquill",
+                effects_cache_dir(args.nextquill_weight_cache_dir, prepared_path=None),
                 model_name=model_name_of(model),
                 batch_size=args.nextquill_weight_batch_size,
             )
