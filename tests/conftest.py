@@ -23,7 +23,13 @@ import pytest  # noqa: E402
 # is, and with them a stream pytest captures into: a test after the one that first imported it
 # in a worker found pytest's capture file closed. Imported here once, before any test runs.
 if importlib.util.find_spec("axolotl"):  # absent in the TRL-only lane
+    import logging
+
     import axolotl.cli  # noqa: E402, F401
+
+    # Axolotl's logging setup stops its loggers (NextQuill's is one) at their own handlers; the
+    # tests read what NextQuill logs through pytest's caplog, which listens at the root logger.
+    logging.getLogger("axolotl").propagate = True
 
 # Files whose tests each run their own subprocesses and share no costly fixture: under
 # `--dist loadgroup` each of their tests goes to whichever worker is free. Every other file's

@@ -131,7 +131,13 @@ class Runs:
             THETA0_DIR,
             self.train_file,
             workdir,
-            **{**PROMPT, "micro_batch_size": 2, "max_steps": STEPS, "optimizer": "sgd", **overrides},
+            **{
+                **PROMPT,
+                "micro_batch_size": 2,
+                "max_steps": STEPS,
+                "optimizer": "sgd",
+                **overrides,
+            },
         )
         workdir.mkdir(parents=True)
         config = workdir / "recipe.yml"
@@ -166,8 +172,11 @@ class Runs:
         assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
         statuses = json.loads(Path(plan["status"]).read_text())
         for run in plan["runs"]:
-            logs = "".join(Path(f"{run['log']}.rank{r}").read_text()[-2500:] for r in (0, 1)
-                           if Path(f"{run['log']}.rank{r}").exists())
+            logs = "".join(
+                Path(f"{run['log']}.rank{r}").read_text()[-2500:]
+                for r in (0, 1)
+                if Path(f"{run['log']}.rank{r}").exists()
+            )
             if statuses.get(run["name"]) != 0:
                 self.done[run["name"]] = AssertionError(f"{run['name']} failed:\n{logs}")
                 continue
@@ -244,10 +253,7 @@ def test_zero3_theta0_cache_is_the_unpartitioned_models(runs, adapter):
 
 @pytest.mark.parametrize(
     ("name", "adapter", "path"),
-    [
-        pytest.param(*case, marks=pytest.mark.xdist_group(f"distributed-{case[1]}"))
-        for case in BF16
-    ],
+    [pytest.param(*case, marks=pytest.mark.xdist_group(f"distributed-{case[1]}")) for case in BF16],
 )
 def test_bf16_trains_close_to_float32(runs, name, adapter, path):
     """bf16: theta_0 pass and training.

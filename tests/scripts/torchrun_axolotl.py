@@ -233,16 +233,17 @@ def main() -> None:
     shim_cpu_bf16()
     # What every run imports, imported once before the forks (anything else a run imports
     # itself). No torch thread pool and no process group exist yet: a fork inherits neither.
+    import gc
+    from pathlib import Path
+
     import axolotl.cli.train  # noqa: F401
     import axolotl.train  # noqa: F401
     import deepspeed  # noqa: F401
 
     import nextquill_plugin.axolotl.plugin  # noqa: F401
 
-    import gc
-
     gc.freeze()  # the collector leaves the imported objects alone: children share their pages
-    plan = json.loads(open(sys.argv[1]).read())
+    plan = json.loads(Path(sys.argv[1]).read_text())
     rank = int(os.environ["RANK"])
     statuses = {}
     for run in plan["runs"]:
