@@ -175,6 +175,11 @@ class PromptTooLong(ValueError):
         super().__init__(message)
         self.prompt_tokens = prompt_tokens
 
+    def __reduce__(self):
+        # Axolotl's dataset workers send errors to the main process pickled; the default
+        # (the message alone) cannot rebuild this one, and the main process waited forever.
+        return type(self), (self.args[0], self.prompt_tokens)
+
 
 def _fit_target(
     target: list[int], longest_prompt: int, budget: int, flags: int

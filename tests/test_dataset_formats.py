@@ -179,3 +179,41 @@ def test_the_default_prompt_settings_keep_their_fingerprint():
     assert PromptSettings(emit_counterfactual=False).fingerprint() == "ecace9e5a8eae23a"
     assert PromptSettings.from_cfg({}) == PromptSettings(emit_counterfactual=False)
     assert PromptSettings.from_cfg(CFG) == PromptSettings()
+
+
+def test_a_prompt_too_long_for_sequence_len_survives_the_trip_between_processes():
+    """Axolotl's dataset workers send a row's error to the main process pickled; the error
+    could not be rebuilt there, and `axolotl train` / `nextquill weights` waited forever."""
+    import pickle
+
+    from dataset_formats.prompting import PromptTooLong
+
+    error = pickle.loads(pickle.dumps(PromptTooLong("sequence_len=100 cannot hold it", 218)))
+    assert isinstance(error, ValueError) and error.prompt_tokens == 218
+    assert str(error) == "sequence_len=100 cannot hold it"
+
+
+@pytest.mark.slow  # an interpreter that imports Axolotl
+def test_a_sequence_len_too_short_for_any_prompt_stops_the_weights_pass_with_the_reason(
+    tiny_model_dir, synthetic_splits, tmp_path
+):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from nextquill_common.jsonl import write_jsonl
+    from nextquill_common.offline import offline_env
+    from nextquill_plugin.demo.local_runs import tiny_recipe
+
+    write_jsonl(tmp_path / "train.jsonl", synthetic_splits["train"][:2])
+    recipe = tiny_recipe(tiny_model_dir, tmp_path / "train.jsonl", tmp_path, sequence_len=100)
+    (tmp_path / "recipe.yml").write_text(yaml.safe_dump(recipe))
+    nextquill = Path(sys.executable).parent / "nextquill"
+    result = subprocess.run(
+        [str(nextquill), "weights", str(tmp_path / "recipe.yml")],
+        capture_output=True, text=True, env=offline_env(), timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "cannot hold even the prompt without history" in result.stderr
