@@ -80,6 +80,9 @@ def test_the_config_derives_every_recipe_key_with_its_default():
         ({"max_length": None}, "max_length: None"),
         ({"nextquill_dataset_type": "json"}, "nextquill_dataset_type: 'json' is none of"),
         ({"gradient_checkpointing_kwargs": {"use_reentrant": True}}, "use_reentrant: true"),
+        # trained with the model's template and end token, saved with these (adversarial pass)
+        ({"chat_template_path": "t.jinja"}, "chat_template_path: 't.jinja' is not applied"),
+        ({"eos_token": "<|im_end|>"}, r"eos_token: '<\|im_end\|>' is not applied"),
     ],
 )
 def test_the_config_refuses_what_nextquill_cannot_honour(overrides, message):
@@ -149,6 +152,9 @@ def test_a_bad_config_file_is_refused_by_the_command_in_one_line(tmp_path, capsy
     config = tmp_path / "config.yaml"
     config.write_text("model_name_or_path: nowhere\nnextquill_alpha: -1\noutput_dir: out\n")
     with pytest.raises(SystemExit, match=r"nextquill trl-sft: NextQuillSFTConfig: nextquill_alpha"):
+        main(["trl-sft", "--config", str(config), "--use_cpu", "true", "--bf16", "false"])
+    config.write_text("model_name_or_path: nowhere\noutput_dir: out\neos_token: <|im_end|>\n")
+    with pytest.raises(SystemExit, match=r"eos_token: '<\|im_end\|>' is not applied"):
         main(["trl-sft", "--config", str(config), "--use_cpu", "true", "--bf16", "false"])
     config.write_text("")
     with pytest.raises(SystemExit, match=r"nextquill trl-sft: config .*config.yaml is empty"):

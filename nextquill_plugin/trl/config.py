@@ -35,6 +35,9 @@ REFUSED_TRL_OPTIONS = (
     ("assistant_only_loss", "the dataset types already mask everything but the review"),
     ("completion_only_loss", "the dataset types already mask everything but the review"),
 )
+# TRL options that change the tokenizer inside SFTTrainer, after NextQuill has tokenized the rows
+# with the model's own: training would not use them, the saved model would carry them.
+REFUSED_WHEN_SET = ("chat_template_path", "eos_token")
 
 
 # The one key whose default differs from the recipe's: the trainer's name already says NextQuill.
@@ -75,6 +78,13 @@ def _check(self: Any) -> None:
         f"{key}: True cannot be combined with NextQuill ({why}); set {key}: false."
         for key, why in REFUSED_TRL_OPTIONS
         if getattr(self, key, None) is True
+    ]
+    problems += [
+        f"{key}: {getattr(self, key)!r} is not applied by the NextQuill trainer (it tokenizes the "
+        "rows with the model's own tokenizer before TRL would apply it, while the saved model "
+        f"would carry it); remove {key} and give the model a tokenizer that has it."
+        for key in REFUSED_WHEN_SET
+        if getattr(self, key, None) is not None
     ]
     if self.max_length is None:
         problems.append(
