@@ -151,3 +151,19 @@ def test_synthetic_users_write_every_review_asked_for(tmp_path, capsys):
     for review in reviews:
         per_user[review["user_id"]] = per_user.get(review["user_id"], 0) + 1
     assert sorted(per_user.values()) == [22, 22, 22]
+
+
+def test_blank_lines_are_skipped_and_a_repeated_asin_keeps_its_first_metadata(
+    tmp_path, dpl_files, capsys
+):
+    """A trailing empty line stopped the conversion ("Expecting value"); of an asin given twice
+    the last metadata won without a word (build keeps the first)."""
+    rows, meta = dpl_files
+    with open(rows, "a") as handle:
+        handle.write("\n")
+    with open(meta, "a") as handle:
+        handle.write(json.dumps({"asin": "A", "title": "Another A"}) + "\n\n")
+    out = tmp_path / "out.jsonl"
+    nextquill_data(["convert-dpl", "--rows", str(rows), "--meta", str(meta), "--out", str(out)])
+    assert "that repeat an asin given before: 1 (the first" in capsys.readouterr().out
+    assert read_jsonl(out)[0]["target"]["item_title"] == "Book A"

@@ -126,6 +126,11 @@ def _run_convert_dpl(args: argparse.Namespace) -> None:
         args.command_parser.error(f"--out {args.out} exists; remove it or name another file")
     converted = convert_dpl(args.rows, args.meta, args.out)
     print(f"wrote {converted.rows} rows to {args.out}")
+    if converted.repeated_items:
+        print(
+            f"lines of {args.meta} that repeat an asin given before: {converted.repeated_items} "
+            "(the first line of each asin was kept)"
+        )
     if converted.unmatched:
         print(
             f"{converted.unmatched} of {converted.reviews} reviews name an item that "

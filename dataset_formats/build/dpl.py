@@ -24,29 +24,38 @@ class Converted:
     rows: int
     reviews: int
     unmatched: int
+    repeated_items: int = 0  # metadata lines repeating an asin (the first is kept)
 
 
-def read_dpl_items(meta_path: Path) -> dict[str, dict]:
-    """asin -> item metadata; a line that is not DPL item metadata stops the conversion."""
-    items = {}
+def read_dpl_items(meta_path: Path) -> tuple[dict[str, dict], int]:
+    """(asin -> item metadata, lines repeating an asin); a blank line is skipped, and of an
+    asin given twice the first is kept, as ``build`` does. A line that is not DPL item metadata
+    stops the conversion."""
+    items: dict[str, dict] = {}
+    repeated = 0
     for line_no, raw in iter_json_lines(meta_path):
+        if raw is not None and not raw.strip():  # blank; a line that is not UTF-8 is None
+            continue
         try:
             item = json.loads(raw)
+            if item["asin"] in items:
+                repeated += 1
+                continue
             items[item["asin"]] = item
         except (KeyError, TypeError, json.JSONDecodeError) as error:
             reason = f"no {error}" if isinstance(error, KeyError) else str(error)
             raise BuildError(
                 f"{meta_path.name}:{line_no}: not DPL item metadata ({reason})"
             ) from error
-    return items
+    return items, repeated
 
 
 def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> Converted:
     """DPL release rows (user_id, profile, data) + item meta (asin, title, description) -> our
     rows. A review whose item the metadata lacks keeps empty item texts; when no review's item
     is there, the files do not belong together and nothing is written."""
-    items = read_dpl_items(meta_path)
-    converted = Converted(rows=0, reviews=0, unmatched=0)
+    items, repeated = read_dpl_items(meta_path)
+    converted = Converted(rows=0, reviews=0, unmatched=0, repeated_items=repeated)
 
     def review(r: dict) -> dict:
         converted.reviews += 1
@@ -66,6 +75,8 @@ def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> Converted:
 
     def user_rows() -> Iterator[dict]:
         for line_no, raw in iter_json_lines(rows_path):
+            if raw is not None and not raw.strip():  # blank; a line that is not UTF-8 is None
+                continue
             try:
                 row = json.loads(raw)
                 user_row = {
