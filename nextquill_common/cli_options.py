@@ -108,6 +108,11 @@ def at_least_one(text: str) -> int:
     return value
 
 
+class UsageError(ValueError):
+    """Options that do not go together, found once the command's requests are built: a wrong
+    command line (exit 2 with the usage line), like an option argparse refuses."""
+
+
 def output_folder(text: str) -> str:
     """An argparse type: a folder to write into, which may not exist yet but is not a file."""
     path = Path(text)

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from nextquill_common.cli_options import (
+    UsageError,
     add_dataclass_options,
     argument,
     at_least_one,
@@ -459,6 +460,8 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
         pass  # said below, once the interrupted frames are released (interrupted())
     except ModuleNotFoundError as error:
         raise missing_extra(error, f"{prog} {args.command}") from None
+    except UsageError as error:
+        subparsers[args.command].error(str(error))
     except subcommand.errors as error:
         raise SystemExit(f"{prog} {args.command}: {error}") from None
     raise interrupted(f"{prog} {args.command}")

@@ -116,14 +116,23 @@ def test_score_only_rescores_existing_predictions(recipes, untuned_run, tmp_path
     records = read_jsonl(out / "predictions.jsonl")
     records[0]["prediction"] = records[0]["reference"]  # a perfect first prediction
     write_jsonl(out / "predictions.jsonl", records)
-    again = evaluate(recipes["amazon"], out, "--score-only")
+    score_only = ["evaluate", str(recipes["amazon"]), "--out", str(out), "--score-only"]
+    # generation options would do nothing: refused (they were accepted without a word)
+    with pytest.raises(SystemExit) as error:
+        nextquill([*score_only, "--max-new-tokens", "4"])
+    assert error.value.code == 2
+    nextquill([*score_only, "--bootstrap", "30", "--name", "renamed"])  # --name was ignored
+    again = json.loads((out / "metrics.json").read_text())
     assert again["scored_again"] and again["generation"] == first["generation"]
+    assert again["name"] == "renamed"
     rescored = read_jsonl(out / "predictions.jsonl")
     assert rescored[0]["rouge1"] == pytest.approx(1.0)
     mean = np.mean([r["rouge1"] for r in rescored])
     assert again["metrics"]["rouge1"]["value"] == pytest.approx(mean)
     with pytest.raises(SystemExit, match="predictions.jsonl does not exist"):
-        evaluate(recipes["amazon"], tmp_path / "nothing", "--score-only")
+        nextquill(
+            ["evaluate", str(recipes["amazon"]), "--out", str(tmp_path / "nothing"), "--score-only"]
+        )
 
 
 def test_a_repeated_row_is_named_with_the_rule_its_id_follows(recipes, tmp_path, synthetic_splits):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset_formats.prompting import DROPPED_ALL_HISTORY
-from nextquill_common.cli_options import option, output_folder
+from nextquill_common.cli_options import UsageError, option, output_folder
 from nextquill_common.jsonl import read_jsonl, write_jsonl, write_text_atomic
 
 from .. import distributed
@@ -190,7 +190,17 @@ def run_evaluation(
     out = Path(request.out) if request.out else default_out_dir(request, generation, data.stem)
     require_wordnet()  # METEOR needs it: fail now, not after hours of generation
     if request.score_only:
-        return score_existing(out, request.resamples)
+        changed = sorted(
+            key
+            for key, value in generation.as_dict().items()
+            if value != GenerationSettings().as_dict()[key]
+        )
+        if changed:
+            raise UsageError(
+                f"--score-only generates nothing, so generation options have no effect: "
+                f"{', '.join(changed)}; leave them out"
+            )
+        return score_existing(out, request.resamples, request.name)
     rank, world = distributed.join_processes()
     tokenizer, prompts = checked_prompts(request, generation, recipe, dataset_type, data, rows)
     key = run_key(request, generation, data)
@@ -340,9 +350,10 @@ def write_scored(
     return {**document, "out_dir": str(out)}
 
 
-def score_existing(out: Path, resamples: int) -> dict[str, Any]:
+def score_existing(out: Path, resamples: int, name: str | None = None) -> dict[str, Any]:
     """``--score-only``: score ``out/predictions.jsonl`` again (e.g. after a metric fix, or
-    after WordNet was installed), keeping what metrics.json says of the run."""
+    after WordNet was installed), keeping what metrics.json says of the run (its name unless
+    ``name`` is given)."""
     predictions = out / "predictions.jsonl"
     if not predictions.is_file():
         partial = sorted(out.glob(PARTIAL_GLOB))
@@ -359,6 +370,8 @@ def score_existing(out: Path, resamples: int) -> dict[str, Any]:
     if (out / "metrics.json").is_file():
         document = json.loads((out / "metrics.json").read_text())
     document.update(n=len(records), scored_again=True)
+    if name:
+        document["name"] = name
     return write_scored(out, records, document, resamples)
 
 
