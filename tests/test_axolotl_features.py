@@ -126,9 +126,16 @@ def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our
 
     recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path, max_steps=4)
     trained(run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS))
-    trained(
-        run_axolotl("merge-lora", {**recipe, "lora_model_dir": str(tmp_path / "out")}, tmp_path)
-    )
+    # Training on from that adapter: theta_0 would be base + adapter, which the theta_0 pass
+    # (adapter off) does not compute; it computed the bare base model's without a word.
+    from nextquill_plugin.cli import main as nextquill
+
+    adapter = str(tmp_path / "out")
+    with pytest.raises(
+        SystemExit, match="lora_model_dir .* starts training from a trained adapter"
+    ):
+        nextquill(["weights", str(tmp_path / "recipe.yml"), "--", "--lora_model_dir", adapter])
+    trained(run_axolotl("merge-lora", {**recipe, "lora_model_dir": adapter}, tmp_path))
     merged = tmp_path / "out" / "merged"
     assert (merged / "config.json").exists()
 

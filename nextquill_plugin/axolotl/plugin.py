@@ -165,6 +165,13 @@ class NextQuillPlugin(BasePlugin):
             check_data_sources(cfg, dataset, split)
             if enabled:
                 describe_rows(dataset, split)
+        if enabled and cfg.lora_model_dir and settings_from(cfg).weights_from_theta0:
+            raise ValueError(
+                f"NextQuill: lora_model_dir {cfg.lora_model_dir} starts training from a trained "
+                "adapter, so theta_0 (the initial model) is the base model with that adapter, "
+                "while the theta_0 pass runs the base model with the adapter off. Merge the "
+                "adapter into the model (axolotl merge-lora) and name that as base_model."
+            )
         if enabled:
             trainer.prepare_nextquill(
                 recipe_cache_dir(cfg),
