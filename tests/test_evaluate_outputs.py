@@ -145,3 +145,17 @@ def test_a_repeated_row_is_named_with_the_rule_its_id_follows(recipes, tmp_path,
         nextquill(
             ["evaluate", str(recipes["amazon"]), "--data", str(data), "--out", str(tmp_path / "e")]
         )
+
+
+def test_an_edited_recipe_is_another_evaluation(recipes, tmp_path):
+    """With nextquill_history_k edited in the recipe, a rerun resumed the old rows and labelled
+    them with the new setting (exit 0): the run's identity held the recipe's path only."""
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(recipes["amazon"].read_text())
+    out = tmp_path / "eval"
+    evaluate(recipe, out, "--limit", "2")
+    recipe.write_text(
+        recipe.read_text().replace("nextquill_history_k: 2", "nextquill_history_k: 1")
+    )
+    with pytest.raises(SystemExit, match="holds the results of another evaluation"):
+        evaluate(recipe, out, "--limit", "2")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset_formats.prompting import DROPPED_ALL_HISTORY
+from dataset_formats.sources import file_identity
 from nextquill_common.cli_options import UsageError, option, output_folder
 from nextquill_common.jsonl import read_jsonl, write_jsonl, write_text_atomic
 
@@ -159,13 +160,31 @@ def check_history_kept(
     )
 
 
+def checkpoint_files(checkpoint: str | None) -> list[tuple[str, int, int]] | None:
+    """(name, size, modification time) of a checkpoint folder's files: a model trained again
+    into the same folder is another model (its weights are not hashed: they may be gigabytes)."""
+    if not checkpoint or not Path(checkpoint).is_dir():
+        return None
+    folder = Path(checkpoint)
+    return [
+        (str(file.relative_to(folder)), file.stat().st_size, file.stat().st_mtime_ns)
+        for file in sorted(folder.iterdir())
+        if file.is_file()
+    ]
+
+
 def run_key(request: EvaluationRequest, generation: GenerationSettings, data: Path) -> str:
-    """What partial predictions must have been made by to be resumed."""
+    """What partial predictions must have been made by to be resumed: the recipe's and the
+    rows' content (an edited prompt key is another evaluation), the checkpoint's files, and
+    every setting."""
     identity = {
         "recipe": str(Path(request.recipe).resolve()),
+        "recipe_sha256": hashlib.sha256(Path(request.recipe).read_bytes()).hexdigest(),
         "overrides": request.overrides,
         "checkpoint": str(Path(request.checkpoint).resolve()) if request.checkpoint else None,
+        "checkpoint_files": checkpoint_files(request.checkpoint),
         "data": str(data.resolve()),
+        "data_sha256": file_identity(data)["sha256"],
         "dtype": request.dtype,
         "generation": generation.as_dict(),
         "limit": request.limit,
