@@ -130,3 +130,19 @@ def test_inputs_of_the_wrong_kind_are_named_as_such(recipes, tmp_path, capsys):
     assert render_prompts(PromptsRequest(recipe=str(path), limit=1)) == render_prompts(
         PromptsRequest(recipe=recipe, limit=1)
     )
+
+
+def test_the_recipes_chat_template_renders_the_prompts_as_in_training(recipes, tmp_path, capsys):
+    """Without --checkpoint, prompts (and evaluate, inspect) used the base model's template
+    where training used the recipe's `chat_template` (an adversarial pass found it)."""
+    recipe = yaml.safe_load(recipes["amazon"].read_text())
+    template = (
+        "{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<<assistant>>{% endif %}"
+    )
+    path = tmp_path / "own_template.yml"
+    path.write_text(
+        yaml.safe_dump({**recipe, "chat_template": "jinja", "chat_template_jinja": template})
+    )
+    nextquill(["prompts", str(path), "--limit", "1"])
+    assert "<<user>>" in capsys.readouterr().out

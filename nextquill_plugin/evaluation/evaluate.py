@@ -26,11 +26,10 @@ from .generation import (
     GenerationSettings,
     generate_continuations,
     load_model_for_generation,
-    load_tokenizer,
 )
 from .metrics import METRIC_NAMES, evaluate_texts
 from .predictions_store import PARTIAL_GLOB, PartialPredictions
-from .recipe_data import FirstRowsRequest, load_strategy
+from .recipe_data import FirstRowsRequest, load_strategy, recipe_tokenizer
 from .wordnet_data import require_wordnet
 
 
@@ -273,7 +272,7 @@ def checked_prompts(
 ) -> tuple[Any, GenerationPrompts]:
     """(tokenizer, every row's prompts), after the checks that need the tokenizer but not the
     model: room for the generated tokens, and rows that lose their history to it."""
-    tokenizer = load_tokenizer(recipe["base_model"], request.checkpoint)
+    tokenizer = recipe_tokenizer(recipe, request.checkpoint)
     strategy = load_strategy(dataset_type, tokenizer, recipe)
     sequence_len = strategy.settings.sequence_len
     check_generation_budget(generation, sequence_len)

@@ -41,7 +41,7 @@ from .inspection_views import (
     preference_token_rates,
     summary,
 )
-from .recipe_data import RecipeRowsRequest, load_strategy
+from .recipe_data import RecipeRowsRequest, load_strategy, recipe_tokenizer
 
 
 def paired_rows(strategy, rows: Sequence[dict[str, Any]]) -> dict[str, list]:
@@ -137,7 +137,8 @@ def run_inspection(request: InspectionRequest, show_progress: bool = True) -> di
     out.mkdir(parents=True, exist_ok=True)
     views: dict[str, list[TokenView]] = {}
     for name, checkpoint in request.checkpoints():
-        model, tokenizer, _ = load_model_for_generation(recipe["base_model"], checkpoint)
+        model, _, _ = load_model_for_generation(recipe["base_model"], checkpoint)
+        tokenizer = recipe_tokenizer(recipe, checkpoint)
         strategy = load_strategy(dataset_type, tokenizer, recipe)
         views[name] = token_views(
             model,

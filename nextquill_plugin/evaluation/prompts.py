@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from nextquill_common.cli_options import option
 
-from .generation import GenerationSettings, load_tokenizer
-from .recipe_data import FirstRowsRequest, load_strategy
+from .generation import GenerationSettings
+from .recipe_data import FirstRowsRequest, load_strategy, recipe_tokenizer
 
 DEFAULT_ROOM = GenerationSettings().max_new_tokens
 
@@ -37,7 +37,7 @@ def render_prompts(request: PromptsRequest) -> list[str]:
     """The prompt text of each row, as evaluation renders it (room left for
     ``max_new_tokens``); with ``without_history`` the counterfactual prompt instead."""
     recipe, dataset_type, _, rows = request.load_recipe_and_rows(request.limit)
-    tokenizer = load_tokenizer(recipe["base_model"], request.checkpoint)
+    tokenizer = recipe_tokenizer(recipe, request.checkpoint)
     strategy = load_strategy(dataset_type, tokenizer, recipe)
     key = "counterfactual_prompt_ids" if request.without_history else "prompt_ids"
     return [

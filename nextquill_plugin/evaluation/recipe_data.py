@@ -38,6 +38,31 @@ def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     return recipe
 
 
+def recipe_tokenizer(recipe: dict[str, Any], checkpoint: str | None):
+    """The tokenizer the recipe trains with: the checkpoint's (or base model's), with the
+    recipe's ``chat_template`` / ``chat_template_jinja`` set as Axolotl sets them before
+    training (without it, the base model's own template rendered other prompts)."""
+    from .generation import load_tokenizer  # on use: transformers
+
+    tokenizer = load_tokenizer(recipe["base_model"], checkpoint)
+    if not recipe.get("chat_template"):
+        return tokenizer
+    try:
+        from axolotl.utils.chat_templates import get_chat_template_from_config
+    except ModuleNotFoundError:
+        raise ValueError(
+            "the recipe sets chat_template, which Axolotl renders; install Axolotl "
+            "(pip install 'nextquill-axolotl[axolotl]')"
+        ) from None
+    template = get_chat_template_from_config(cfg=recipe, tokenizer=tokenizer)
+    if recipe.get("default_system_message") and recipe["chat_template"] == "chatml":
+        template = template.replace(
+            "You are a helpful assistant.", recipe["default_system_message"]
+        )
+    tokenizer.chat_template = template
+    return tokenizer
+
+
 def evaluated_dataset(recipe: dict[str, Any]) -> dict[str, Any]:
     """The recipe's first dataset of a NextQuill type (a mixed recipe's other rows have no
     history to personalize from, so they are not evaluated)."""
