@@ -7,7 +7,8 @@ Rows need a query and a response, and a history that is a list of strings or one
 
 Accepted field names: query/prompt/instruction, history/profile, response/output/completion.
 For chat data, ``messages`` (a list of {role, content}) may stand in for the query: the last
-assistant message is the response and the user messages before it are the query.
+assistant message is the response and the user messages before it are the query (a system
+message or an earlier assistant turn, which would be dropped, makes the row a bad row).
 This lets NextQuill run on LaMP/LongLaMP-style data or a user's own.
 """
 
@@ -47,6 +48,13 @@ def split_row(row: dict[str, Any]) -> tuple[str, list[str], str]:
         )
         if last_assistant is None:
             raise ValueError("paired row: `messages` has no assistant message to learn.")
+        others = sorted({str(m.get("role")) for m in messages[:last_assistant]} - {"user"})
+        if others:  # the query keeps user turns only: their context would be dropped unseen
+            raise ValueError(
+                f"paired row: `messages` has {', '.join(others)} turns before the last assistant "
+                "message, which the paired type would drop (it keeps the user turns as the "
+                "query); write that context into `query` instead."
+            )
         response = messages[last_assistant]["content"]
         query = "\n".join(
             m["content"] for m in messages[:last_assistant] if m.get("role") == "user"

@@ -161,6 +161,16 @@ def test_paired_type_accepts_lists_strings_and_messages(tiny_tokenizer):
         strategy.tokenize_prompt({"history": ["x"], "response": "y"})
     with pytest.raises(ValueError, match="history must be a string or a list"):
         strategy.tokenize_prompt({"prompt": "q", "history": 3, "response": "y"})
+    # a system message and an earlier answer were dropped from the query without a word
+    chat = [
+        {"role": "system", "content": "Answer as a pirate"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Ahoy"},
+        {"role": "user", "content": "More"},
+        {"role": "assistant", "content": "Arr"},
+    ]
+    with pytest.raises(ValueError, match="has assistant, system turns before the last assistant"):
+        strategy.tokenize_prompt({"messages": chat, "history": ["x"]})
 
 
 def test_bad_rows_and_labels_fail_clearly(tiny_tokenizer):
