@@ -63,9 +63,29 @@ def main() -> None:
     elif mode == "train":
         from axolotl.cli.train import do_cli
 
+        report_deepspeed_engines()
         do_cli(config=recipes[0], **overrides)
     else:
         raise SystemExit(f"unknown mode {mode}")
+
+
+def report_deepspeed_engines() -> None:
+    """Not a shim: print a line each time a DeepSpeed engine is built, so that a test can tell
+    that a recipe's DeepSpeed config was really used (accelerate builds it through
+    deepspeed.initialize)."""
+    if not importlib.util.find_spec("deepspeed"):
+        return
+    import deepspeed
+
+    original = deepspeed.initialize
+
+    def initialize(*args, **kwargs):
+        engine = original(*args, **kwargs)
+        stage = engine[0].zero_optimization_stage()
+        print(f"gloo_axolotl: DeepSpeed engine built (ZeRO stage {stage})", flush=True)
+        return engine
+
+    deepspeed.initialize = initialize
 
 
 # Guarded: worker processes that datasets starts re-import this file as a module.
