@@ -108,6 +108,19 @@ def unknown_keys(cfg: Any) -> list[tuple[str, str | None]]:
     ]
 
 
+def recipe_chat_template(recipe: dict[str, Any], tokenizer: Any) -> str:
+    """The chat template Axolotl's load_tokenizer sets for a recipe's ``chat_template`` /
+    ``chat_template_jinja`` (with ``default_system_message`` in ChatML's)."""
+    from axolotl.utils.chat_templates import get_chat_template_from_config  # on use: jinja
+
+    template = get_chat_template_from_config(cfg=recipe, tokenizer=tokenizer)
+    if recipe.get("default_system_message") and recipe["chat_template"] == "chatml":
+        template = template.replace(
+            "You are a helpful assistant.", recipe["default_system_message"]
+        )
+    return template
+
+
 def values_of_the_wrong_type(overrides: dict[str, Any]) -> list[str]:
     """Each override whose value the schema's type for its key refuses (``--sequence_len abc``),
     as "key: why"; rules across keys are the recipe load's."""

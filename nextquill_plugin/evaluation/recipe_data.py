@@ -47,18 +47,14 @@ def recipe_tokenizer(recipe: dict[str, Any], checkpoint: str | None):
     tokenizer = load_tokenizer(recipe["base_model"], checkpoint)
     if not recipe.get("chat_template"):
         return tokenizer
-    try:
-        from axolotl.utils.chat_templates import get_chat_template_from_config
+    try:  # on use, and only for such recipes: Axolotl renders the recipe's templates
+        from ..axolotl.args import recipe_chat_template
     except ModuleNotFoundError:
         raise ValueError(
             "the recipe sets chat_template, which Axolotl renders; install Axolotl "
             "(pip install 'nextquill-axolotl[axolotl]')"
         ) from None
-    template = get_chat_template_from_config(cfg=recipe, tokenizer=tokenizer)
-    if recipe.get("default_system_message") and recipe["chat_template"] == "chatml":
-        template = template.replace(
-            "You are a helpful assistant.", recipe["default_system_message"]
-        )
+    template = recipe_chat_template(recipe, tokenizer)
     tokenizer.chat_template = template
     return tokenizer
 
