@@ -21,7 +21,7 @@ from . import DATASET_TYPES
 from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, PROMPT_SETTINGS, TRUNCATION
 from .prompting import describe_truncation
 from .settings import PromptSettings
-from .sources import changed_source, local_data_path, named_data_files
+from .sources import changed_source, local_data_files, local_data_path
 
 LOG = get_logger("axolotl.integrations.nextquill")  # logs on the main process only
 
@@ -90,8 +90,7 @@ def check_data_files(cfg: Mapping[str, Any]) -> None:
             kind = dataset.get("type") if isinstance(dataset, dict) else None
             if kind not in DATASET_TYPES:
                 continue
-            path = local_data_path(dataset)
-            for file in named_data_files(dataset) or ([path] if path else []):
+            for file in local_data_files(dataset):
                 if file.is_file():
                     check_data_file(file, kind)
 

@@ -63,6 +63,13 @@ def local_data_path(ds_cfg: Mapping[str, Any] | None) -> Path | None:
     return path if path.exists() else None
 
 
+def local_data_files(ds_cfg: Mapping[str, Any] | None) -> list[Path]:
+    """A dataset entry's ``data_files``, else its local ``path`` (a file or a folder); []
+    for a Hub dataset."""
+    path = local_data_path(ds_cfg)
+    return named_data_files(ds_cfg) or ([path] if path else [])
+
+
 def data_source(ds_cfg: Mapping[str, Any] | None) -> str | None:
     """The identity (JSON text) of a dataset entry's local files or folder; None for a hub
     dataset or an entry without a path."""

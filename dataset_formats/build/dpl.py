@@ -27,15 +27,21 @@ class Converted:
     repeated_items: int = 0  # metadata lines repeating an asin (the first is kept)
 
 
+def non_blank_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
+    """``iter_json_lines`` without blank lines (a line that is not UTF-8 is None: kept, so that
+    its parse names it)."""
+    for line_no, raw in iter_json_lines(path):
+        if raw is None or raw.strip():
+            yield line_no, raw
+
+
 def read_dpl_items(meta_path: Path) -> tuple[dict[str, dict], int]:
     """(asin -> item metadata, lines repeating an asin); a blank line is skipped, and of an
     asin given twice the first is kept, as ``build`` does. A line that is not DPL item metadata
     stops the conversion."""
     items: dict[str, dict] = {}
     repeated = 0
-    for line_no, raw in iter_json_lines(meta_path):
-        if raw is not None and not raw.strip():  # blank; a line that is not UTF-8 is None
-            continue
+    for line_no, raw in non_blank_lines(meta_path):
         try:
             item = json.loads(raw)
             if item["asin"] in items:
@@ -74,9 +80,7 @@ def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> Converted:
         }
 
     def user_rows() -> Iterator[dict]:
-        for line_no, raw in iter_json_lines(rows_path):
-            if raw is not None and not raw.strip():  # blank; a line that is not UTF-8 is None
-                continue
+        for line_no, raw in non_blank_lines(rows_path):
             try:
                 row = json.loads(raw)
                 user_row = {

@@ -55,6 +55,12 @@ class EvaluationRequest(FirstRowsRequest):
             raise ValueError(f"--bootstrap must be >= 1 resamples (got {self.resamples})")
 
 
+def changed_generation_settings(generation: GenerationSettings) -> dict[str, Any]:
+    """The generation settings that differ from the defaults."""
+    defaults = GenerationSettings().as_dict()
+    return {key: value for key, value in generation.as_dict().items() if value != defaults[key]}
+
+
 def default_out_dir(
     request: EvaluationRequest, generation: GenerationSettings, split_name: str
 ) -> Path:
@@ -62,11 +68,9 @@ def default_out_dir(
     defaults, and the row limit, in the name (``eval-test-cos_gamma-1``, ``eval-test-limit-16``),
     so that evaluations of other settings or rows never share a folder."""
     base = Path(request.checkpoint) if request.checkpoint else Path("outputs") / "base_model"
-    defaults = GenerationSettings().as_dict()
     changed = [
         f"{key}-{value:g}" if isinstance(value, float) else f"{key}-{value}"
-        for key, value in generation.as_dict().items()
-        if value != defaults[key]
+        for key, value in changed_generation_settings(generation).items()
     ]
     if request.dtype != "auto":
         changed.append(f"dtype-{request.dtype}")
@@ -208,11 +212,7 @@ def run_evaluation(
     out = Path(request.out) if request.out else default_out_dir(request, generation, data.stem)
     require_wordnet()  # METEOR needs it: fail now, not after hours of generation
     if request.score_only:
-        changed = sorted(
-            key
-            for key, value in generation.as_dict().items()
-            if value != GenerationSettings().as_dict()[key]
-        )
+        changed = sorted(changed_generation_settings(generation))
         if changed:
             raise UsageError(
                 f"--score-only generates nothing, so generation options have no effect: "
