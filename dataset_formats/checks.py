@@ -6,9 +6,7 @@ They read only the contract and the prompt settings; the plugin calls them from 
 
 from __future__ import annotations
 
-import gzip
 import importlib
-import itertools
 import json
 from collections import Counter
 from collections.abc import Mapping
@@ -16,6 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from axolotl.utils.logging import get_logger
+
+from nextquill_common.jsonl import (
+    JSON_SUFFIXES,
+    check_json_lines,
+    check_json_rows_file,
+    first_json_line,
+    json_files,
+)
 
 from . import DATASET_TYPES
 from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, PROMPT_SETTINGS, TRUNCATION
@@ -77,89 +83,71 @@ def check_output_paths(cfg: Mapping[str, Any]) -> None:
                 )
 
 
-ROWS_SAMPLED = 1000  # rows of each data file checked before Axolotl reads it
+ROWS_SAMPLED = 1000  # rows of a NextQuill data file checked for their fields (all: for JSON)
 
 
 def check_data_files(cfg: Mapping[str, Any]) -> None:
-    """Cheap checks of each local JSON Lines file of a NextQuill dataset type, before Axolotl
-    reads it (its loader stops on these with errors that name no file): the file is not empty,
-    its first and last lines are JSON, and not every one of its first rows is malformed. Bad
-    rows among those are named by line (the dataset type skips them when it loads)."""
+    """Checks of each local JSON(L) file of the recipe before Axolotl reads it (its loader
+    stops on these with errors that name no file, or a wrong row): the file is not empty and
+    every line is a JSON object. A NextQuill type's file must be JSON Lines, and not every one
+    of its first rows may be malformed; bad rows among those are named by line (the dataset
+    type skips them when it loads). Another type's file is checked when it is JSON Lines."""
     for key in ("datasets", "test_datasets"):
         for dataset in cfg.get(key) or []:
-            kind = dataset.get("type") if isinstance(dataset, dict) else None
-            if kind not in DATASET_TYPES:
+            if not isinstance(dataset, Mapping):
                 continue
-            for file in local_data_files(dataset):
-                if file.is_file():
-                    check_data_file(file, kind)
+            kind = dataset.get("type")
+            for path in local_data_files(dataset):
+                for file in json_files(path) if path.exists() else []:
+                    if kind in DATASET_TYPES:
+                        check_data_file(file, kind)
+                    elif dataset.get("ds_type") == "json" or file.name.endswith(JSON_SUFFIXES):
+                        check_other_json_file(file)
 
 
 def check_data_file(path: Path, kind: str) -> None:
     """Raise ValueError naming ``path`` (and the line) when Axolotl could not load it."""
-    strategy = importlib.import_module(kind).STRATEGY
-    lines = _numbered_lines(path)
-    first = next(lines, None)
-    if first is None:
-        raise ValueError(f"NextQuill: {path} is empty: it holds no {kind} rows")
-    if first[1].lstrip().startswith("["):
+    try:
+        sample = check_json_rows_file(path, keep_rows=ROWS_SAMPLED)
+    except ValueError as error:
+        raise ValueError(f"NextQuill: {error} ({kind} data)") from None
+    if sample is None:
         return  # a JSON array, not JSON Lines: Axolotl reads it whole
-    bad: list[str] = []
-    seen = 0
-    for number, line in itertools.chain([first], itertools.islice(lines, ROWS_SAMPLED - 1)):
-        seen += 1
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"NextQuill: {path}:{number} is not a JSON object ({error.msg}); a {kind} file "
-                "holds one JSON object per line (a cut-off last line: the file was not written "
-                "completely, write it again)"
-            ) from None
-        problem = strategy.row_problem(row) if isinstance(row, dict) else "not a JSON object"
-        if problem:
-            bad.append(f"{path}:{number}: {problem}")
-    last = _last_line(path)
-    if last is not None:
-        try:
-            json.loads(last)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"NextQuill: the last line of {path} is not a JSON object ({error.msg}): the file "
-                "was cut off while it was written; write it again"
-            ) from None
-    if bad and len(bad) == seen:
+    strategy = importlib.import_module(kind).STRATEGY
+    bad = [
+        f"{path}:{number}: {problem}"
+        for number, row in sample
+        for problem in [strategy.row_problem(row)]
+        if problem
+    ]
+    if bad and len(bad) == len(sample):
         raise ValueError(
-            f"NextQuill: none of the first {seen} rows of {path} is a {kind} row: "
+            f"NextQuill: none of the first {len(sample)} rows of {path} is a {kind} row: "
             + "; ".join(bad[:3])
         )
     for message in bad[:5]:
         LOG.warning("NextQuill: %s; the row will be skipped", message)
     if len(bad) > 5:
         LOG.warning(
-            "NextQuill: %d more bad rows among the first %d of %s", len(bad) - 5, seen, path
+            "NextQuill: %d more bad rows among the first %d of %s", len(bad) - 5, len(sample), path
         )
 
 
-def _numbered_lines(path: Path):
-    """(line number, text) of the non-blank lines of a plain or gzip file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield number, line
-
-
-def _last_line(path: Path, tail_bytes: int = 1 << 20) -> str | None:
-    """The last non-blank line of a plain file (from its last MiB); None for gzip files."""
-    if path.suffix == ".gz":
-        return None
-    with open(path, "rb") as handle:
-        size = handle.seek(0, 2)
-        handle.seek(max(0, size - tail_bytes))
-        tail = handle.read().decode("utf-8", errors="replace")
-    lines = [line for line in tail.splitlines() if line.strip()]
-    return lines[-1] if lines else None
+def check_other_json_file(path: Path) -> None:
+    """A stock type's file (alpaca, chat_template, ...): when it is JSON Lines (its first line
+    is a JSON object), every line must be one; a JSON document is left to its loader."""
+    first = first_json_line(path)
+    if first is None:
+        raise ValueError(f"NextQuill: {path} is empty: it holds no rows")
+    try:
+        if not isinstance(json.loads(first[1]), dict):
+            return
+    except json.JSONDecodeError:
+        return  # a JSON document over several lines, not JSON Lines
+    try:
+        check_json_lines(path)
+    except ValueError as error:
+        raise ValueError(f"NextQuill: {error}") from None
 
 
 def check_prompt_settings(cfg, dataset, split: str) -> None:

@@ -142,6 +142,10 @@ def from_recipe_key(key: str) -> Any:
     return field(default=PromptArgs.model_fields[key].default, metadata={"recipe_key": key})
 
 
+# Settings that change no row: how bad rows are handled, how messages name a key.
+NOT_ROW_SHAPING = frozenset({"strict_rows", "length_key"})
+
+
 @dataclass
 class PromptSettings:
     """What a dataset type needs to build prompts: ``PromptArgs`` resolved for one recipe."""
@@ -157,10 +161,12 @@ class PromptSettings:
     labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FIELD_LABELS))
     sequence_len: int = DEFAULT_SEQUENCE_LEN
     strict_rows: bool = from_recipe_key("nextquill_strict_rows")
+    # The key a user sets sequence_len with, for messages (a TRL config's is max_length).
+    length_key: str = "sequence_len"
 
     def fingerprint(self) -> str:
         """Identity of what these settings make of a row (the prepared data's settings)."""
-        values = {k: v for k, v in asdict(self).items() if k != "strict_rows"}
+        values = {k: v for k, v in asdict(self).items() if k not in NOT_ROW_SHAPING}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod

@@ -9,6 +9,7 @@ registry), and the TRL trainer tokenizes rows with the same classes without impo
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -103,8 +104,21 @@ class NextQuillStrategy:
 
     def tokenize_prompt(self, prompt: Mapping[str, Any]) -> dict[str, Any]:
         self.check_row(prompt)
-        example = self.paired_example(prompt, self.reference(prompt), self.settings)
+        try:
+            example = self.paired_example(prompt, self.reference(prompt), self.settings)
+        except PromptTooLong as error:
+            key, budget = self.settings.length_key, self.settings.sequence_len
+            raise PromptTooLong(
+                f"{self.dataset_type} row {self.row_name(prompt)}{self.source_note()}: {key}="
+                f"{budget} cannot hold even the prompt without history ({error.prompt_tokens} "
+                f"tokens); raise {key}, or shorten the row's query (item text)",
+                error.prompt_tokens,
+            ) from None
         return {**example, DATA_SOURCE: self.source}
+
+    def source_note(self) -> str:
+        """`` in FILE`` for rows of a local file, else an empty string."""
+        return f" in {json.loads(self.source)['path']}" if self.source else ""
 
     def generation_prompts(self, row: Mapping[str, Any], max_new_tokens: int) -> dict[str, Any]:
         """Prompt token ids for generating the target: with history and counterfactual.
@@ -118,11 +132,12 @@ class NextQuillStrategy:
         try:
             paired = self.paired_example(row, "", settings)  # target = EOS only
         except PromptTooLong as error:
+            key = self.settings.length_key
             raise ValueError(
-                f"max_new_tokens={max_new_tokens} leaves {max(room, 0)} of sequence_len="
-                f"{self.settings.sequence_len} tokens for the prompt, which needs "
-                f"{error.prompt_tokens} even without history; lower max_new_tokens or raise "
-                "sequence_len"
+                f"{self.dataset_type} row {self.row_name(row)}: max_new_tokens={max_new_tokens} "
+                f"leaves {max(room, 0)} of {key}={self.settings.sequence_len} tokens for the "
+                f"prompt, which needs {error.prompt_tokens} even without history; lower "
+                f"max_new_tokens or raise {key}"
             ) from None
         prompt = paired["input_ids"][:-1]
         counterfactual = paired[COUNTERFACTUAL_IDS][:-1] if paired[COUNTERFACTUAL_IDS] else prompt

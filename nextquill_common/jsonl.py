@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,6 +55,102 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+
+
+JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+PROGRESS_FROM_BYTES = 64 << 20  # a check of a larger file shows a progress bar
+
+
+def json_files(path: Path) -> list[Path]:
+    """``path`` if it is a file; the JSON(L) files (plain or gzip) under a folder, as a folder
+    dataset loads them (hidden files and folders left out)."""
+    if path.is_file():
+        return [path]
+    return sorted(
+        file
+        for file in path.rglob("*")
+        if file.is_file()
+        and file.name.endswith(JSON_SUFFIXES)
+        and not any(part.startswith(".") for part in file.relative_to(path).parts)
+    )
+
+
+def first_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, text) of the first non-blank line (plain or gzip); None for an empty file."""
+    with (gzip.open if is_gzip(path) else open)(
+        path, "rt", encoding="utf-8", errors="replace"
+    ) as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                return number, line
+    return None
+
+
+@contextlib.contextmanager
+def _named_gzip_errors(path: Path) -> Iterator[None]:
+    """A cut-off or corrupt gzip file as a ValueError that names it."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise ValueError(
+            f"{path} is not a complete gzip file ({error}); write or download it again"
+        ) from None
+
+
+def check_json_lines(path: Path, keep_rows: int = 0) -> tuple[int, list[tuple[int, dict]]]:
+    """Read every line of a JSON Lines file (plain or gzip) and raise ValueError naming
+    ``path:line`` at the first that is not UTF-8 or not a JSON object: the ``datasets`` loader
+    stops there naming neither (and a wrong row number). Returns the number of rows and the
+    first ``keep_rows`` of them with their line numbers. A bar shows progress on large files."""
+    from tqdm.auto import tqdm  # only when a check runs: this module is imported by every command
+
+    rows, kept = 0, []
+    with open(path, "rb") as raw:
+        size = raw.seek(0, 2)
+        raw.seek(0)
+        lines = gzip.GzipFile(fileobj=raw) if is_gzip(path) else raw
+        progress = tqdm(
+            total=size, unit="B", unit_scale=True, desc=f"checking {path.name}",
+            disable=size < PROGRESS_FROM_BYTES,
+        )  # fmt: skip
+        with progress, _named_gzip_errors(path):
+            for number, line in enumerate(lines, start=1):
+                if number % 4096 == 0:
+                    progress.update(raw.tell() - progress.n)
+                try:
+                    text = line.decode("utf-8")
+                    if not text.strip():
+                        continue
+                    row = json.loads(text)
+                except UnicodeDecodeError:
+                    raise ValueError(f"{path}:{number} is not UTF-8 text") from None
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{path}:{number} is not a JSON object ({error.msg}); a JSON Lines file "
+                        "holds one JSON object per line (a cut-off line: the file was not written "
+                        "completely, write it again)"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"{path}:{number} is not a JSON object (a {type(row).__name__}); a JSON "
+                        "Lines file holds one JSON object per line"
+                    )
+                rows += 1
+                if len(kept) < keep_rows:
+                    kept.append((number, row))
+    return rows, kept
+
+
+def check_json_rows_file(path: Path, keep_rows: int = 0) -> list[tuple[int, dict]] | None:
+    """A data file of rows, checked before a ``datasets`` loader reads it: ValueError naming
+    the file when it is empty, or its line when one is not a JSON object (``check_json_lines``);
+    None for a JSON array (the loader reads it whole), else its first ``keep_rows`` rows."""
+    first = first_json_line(path)
+    if first is None:
+        raise ValueError(f"{path} is empty: it holds no rows")
+    if first[1].lstrip().startswith("["):
+        return None
+    return check_json_lines(path, keep_rows)[1]
 
 
 def read_jsonl(path: str | Path, limit: int | None = None) -> list[Any]:

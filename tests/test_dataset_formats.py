@@ -227,3 +227,5 @@ def test_a_sequence_len_too_short_for_any_prompt_stops_the_weights_pass_with_the
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     assert "cannot hold even the prompt without history" in result.stderr
+    assert f"row user_id={synthetic_splits['train'][0]['user_id']!r}" in result.stderr
+    assert f"in {tmp_path / 'train.jsonl'}: sequence_len=100" in result.stderr

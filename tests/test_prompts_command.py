@@ -115,6 +115,10 @@ def test_inputs_of_the_wrong_kind_are_named_as_such(recipes, tmp_path, capsys):
         ([str(tmp_path)], f"recipe {tmp_path} is a folder, not a file"),
         (
             [recipe, "--limit", "1", "--max-new-tokens", "100000"],
+            "row user_id=",  # the row, then the numbers
+        ),
+        (
+            [recipe, "--limit", "1", "--max-new-tokens", "100000"],
             "max_new_tokens=100000 leaves 0 of sequence_len=512 tokens for the prompt, which needs",
         ),
     ):

@@ -312,3 +312,41 @@ def test_outputs_inside_the_dataset_folder_are_refused(load_recipe, tmp_path):
     for key in ("dataset_prepared_path", "output_dir", "nextquill_weight_cache_dir"):
         with pytest.raises(ValueError, match=f"{key} .* is inside the dataset folder"):
             load_recipe(datasets=dataset, **{key: str(folder / "inside")})
+
+
+def test_a_cut_line_anywhere_in_any_json_lines_file_of_the_recipe_is_named(
+    load_recipe, tmp_path, synthetic_splits
+):
+    """Only a NextQuill file's first 1000 rows and last line were read: a line cut further in
+    (or in a mixed recipe's alpaca file, or in a gzip file) gave the datasets loader's
+    tracebacks and a wrong row number (an adversarial pass found both)."""
+    import gzip
+    import json
+
+    row = json.dumps(synthetic_splits["train"][0])
+    lines = [row] * 1104
+    lines[1050] = row[: len(row) // 2]
+    long_file = tmp_path / "long.jsonl"
+    long_file.write_text("\n".join(lines) + "\n")
+    ours = {"ds_type": "json", "type": "dataset_formats.amazon_reviews"}
+    with pytest.raises(ValueError, match=r"long.jsonl:1051 is not a JSON object"):
+        load_recipe(datasets=[{"path": str(long_file), **ours}])
+
+    alpaca = tmp_path / "alpaca.jsonl"
+    alpaca.write_text('{"instruction": "a", "output": "b"}\n' * 6 + '{"instruction": "x", "inp')
+    train = tmp_path / "train.jsonl"  # the one load_recipe writes
+    mixed = [
+        {"path": str(alpaca), "ds_type": "json", "type": "alpaca"},
+        {"path": str(train), **ours},
+    ]
+    with pytest.raises(ValueError, match=r"alpaca.jsonl:7 is not a JSON object"):
+        load_recipe(datasets=mixed)
+
+    zipped = tmp_path / "rows.jsonl.gz"
+    zipped.write_bytes(gzip.compress((row + "\n").encode() * 50)[:-40])
+    with pytest.raises(ValueError, match=r"rows.jsonl.gz is not a complete gzip file"):
+        load_recipe(datasets=[{"path": str(zipped), **ours}])
+
+    document = tmp_path / "document.json"  # a stock type's JSON document is its loader's to read
+    document.write_text('{\n  "data": [{"instruction": "a", "output": "b"}]\n}\n')
+    load_recipe(datasets=[{"path": str(document), "ds_type": "json", "type": "alpaca"}])

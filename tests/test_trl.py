@@ -253,7 +253,8 @@ def train_file(tmp_path_factory, synthetic_splits):
 
 
 def write_trl_config(workdir: Path, train_file: Path, **overrides) -> Path:
-    """A TRL-style config: full fine-tuning of the shipped theta_0, 3 steps of 4 rows."""
+    """A TRL-style config: full fine-tuning of the shipped theta_0, 3 steps of 4 rows
+    (``overrides`` replace or add keys; None removes one)."""
     config = {
         "model_name_or_path": str(THETA0_DIR),
         "datasets": [{"path": "json", "data_files": str(train_file), "split": "train"}],
@@ -276,6 +277,7 @@ def write_trl_config(workdir: Path, train_file: Path, **overrides) -> Path:
         "dtype": "float32",
         **overrides,
     }
+    config = {key: value for key, value in config.items() if value is not None}
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -298,6 +300,32 @@ def trl_sft(config: Path, processes: int = 1, cwd: Path | None = None) -> str:
         command += [f"--master_port={free_port()}", "-m", "nextquill_plugin.cli", "trl-sft"]
         command += ["--config", str(config)]
     return run_command(command, cwd or config.parent)
+
+
+def test_a_cut_data_file_and_a_row_too_long_for_max_length_are_named(tmp_path, train_file, capsys):
+    """A cut-off data file gave three datasets tracebacks; a row whose prompt cannot fit was
+    reported as `sequence_len=...` (Axolotl's key, not TRL's) without naming the row."""
+    from nextquill_plugin.cli import main
+
+    lines = train_file.read_text().splitlines()
+    cut = tmp_path / "cut" / "train.jsonl"
+    cut.parent.mkdir()
+    cut.write_text("\n".join(lines) + "\n" + lines[0][:300])
+    for config in (
+        write_trl_config(tmp_path / "file", cut),
+        write_trl_config(tmp_path / "folder", cut, datasets=None, dataset_name=str(cut.parent)),
+    ):
+        with pytest.raises(SystemExit) as error:
+            main(["trl-sft", "--config", str(config)])
+        message = str(error.value.code) + capsys.readouterr().err
+        assert f"{cut}:{len(lines) + 1} is not a JSON object" in message
+
+    with pytest.raises(SystemExit) as error:
+        main(["trl-sft", "--config", str(write_trl_config(tmp_path, train_file, max_length=60))])
+    message = str(error.value.code) + capsys.readouterr().err
+    assert "max_length=60 cannot hold even the prompt without history" in message
+    assert "row user_id=" in message and "raise max_length" in message
+    assert "sequence_len" not in message
 
 
 @pytest.mark.slow  # not e2e: the axolotl 0.21 lane tests the plugin, not TRL

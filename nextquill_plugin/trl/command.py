@@ -24,8 +24,9 @@ from trl import (
     get_quantization_config,
 )
 
+from dataset_formats.sources import local_data_files
 from dataset_formats.strategy import LOG as ROWS_LOG
-from nextquill_common.jsonl import input_file_problem
+from nextquill_common.jsonl import check_json_rows_file, input_file_problem, json_files
 
 from ..effects_cache import LOG as EFFECTS_LOG
 from .config import NextQuillSFTConfig
@@ -64,6 +65,18 @@ def refuse_unknown_config_keys(parser: Any, argv: list[str]) -> None:
         raise ValueError(f"{path}: unknown keys: {'; '.join(problems)}")
 
 
+def check_local_data_files(
+    script_args: ScriptArguments, dataset_args: DatasetMixtureConfig
+) -> None:
+    """Every local JSON(L) file the config loads is checked before ``datasets`` reads it: its
+    loader stops on an empty file or a cut-off line with tracebacks that name neither."""
+    entries = [e if isinstance(e, dict) else vars(e) for e in dataset_args.datasets or []]
+    for entry in entries or [{"path": script_args.dataset_name}]:
+        for path in local_data_files(entry):
+            for file in json_files(path) if path.exists() else []:
+                check_json_rows_file(file)
+
+
 def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     """Parse the config and the command line as ``trl sft`` does, then train and save."""
     show_nextquill_messages()
@@ -97,6 +110,7 @@ def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
+    check_local_data_files(script_args, dataset_args)
     if dataset_args.datasets:
         dataset = get_dataset(dataset_args)
     elif script_args.dataset_name:

@@ -11,7 +11,7 @@ type (Axolotl's recipes give it per dataset as ``type:``). The prompt's length i
 
 from __future__ import annotations
 
-from dataclasses import field, fields, make_dataclass
+from dataclasses import field, fields, make_dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -116,7 +116,8 @@ def _check(self: Any) -> None:
 def prompt_settings(self: Any) -> PromptSettings:
     """The dataset types' prompt settings of this config (``max_length`` is the sequence length;
     counterfactual prompts when ``nextquill``)."""
-    return PromptSettings.from_cfg({**recipe_keys(self), "sequence_len": self.max_length})
+    settings = PromptSettings.from_cfg({**recipe_keys(self), "sequence_len": self.max_length})
+    return replace(settings, length_key="max_length")
 
 
 NextQuillSFTConfig = make_dataclass(
