@@ -13,9 +13,10 @@ from nextquill_common.jsonl import write_jsonl
 from nextquill_plugin.demo.local_runs import (
     IN_ONE_PROCESS,
     logged_metrics,
-    run_axolotl,
     tiny_recipe,
 )
+
+from .axolotl_runs import run_axolotl
 
 pytestmark = pytest.mark.e2e
 

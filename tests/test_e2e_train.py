@@ -16,9 +16,10 @@ from nextquill_common.offline import offline_env
 from nextquill_plugin.demo.local_runs import (
     IN_ONE_PROCESS,
     logged_metrics,
-    run_axolotl,
     tiny_recipe,
 )
+
+from .axolotl_runs import run_axolotl
 
 pytestmark = pytest.mark.e2e
 
@@ -218,12 +219,15 @@ def test_weights_command_refuses_a_recipe_without_nextquill(tmp_path, tiny_model
 
 def test_two_fresh_runs_of_a_lora_recipe_log_identical_losses(tmp_path, tiny_model_dir, train_file):
     """The recipe's seed decides everything: the plugin seeds before Axolotl builds the model
-    and its LoRA adapter (Axolotl itself seeds only after), so nothing drifts apart."""
+    and its LoRA adapter (Axolotl itself seeds only after), so nothing drifts apart. Fresh
+    processes, not tests/axolotl_runs.py's forks, whose random states would be one."""
+    from nextquill_plugin.demo.local_runs import run_axolotl as fresh_process_run
+
     runs = []
     for name in ("first", "second"):
         workdir = tmp_path / name
         recipe = tiny_recipe(tiny_model_dir, train_file, workdir, max_steps=4)
-        result = run_axolotl("train", recipe, workdir, **IN_ONE_PROCESS)
+        result = fresh_process_run("train", recipe, workdir, **IN_ONE_PROCESS)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         runs.append(logged_metrics(result.stdout + result.stderr))
     first, second = runs

@@ -23,12 +23,12 @@ from nextquill_plugin.demo.local_runs import (
     FULL_FINETUNE,
     IN_ONE_PROCESS,
     offline_env,
-    run_axolotl,
     tiny_recipe,
 )
 from nextquill_plugin.demo.theta0 import PROMPT, THETA0_DIR
 from nextquill_plugin.objective import NEXTQUILL_METRICS
 
+from .axolotl_runs import run_axolotl
 from .torchrun_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
