@@ -75,17 +75,6 @@ def json_files(path: Path) -> list[Path]:
     )
 
 
-def first_json_line(path: Path) -> tuple[int, str] | None:
-    """(line number, text) of the first non-blank line (plain or gzip); None for an empty file."""
-    with (gzip.open if is_gzip(path) else open)(
-        path, "rt", encoding="utf-8", errors="replace"
-    ) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                return number, line
-    return None
-
-
 @contextlib.contextmanager
 def _named_gzip_errors(path: Path) -> Iterator[None]:
     """A cut-off or corrupt gzip file as a ValueError that names it."""
@@ -95,6 +84,16 @@ def _named_gzip_errors(path: Path) -> Iterator[None]:
         raise ValueError(
             f"{path} is not a complete gzip file ({error}); write or download it again"
         ) from None
+
+
+def first_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, text) of the first non-blank line (plain or gzip); None for an empty file."""
+    opener = gzip.open if is_gzip(path) else open
+    with _named_gzip_errors(path), opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                return number, line
+    return None
 
 
 def check_json_lines(path: Path, keep_rows: int = 0) -> tuple[int, list[tuple[int, dict]]]:
@@ -138,6 +137,7 @@ def check_json_lines(path: Path, keep_rows: int = 0) -> tuple[int, list[tuple[in
                 rows += 1
                 if len(kept) < keep_rows:
                     kept.append((number, row))
+            progress.update(size - progress.n)
     return rows, kept
 
 
