@@ -20,14 +20,13 @@ from nextquill_common.jsonl import (
     check_json_lines,
     check_json_rows_file,
     first_json_line,
-    json_files,
 )
 
 from . import DATASET_TYPES
 from .contract import COUNTERFACTUAL_IDS, DATA_SOURCE, PROMPT_SETTINGS, TRUNCATION
 from .prompting import describe_truncation
 from .settings import PromptSettings
-from .sources import changed_source, local_data_files, local_data_path
+from .sources import changed_source, files_a_loader_reads, local_data_files, local_data_path
 
 LOG = get_logger("axolotl.integrations.nextquill")  # logs on the main process only
 
@@ -98,7 +97,7 @@ def check_data_files(cfg: Mapping[str, Any]) -> None:
                 continue
             kind = dataset.get("type")
             for path in local_data_files(dataset):
-                for file in json_files(path) if path.exists() else []:
+                for file in files_a_loader_reads(path) if path.exists() else []:
                     if kind in DATASET_TYPES:
                         check_data_file(file, kind)
                     elif dataset.get("ds_type") == "json" or file.name.endswith(JSON_SUFFIXES):

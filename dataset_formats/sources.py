@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nextquill_common.jsonl import JSON_SUFFIXES
+
 
 def file_identity(path: Path, files: list[Path] | None = None) -> dict[str, Any]:
     """Path, size and content digest of a file, of a folder's files (names included), or of
@@ -96,3 +98,20 @@ def changed_source(source: str) -> str | None:
         f"{path} has changed since its rows were prepared ({then['size']} bytes then, "
         f"{now['size']} now; other content)"
     )
+
+
+def files_a_loader_reads(path: Path) -> list[Path]:
+    """The JSON(L) files a ``datasets`` loader reads for ``path``: the file itself; for a folder,
+    those its dataset card's configs (or datasets' default split patterns) name, as datasets
+    itself resolves them (a build folder's stats.json is not data); [] where datasets cannot
+    tell (a folder saved with save_to_disk, say): the loader then reports what it cannot read."""
+    if path.is_file():
+        return [path]
+    try:
+        from datasets import load_dataset_builder  # only for a folder, and only here
+
+        files = load_dataset_builder(str(path)).config.data_files or {}
+    except Exception:  # noqa: BLE001 - whatever datasets cannot resolve, its loader reports
+        return []
+    named = {Path(file) for split in files.values() for file in split}
+    return sorted(file for file in named if file.name.endswith(JSON_SUFFIXES))

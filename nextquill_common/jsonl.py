@@ -61,20 +61,6 @@ JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 PROGRESS_FROM_BYTES = 64 << 20  # a check of a larger file shows a progress bar
 
 
-def json_files(path: Path) -> list[Path]:
-    """``path`` if it is a file; the JSON(L) files (plain or gzip) under a folder, as a folder
-    dataset loads them (hidden files and folders left out)."""
-    if path.is_file():
-        return [path]
-    return sorted(
-        file
-        for file in path.rglob("*")
-        if file.is_file()
-        and file.name.endswith(JSON_SUFFIXES)
-        and not any(part.startswith(".") for part in file.relative_to(path).parts)
-    )
-
-
 @contextlib.contextmanager
 def _named_gzip_errors(path: Path) -> Iterator[None]:
     """A cut-off or corrupt gzip file as a ValueError that names it."""

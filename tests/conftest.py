@@ -63,6 +63,21 @@ def synthetic_splits():
 
 
 @pytest.fixture(scope="session")
+def build_folder(tmp_path_factory):
+    """A `nextquill-data build` output folder (splits, dataset card, stats.json) of 30
+    synthetic users, made through the command, once."""
+    from dataset_formats.build.cli import main as nextquill_data
+
+    raw, built = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("built") / "books"
+    nextquill_data(["synthetic", "--out", str(raw), "--users", "30"])
+    nextquill_data(
+        ["build", "--reviews", str(raw / "reviews.jsonl.gz"), "--meta", str(raw / "meta.jsonl.gz")]
+        + ["--out", str(built)]
+    )
+    return built
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, synthetic_splits):
     """A random-init 2-layer Qwen2 with a locally trained tokenizer, built once."""
     from dataset_formats.build.synthetic import corpus_texts

@@ -115,28 +115,29 @@ def test_recipes_name_tensorboard_and_wandb():
 
 
 def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our_prompt(
-    tmp_path, tiny_model_dir, train_file, synthetic_splits
+    tmp_path, tiny_model_dir, train_file, synthetic_splits, capsys
 ):
     """`axolotl merge-lora` on a NextQuill run gives the model `nextquill evaluate` builds from
-    the adapter (same greedy predictions); `nextquill prompts` feeds `axolotl inference`."""
+    the adapter (same greedy predictions); `nextquill prompts` feeds `axolotl inference`.
+    (Launcher: `python`; what is checked is what the commands make, not how they start.)"""
     import json
     import subprocess
     import sys
 
+    from nextquill_plugin.cli import main as nextquill
     from nextquill_plugin.demo.local_runs import offline_env
 
     recipe = tiny_recipe(tiny_model_dir, train_file, tmp_path, max_steps=4)
     trained(run_axolotl("train", recipe, tmp_path, **IN_ONE_PROCESS))
     # Training on from that adapter: theta_0 would be base + adapter, which the theta_0 pass
     # (adapter off) does not compute; it computed the bare base model's without a word.
-    from nextquill_plugin.cli import main as nextquill
-
     adapter = str(tmp_path / "out")
     with pytest.raises(
         SystemExit, match="lora_model_dir .* starts training from a trained adapter"
     ):
         nextquill(["weights", str(tmp_path / "recipe.yml"), "--", "--lora_model_dir", adapter])
-    trained(run_axolotl("merge-lora", {**recipe, "lora_model_dir": adapter}, tmp_path))
+    merge = {**recipe, "lora_model_dir": adapter}
+    trained(run_axolotl("merge-lora", merge, tmp_path, **IN_ONE_PROCESS))
     merged = tmp_path / "out" / "merged"
     assert (merged / "config.json").exists()
 
@@ -144,32 +145,28 @@ def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our
     recipe_file = tmp_path / "recipe.yml"
     predictions = {}
     for name, checkpoint in (("adapter", tmp_path / "out"), ("merged", merged)):
-        command = [sys.executable, "-m", "nextquill_plugin.cli", "evaluate", str(recipe_file)]
-        command += ["--checkpoint", str(checkpoint), "--out", str(tmp_path / name)]
-        command += ["--max-new-tokens", "12", "--bootstrap", "10"]
-        done = subprocess.run(command, capture_output=True, text=True, env=offline_env())
-        assert done.returncode == 0, done.stderr[-3000:]
+        nextquill(
+            ["evaluate", str(recipe_file), "--checkpoint", str(checkpoint)]
+            + ["--out", str(tmp_path / name), "--max-new-tokens", "12", "--bootstrap", "10"]
+        )
         records = (tmp_path / name / "predictions.jsonl").read_text().splitlines()
         predictions[name] = [json.loads(r)["prediction"] for r in records]
     assert predictions["merged"] == predictions["adapter"]
 
-    prompt = subprocess.run(
-        [sys.executable, "-m", "nextquill_plugin.cli", "prompts", str(recipe_file), "--limit", "1"],
-        capture_output=True,
-        text=True,
-        env=offline_env(),
-    )
-    assert prompt.returncode == 0, prompt.stderr[-3000:]
+    capsys.readouterr()
+    nextquill(["prompts", str(recipe_file), "--limit", "1"])
+    prompt = capsys.readouterr().out
     plain = {k: v for k, v in recipe.items() if not k.startswith("lora_") and k != "adapter"}
     inference_recipe = tmp_path / "inference.yml"
     inference_recipe.write_text(yaml.safe_dump({**plain, "base_model": str(merged)}))
+    axolotl = str(Path(sys.executable).parent / "axolotl")
     inference = subprocess.run(
-        [str(Path(sys.executable).parent / "axolotl"), "inference", str(inference_recipe)],
-        input=prompt.stdout,
+        [axolotl, "inference", str(inference_recipe), "--launcher", "python"],
+        input=prompt,
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env=offline_env(),
+        env=offline_env(1),
         timeout=600,
     )
     assert inference.returncode == 0, (inference.stdout + inference.stderr)[-3000:]

@@ -315,7 +315,7 @@ def test_outputs_inside_the_dataset_folder_are_refused(load_recipe, tmp_path):
 
 
 def test_a_cut_line_anywhere_in_any_json_lines_file_of_the_recipe_is_named(
-    load_recipe, tmp_path, synthetic_splits
+    load_recipe, tmp_path, synthetic_splits, build_folder
 ):
     """Only a NextQuill file's first 1000 rows and last line were read: a line cut further in
     (or in a mixed recipe's alpaca file, or in a gzip file) gave the datasets loader's
@@ -346,6 +346,9 @@ def test_a_cut_line_anywhere_in_any_json_lines_file_of_the_recipe_is_named(
     zipped.write_bytes(gzip.compress((row + "\n").encode() * 50)[:-40])
     with pytest.raises(ValueError, match=r"rows.jsonl.gz is not a complete gzip file"):
         load_recipe(datasets=[{"path": str(zipped), **ours}])
+
+    # a build folder: its splits are checked, not its stats.json (which is no data)
+    load_recipe(datasets=[{"path": str(build_folder), **ours}])
 
     document = tmp_path / "document.json"  # a stock type's JSON document is its loader's to read
     document.write_text('{\n  "data": [{"instruction": "a", "output": "b"}]\n}\n')

@@ -302,7 +302,9 @@ def trl_sft(config: Path, processes: int = 1, cwd: Path | None = None) -> str:
     return run_command(command, cwd or config.parent)
 
 
-def test_a_cut_data_file_and_a_row_too_long_for_max_length_are_named(tmp_path, train_file, capsys):
+def test_a_cut_data_file_and_a_row_too_long_for_max_length_are_named(
+    tmp_path, train_file, build_folder, capsys
+):
     """A cut-off data file gave three datasets tracebacks; a row whose prompt cannot fit was
     reported as `sequence_len=...` (Axolotl's key, not TRL's) without naming the row."""
     from nextquill_plugin.cli import main
@@ -320,8 +322,10 @@ def test_a_cut_data_file_and_a_row_too_long_for_max_length_are_named(tmp_path, t
         message = str(error.value.code) + capsys.readouterr().err
         assert f"{cut}:{len(lines) + 1} is not a JSON object" in message
 
+    # a build folder read by its dataset card (its stats.json is no data): the rows are read
+    too_short = {"datasets": None, "dataset_name": str(build_folder), "max_length": 60}
     with pytest.raises(SystemExit) as error:
-        main(["trl-sft", "--config", str(write_trl_config(tmp_path, train_file, max_length=60))])
+        main(["trl-sft", "--config", str(write_trl_config(tmp_path, train_file, **too_short))])
     message = str(error.value.code) + capsys.readouterr().err
     assert "max_length=60 cannot hold even the prompt without history" in message
     assert "row user_id=" in message and "raise max_length" in message

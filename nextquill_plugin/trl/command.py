@@ -24,9 +24,9 @@ from trl import (
     get_quantization_config,
 )
 
-from dataset_formats.sources import local_data_files
+from dataset_formats.sources import files_a_loader_reads, local_data_files
 from dataset_formats.strategy import LOG as ROWS_LOG
-from nextquill_common.jsonl import check_json_rows_file, input_file_problem, json_files
+from nextquill_common.jsonl import check_json_rows_file, input_file_problem
 
 from ..effects_cache import LOG as EFFECTS_LOG
 from .config import NextQuillSFTConfig
@@ -73,7 +73,7 @@ def check_local_data_files(
     entries = [e if isinstance(e, dict) else vars(e) for e in dataset_args.datasets or []]
     for entry in entries or [{"path": script_args.dataset_name}]:
         for path in local_data_files(entry):
-            for file in json_files(path) if path.exists() else []:
+            for file in files_a_loader_reads(path) if path.exists() else []:
                 check_json_rows_file(file)
 
 
