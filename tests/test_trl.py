@@ -162,10 +162,14 @@ def test_a_bad_config_file_is_refused_by_the_command_in_one_line(tmp_path, capsy
     with pytest.raises(SystemExit, match=r"config .* is a folder, not a file"):
         main(["trl-sft", "--config", str(tmp_path)])
     config.write_text("model_name_or_path: nowhere\nnextquil_alpha: 0.1\noutput_dir: out\n")
-    with pytest.raises(
-        SystemExit, match=r"unknown keys: nextquil_alpha \(did you mean nextquill_alpha"
-    ):
-        main(["trl-sft", "--config", str(config), "--use_cpu", "true", "--bf16", "false"])
+    for given in (["--config", str(config)], [f"--config={config}"]):  # `=`: never read
+        with pytest.raises(
+            SystemExit, match=r"unknown keys: nextquil_alpha \(did you mean nextquill_alpha"
+        ):
+            main(["trl-sft", *given, "--use_cpu", "true", "--bf16", "false"])
+    config.write_text("model_name_or_path: m\nnextquill_alpha: 0.5\nnextquill_alpha: 0.01\n")
+    with pytest.raises(SystemExit, match=r"key 'nextquill_alpha' is written twice \(lines 2 and 3"):
+        main(["trl-sft", "--config", str(config)])  # TRL trained with the last value
 
 
 def test_evaluation_reads_a_trl_config_as_the_recipe_it_amounts_to():

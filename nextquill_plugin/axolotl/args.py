@@ -113,6 +113,8 @@ def recipe_chat_template(recipe: dict[str, Any], tokenizer: Any) -> str:
     ``chat_template_jinja`` (with ``default_system_message`` in ChatML's)."""
     from axolotl.utils.chat_templates import get_chat_template_from_config  # on use: jinja
 
+    if recipe.get("chat_template_jinja") and not recipe.get("chat_template"):
+        recipe = {**recipe, "chat_template": "jinja"}  # as Axolotl's validation completes it
     template = get_chat_template_from_config(cfg=recipe, tokenizer=tokenizer)
     if recipe.get("default_system_message") and recipe["chat_template"] == "chatml":
         template = template.replace(

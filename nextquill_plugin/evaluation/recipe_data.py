@@ -45,13 +45,13 @@ def recipe_tokenizer(recipe: dict[str, Any], checkpoint: str | None):
     from .generation import load_tokenizer  # on use: transformers
 
     tokenizer = load_tokenizer(recipe["base_model"], checkpoint)
-    if not recipe.get("chat_template"):
+    if not (recipe.get("chat_template") or recipe.get("chat_template_jinja")):
         return tokenizer
     try:  # on use, and only for such recipes: Axolotl renders the recipe's templates
         from ..axolotl.args import recipe_chat_template
     except ModuleNotFoundError:
         raise ValueError(
-            "the recipe sets chat_template, which Axolotl renders; install Axolotl "
+            "the recipe sets a chat template, which Axolotl renders; install Axolotl "
             "(pip install 'nextquill-axolotl[axolotl]')"
         ) from None
     template = recipe_chat_template(recipe, tokenizer)

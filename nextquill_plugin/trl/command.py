@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
 from datasets import load_dataset
 from trl import (
     DatasetMixtureConfig,
@@ -27,6 +26,7 @@ from trl import (
 from dataset_formats.sources import files_a_loader_reads, local_data_files
 from dataset_formats.strategy import LOG as ROWS_LOG
 from nextquill_common.jsonl import check_json_rows_file, input_file_problem
+from nextquill_common.recipe_yaml import read_mapping
 
 from ..effects_cache import LOG as EFFECTS_LOG
 from .config import NextQuillSFTConfig
@@ -51,11 +51,9 @@ def refuse_unknown_config_keys(parser: Any, argv: list[str]) -> None:
     problem = input_file_problem(path)
     if problem:
         raise FileNotFoundError(f"config {path} {problem}")
-    config = yaml.safe_load(path.read_text())
-    if config is None:
+    config = read_mapping(path, "config")  # a key written twice: TRL would keep the last
+    if not config:
         raise ValueError(f"config {path} is empty")
-    if not isinstance(config, dict):
-        raise ValueError(f"config {path} is not a YAML mapping")
     known = {action.dest for action in parser._actions} | {"env"}
     problems = []
     for key in sorted(set(config) - known, key=str):
@@ -80,6 +78,8 @@ def check_local_data_files(
 def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
     """Parse the config and the command line as ``trl sft`` does, then train and save."""
     show_nextquill_messages()
+    # TRL finds its config only as `--config FILE`; `--config=FILE` was never read
+    argv = [p for a in argv for p in (a.split("=", 1) if a.startswith("--config=") else [a])]
     parser = TrlParser(
         (ScriptArguments, NextQuillSFTConfig, ModelConfig, DatasetMixtureConfig), prog=prog
     )
