@@ -8,7 +8,8 @@ Rows need a query and a response, and a history that is a list of strings or one
 Accepted field names: query/prompt/instruction, history/profile, response/output/completion.
 For chat data, ``messages`` (a list of {role, content}) may stand in for the query: the last
 assistant message is the response and the user messages before it are the query (a system
-message or an earlier assistant turn, which would be dropped, makes the row a bad row).
+message, an earlier assistant turn or a turn after the last answer, which would be dropped,
+makes the row a bad row).
 This lets NextQuill run on LaMP/LongLaMP-style data or a user's own.
 """
 
@@ -54,6 +55,12 @@ def split_row(row: dict[str, Any]) -> tuple[str, list[str], str]:
                 f"paired row: `messages` has {', '.join(others)} turns before the last assistant "
                 "message, which the paired type would drop (it keeps the user turns as the "
                 "query); write that context into `query` instead."
+            )
+        if last_assistant != len(messages) - 1:
+            raise ValueError(
+                f"paired row: `messages` goes on after its last assistant message "
+                f"({len(messages) - 1 - last_assistant} more), which the paired type would drop; "
+                "end the conversation with the assistant message to learn."
             )
         response = messages[last_assistant]["content"]
         query = "\n".join(

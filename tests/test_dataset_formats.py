@@ -171,6 +171,9 @@ def test_paired_type_accepts_lists_strings_and_messages(tiny_tokenizer):
     ]
     with pytest.raises(ValueError, match="has assistant, system turns before the last assistant"):
         strategy.tokenize_prompt({"messages": chat, "history": ["x"]})
+    # so was a question after the last answer
+    with pytest.raises(ValueError, match=r"goes on after its last assistant message \(1 more\)"):
+        strategy.tokenize_prompt({"messages": chat[1:3] + chat[3:4], "history": ["x"]})
 
 
 def test_bad_rows_and_labels_fail_clearly(tiny_tokenizer):
