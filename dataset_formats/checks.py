@@ -73,8 +73,8 @@ def check_output_paths(cfg: Mapping[str, Any]) -> None:
         path = Path(value).expanduser().absolute()
         if path.exists() and not path.is_dir():
             raise ValueError(f"NextQuill: {key} {value} is a file; give a folder")
-        for folder in folders:
-            if path.is_relative_to(folder):
+        for folder in folders:  # resolved: a link to the folder leads inside it too
+            if path.resolve().is_relative_to(folder.resolve()):
                 raise ValueError(
                     f"NextQuill: {key} {value} is inside the dataset folder {folder}, whose "
                     "files are the data: what is written there would change it at every run; "

@@ -309,9 +309,11 @@ def test_outputs_inside_the_dataset_folder_are_refused(load_recipe, tmp_path):
     folder = tmp_path / "data"
     write_jsonl(folder / "train.jsonl", [{"user_id": "u"}])
     dataset = [{"path": str(folder), "ds_type": "json", "type": "dataset_formats.amazon_reviews"}]
+    (tmp_path / "link").symlink_to(folder)  # the same folder by another name
     for key in ("dataset_prepared_path", "output_dir", "nextquill_weight_cache_dir"):
-        with pytest.raises(ValueError, match=f"{key} .* is inside the dataset folder"):
-            load_recipe(datasets=dataset, **{key: str(folder / "inside")})
+        for inside in (folder / "inside", tmp_path / "link" / "inside"):
+            with pytest.raises(ValueError, match=f"{key} .* is inside the dataset folder"):
+                load_recipe(datasets=dataset, **{key: str(inside)})
 
 
 def test_a_cut_line_anywhere_in_any_json_lines_file_of_the_recipe_is_named(
