@@ -70,32 +70,73 @@ def parse_value(text: str) -> Any:
 def parse_overrides(extra: list[str]) -> dict[str, Any]:
     """``--key value`` / ``--key=value`` pairs, as `axolotl train` takes them; a key that
     neither Axolotl's schema nor NextQuill's declares is refused with the closest known key (a
-    misspelled key would be applied to nothing), and so is a value its key's type refuses.
-    Without Axolotl installed, keys that look like NextQuill's are checked. Raises ValueError,
-    a wrong command line."""
+    misspelled key would be applied to nothing), and so is a value its key's type refuses, or a
+    key without a value that is not a yes/no key. Without Axolotl installed, NextQuill's keys
+    are checked. Raises ValueError, a wrong command line."""
     from .config_keys import NextQuillArgs, misspelled_keys  # on use: pydantic schemas
 
-    overrides = parse_pairs(extra)
+    texts = raw_pairs(extra)
+    types = {key: info.annotation for key, info in NextQuillArgs.model_fields.items()}
     try:
-        from .axolotl.args import unknown_keys, values_of_the_wrong_type  # on use: the schema
+        from .axolotl.args import schema_types, unknown_keys  # on use: the schema
     except ModuleNotFoundError:  # the TRL path alone: no Axolotl schema to check against
-        problems = misspelled_keys(overrides, known=set(NextQuillArgs.model_fields))
+        problems = misspelled_keys(texts, known=set(types))
     else:
         problems = [
             f"unknown key {key}" + (f": did you mean {close}?" if close else "")
-            for key, close in unknown_keys(overrides)
+            for key, close in unknown_keys(texts)
         ]
-        problems += values_of_the_wrong_type(overrides)
+        types = {**schema_types(), **types}
+    overrides = {}
+    for key, text in texts.items():
+        try:
+            overrides[key] = typed_value(key, text, types.get(key))
+        except ValueError as error:
+            problems.append(str(error))
     if problems:
         raise ValueError("recipe overrides: " + "; ".join(problems))
     return overrides
 
 
-def parse_pairs(extra: list[str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
+def typed_value(key: str, text: str | None, annotation: Any) -> Any:
+    """An override's value as its key's type takes it: the text read as YAML would read it,
+    else the text itself (a system prompt that is a number); a key given without a value is
+    true, for a yes/no key only. ValueError says why not."""
+    from pydantic import TypeAdapter, ValidationError  # on use, as the schemas
+
+    try:
+        adapter = TypeAdapter(annotation) if annotation is not None else None
+    except Exception:  # noqa: BLE001 - a type pydantic cannot check alone is left to the load
+        adapter = None
+    if text is None:
+        if adapter is None:
+            return True
+        try:
+            return adapter.validate_python(True, strict=True)
+        except ValidationError:
+            raise ValueError(f"--{key} needs a value") from None
+    value = parse_value(text)
+    if adapter is None:
+        return value
+    try:
+        adapter.validate_python(value)
+        return value
+    except ValidationError as error:
+        try:
+            adapter.validate_python(text)
+            return text
+        except ValidationError:
+            raise ValueError(f"{key}: {text!r} is not valid ({error.errors()[0]['msg']})") from None
+
+
+def raw_pairs(extra: list[str]) -> dict[str, str | None]:
+    """The text of each ``--key value`` / ``--key=value`` pair (None: ``--key`` alone)."""
+    pairs: dict[str, str | None] = {}
     i = 0
     while i < len(extra):
         token = extra[i]
+        if token == "--":
+            raise ValueError("a second -- among the overrides; write -- once, before them")
         if not token.startswith("--"):
             raise ValueError(
                 f"unexpected argument {token!r} after --; overrides look like --key value"
@@ -103,13 +144,21 @@ def parse_pairs(extra: list[str]) -> dict[str, Any]:
         key, eq, value = token[2:].partition("=")
         if not eq:
             if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
-                value = "true"
+                value = None
             else:
                 i += 1
                 value = extra[i]
-        overrides[key] = parse_value(value)
+        pairs[key] = value
         i += 1
-    return overrides
+    return pairs
+
+
+def parse_pairs(extra: list[str]) -> dict[str, Any]:
+    """The pairs with their values read as YAML would read them (``--key`` alone: true),
+    unchecked."""
+    return {
+        key: True if text is None else parse_value(text) for key, text in raw_pairs(extra).items()
+    }
 
 
 # --- the requests of the subcommands whose work is not in evaluation/ ----------------------------

@@ -36,6 +36,15 @@ def test_overrides_keep_text_and_parse_typed_values():
     }
 
 
+def test_an_override_takes_its_keys_type():
+    """A system prompt that is a number stays text (it was refused as an int); a yes/no key
+    alone is true."""
+    assert parse_overrides(["--nextquill_system_prompt", "42", "--nextquill_strict_rows"]) == {
+        "nextquill_system_prompt": "42",
+        "nextquill_strict_rows": True,
+    }
+
+
 def test_overrides_refuse_keys_no_schema_declares():
     assert parse_overrides(["--max_steps=3", "--nextquill_alpha", "0.1"]) == {
         "max_steps": 3,

@@ -95,6 +95,11 @@ def test_a_wrong_override_after_the_double_dash_is_a_usage_error(recipes, capsys
             (["--sequnce_len", "2048"], "unknown key sequnce_len: did you mean sequence_len"),
             (["--sequence_len", "abc"], "sequence_len: 'abc' is not valid"),
             (["sequence_len=2048"], "unexpected argument 'sequence_len=2048' after --"),
+            # NextQuill's keys by their types too (`--nextquill_alpha abc` was exit 0 or 1); a
+            # value left out was true, i.e. sequence_len 1; a second -- an empty key
+            (["--nextquill_alpha", "abc"], "nextquill_alpha: 'abc' is not valid"),
+            (["--sequence_len"], "--sequence_len needs a value"),
+            (["--sequence_len", "600", "--", "--seed", "1"], "a second -- among the overrides"),
         ):
             with pytest.raises(SystemExit) as error:
                 nextquill([command, str(recipes["amazon"]), "--", *overrides])

@@ -12,7 +12,6 @@ from typing import Any
 
 import yaml
 from axolotl.integrations.config import merge_input_args
-from pydantic import TypeAdapter, ValidationError
 
 from nextquill_common.recipe_yaml import read_mapping
 from nextquill_common.refusals import REFUSAL_PREFIX
@@ -123,24 +122,10 @@ def recipe_chat_template(recipe: dict[str, Any], tokenizer: Any) -> str:
     return template
 
 
-def values_of_the_wrong_type(overrides: dict[str, Any]) -> list[str]:
-    """Each override whose value the schema's type for its key refuses (``--sequence_len abc``),
-    as "key: why"; rules across keys are the recipe load's."""
+def schema_types() -> dict[str, Any]:
+    """Each key of Axolotl's schema with its type (an override's value is checked against it)."""
     _, schema = merge_input_args()
-    problems = []
-    for key, value in overrides.items():
-        info = schema.model_fields.get(key)
-        if info is None:
-            continue
-        try:
-            adapter = TypeAdapter(info.annotation)
-        except Exception:  # noqa: BLE001 - a type pydantic cannot check alone is left to the load
-            continue
-        try:
-            adapter.validate_python(value)
-        except ValidationError as error:
-            problems.append(f"{key}: {value!r} is not valid ({error.errors()[0]['msg']})")
-    return problems
+    return {key: info.annotation for key, info in schema.model_fields.items()}
 
 
 def keys_without_effect(cfg: Any) -> list[str]:
