@@ -459,6 +459,7 @@ print("TRAINED", losses)
         (["--config", "CONFIG", "--dataset_streaming", "true"], "streaming: true is refused"),
         (["--config", "CONFIG", "--streaming", "true"], "streaming: true is refused"),
         (["--config", "CONFIG", "--output_dir", "CONFIG"], "is a file; give a folder"),
+        (["--config", "CONFIG", "--dataset_name", "CONFIG"], "is a file; dataset_name names a"),
     ],
 )
 def test_the_command_refuses_no_config_and_streaming_as_usage_errors(

@@ -110,6 +110,11 @@ def main(argv: list[str], prog: str = "nextquill trl-sft") -> None:
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
+    if script_args.dataset_name and Path(script_args.dataset_name).is_file():
+        parser.error(  # datasets' loader says it finds no data file there
+            f"dataset_name {script_args.dataset_name} is a file; dataset_name names a folder or "
+            "a Hub dataset; for one file write datasets: [{path: json, data_files: FILE}]"
+        )
     check_local_data_files(script_args, dataset_args)
     if dataset_args.datasets:
         dataset = get_dataset(dataset_args)
