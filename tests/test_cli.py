@@ -134,7 +134,9 @@ def test_the_wheel_ships_recipes_demo_data_license_and_entry_points(tmp_path):
 
 
 @pytest.mark.slow
-def test_axolotl_runs_the_nextquill_command(tmp_path):
+def test_axolotl_runs_the_nextquill_command_with_its_overrides(recipes):
+    """`axolotl nextquill ... -- --key value`: click took the first `--` for its own end of
+    options, so every override was refused as an argument to put after `--`."""
     import os
     import subprocess
     import sys
@@ -144,13 +146,14 @@ def test_axolotl_runs_the_nextquill_command(tmp_path):
     if not axolotl.exists():
         pytest.skip("no axolotl console script in this environment")
     result = subprocess.run(
-        [str(axolotl), "nextquill", "recipes", str(tmp_path / "r")],
+        [str(axolotl), "nextquill", "prompts", str(recipes["amazon"]), "--limit", "1"]
+        + ["--", "--nextquill_history_placeholder", "NO HISTORY HERE"],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "r" / "books_nextquill.yml").exists()
+    assert "NO HISTORY HERE" in result.stdout
 
 
 @pytest.mark.slow

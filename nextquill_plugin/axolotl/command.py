@@ -7,6 +7,8 @@ own CLI; this one hands every argument to `nextquill_plugin.cli.main`, so
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..cli import main
@@ -20,4 +22,15 @@ from ..cli import main
 @click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
 def nextquill(arguments: tuple[str, ...]) -> None:
     """NextQuill: theta_0 weights, evaluate, compare, inspect, recipes, demo."""
-    main(list(arguments), prog="axolotl nextquill")
+    main(as_typed(list(arguments)), prog="axolotl nextquill")
+
+
+def as_typed(arguments: list[str]) -> list[str]:
+    """The words after `nextquill` as the user typed them: click drops the first `--` (its end
+    of options), which is where our recipe overrides begin."""
+    if "nextquill" not in sys.argv:
+        return arguments
+    typed = sys.argv[sys.argv.index("nextquill") + 1 :]
+    if "--" in typed and typed[: typed.index("--")] + typed[typed.index("--") + 1 :] == arguments:
+        return typed
+    return arguments
