@@ -138,6 +138,17 @@ def test_compare_prints_paired_differences_against_the_baseline(
     (row,) = [line for line in differences.splitlines() if line.startswith("| B |")]
     assert row.count("[") == 4  # an interval for each metric
 
+    # a record's NaN score gave +nan intervals with exit 0: the record is named
+    import shutil
+
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    predictions = tmp_path / "c" / "predictions.jsonl"
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    records[1]["rouge1"] = float("nan")
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(SystemExit, match=rf"{predictions}:2 is not a complete prediction record"):
+        nextquill(["compare", str(untuned_run), str(tmp_path / "c"), "--baseline", "untuned"])
+
 
 def test_compare_refuses_resamples_below_one(tmp_path, capsys):
     for resamples in ("0", "-5"):

@@ -9,6 +9,7 @@ interval excludes 0 is marked.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from nextquill_common.jsonl import read_jsonl
+from nextquill_common.jsonl import iter_jsonl
 
 from .metrics import METRIC_NAMES, CorpusBleu, percentile_interval
 
@@ -60,7 +61,19 @@ def read_predictions(folder: Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(
             f"{path} not found: paired differences need each run's predictions.jsonl"
         )
-    return read_jsonl(path)
+    records = []
+    for line, record in iter_jsonl(path):  # a record we cannot use is named, not averaged
+        scores = [record.get(metric) for metric in PER_SAMPLE_METRICS]
+        if not all(
+            isinstance(score, int | float) and not isinstance(score, bool) and math.isfinite(score)
+            for score in scores
+        ) or not all(isinstance(record.get(key), str) for key in ("prediction", "reference")):
+            raise ValueError(
+                f"{path}:{line} is not a complete prediction record (a prediction, a reference "
+                f"and finite {', '.join(PER_SAMPLE_METRICS)} scores); evaluate that run again"
+            )
+        records.append(record)
+    return records
 
 
 def user_of(record: dict[str, Any]) -> str:
