@@ -167,3 +167,26 @@ def test_blank_lines_are_skipped_and_a_repeated_asin_keeps_its_first_metadata(
     nextquill_data(["convert-dpl", "--rows", str(rows), "--meta", str(meta), "--out", str(out)])
     assert "that repeat an asin given before: 1 (the first" in capsys.readouterr().out
     assert read_jsonl(out)[0]["target"]["item_title"] == "Book A"
+
+
+def test_a_target_review_repeated_in_the_profile_is_dropped_and_counted(
+    tmp_path, dpl_files, capsys
+):
+    """A profile entry that is the row's target itself put the answer into the prompt, with
+    "wrote N rows" and no count (found by an adversarial pass)."""
+    rows, meta = dpl_files
+    target = review("A", 30, "the target")
+    write_jsonl(
+        rows,
+        [
+            {"user_id": "U1", "profile": [review("B", 20, "newer"), target], "data": target},
+            {"user_id": "U2", "profile": [target], "data": target},
+        ],
+    )
+    out = tmp_path / "train.jsonl"
+    nextquill_data(["convert-dpl", "--rows", str(rows), "--meta", str(meta), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "history entries that were their row's target review: 2" in printed
+    assert "rows without history: 1" in printed
+    first, second = read_jsonl(out)
+    assert [h["text"] for h in first["history"]] == ["newer"] and second["history"] == []

@@ -136,6 +136,13 @@ def _run_convert_dpl(args: argparse.Namespace) -> None:
             f"{converted.unmatched} of {converted.reviews} reviews name an item that "
             f"{args.meta} lacks: their item title and description are empty"
         )
+    if converted.target_in_history:
+        print(
+            f"history entries that were their row's target review: {converted.target_in_history}"
+            " (dropped: the answer would be in the prompt)"
+        )
+    if converted.without_history:
+        print(f"rows without history: {converted.without_history} (no history to personalize)")
 
 
 def _add_synthetic(commands) -> tuple[argparse.ArgumentParser, Run]:

@@ -25,6 +25,8 @@ class Converted:
     reviews: int
     unmatched: int
     repeated_items: int = 0  # metadata lines repeating an asin (the first is kept)
+    target_in_history: int = 0  # profile entries that were the row's target review (dropped)
+    without_history: int = 0  # rows whose profile held nothing else
 
 
 def non_blank_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
@@ -83,15 +85,23 @@ def convert_dpl(rows_path: Path, meta_path: Path, out_path: Path) -> Converted:
         for line_no, raw in non_blank_lines(rows_path):
             try:
                 row = json.loads(raw)
-                user_row = {
-                    "user_id": row["user_id"],
-                    "target": review(row["data"]),
-                    "history": sorted(
-                        (review(r) for r in row["profile"]), key=lambda r: r["timestamp"] or 0
-                    ),
-                }
+                target = review(row["data"])
+                profile = [review(r) for r in row["profile"]]
             except (KeyError, TypeError, json.JSONDecodeError) as error:
                 raise BuildError(f"{rows_path.name}:{line_no}: not a DPL row ({error})") from error
+            # the target itself in the history would put the answer into the prompt
+            history = [
+                h
+                for h in profile
+                if (h["item_id"], h["text"]) != (target["item_id"], target["text"])
+            ]
+            converted.target_in_history += len(profile) - len(history)
+            converted.without_history += not history
+            user_row = {
+                "user_id": row["user_id"],
+                "target": target,
+                "history": sorted(history, key=lambda r: r["timestamp"] or 0),
+            }
             converted.rows += 1
             yield user_row
         if converted.reviews and converted.unmatched == converted.reviews:
