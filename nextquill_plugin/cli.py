@@ -47,6 +47,7 @@ from nextquill_common.cli_options import (
 )
 from nextquill_common.jsonl import write_text_atomic
 from nextquill_common.quiet import quiet_library_noise
+from nextquill_common.refusals import refusal_message
 
 
 def parse_value(text: str) -> Any:
@@ -511,8 +512,8 @@ def main(argv: list[str] | None = None, prog: str = "nextquill") -> None:
         raise missing_extra(error, f"{prog} {args.command}") from None
     except UsageError as error:
         subparsers[args.command].error(str(error))
-    except subcommand.errors as error:
-        raise SystemExit(f"{prog} {args.command}: {error}") from None
+    except subcommand.errors as error:  # a refusal of ours: its message, not pydantic's dump
+        raise SystemExit(f"{prog} {args.command}: {refusal_message(error) or error}") from None
     raise interrupted(f"{prog} {args.command}")
 
 

@@ -360,3 +360,15 @@ def test_a_cut_line_anywhere_in_any_json_lines_file_of_the_recipe_is_named(
     document = tmp_path / "document.json"  # a stock type's JSON document is its loader's to read
     document.write_text('{\n  "data": [{"instruction": "a", "output": "b"}]\n}\n')
     load_recipe(datasets=[{"path": str(document), "ds_type": "json", "type": "alpaca"}])
+
+
+def test_a_refused_key_reads_as_our_message_not_pydantics_report(recipes):
+    """`nextquill weights` printed "1 validation error for AxolotlConfigWCapabilities ...
+    input_value={...the whole recipe...}" around the refusal (found by an adversarial pass)."""
+    from nextquill_plugin.cli import main as nextquill
+
+    with pytest.raises(SystemExit) as error:
+        nextquill(["weights", str(recipes["amazon"]), "--", "--nextquill_include_history", "off"])
+    message = str(error.value.code)
+    assert message.startswith("nextquill weights: NextQuill"), message
+    assert "nextquill_include_history: false" in message and "validation error" not in message
