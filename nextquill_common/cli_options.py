@@ -19,6 +19,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from .jsonl import nearest_write_problem
+
 T = TypeVar("T")
 
 
@@ -118,6 +120,9 @@ def output_folder(text: str) -> str:
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    problem = nearest_write_problem(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}; give a folder on a writable disk")
     return text
 
 
@@ -125,6 +130,9 @@ def output_file(text: str) -> str:
     """An argparse type: a file to write, which is not a folder."""
     if Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    problem = nearest_write_problem(Path(text).parent)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}; give a file on a writable disk")
     return text
 
 

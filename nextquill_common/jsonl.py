@@ -181,6 +181,23 @@ def write_problem(folder: Path) -> str | None:
     return None
 
 
+def nearest_write_problem(path: Path) -> str | None:
+    """Why nothing can be written at ``path``, a folder or file that may not exist yet
+    ("cannot write to FOLDER (why)"), found by creating and removing a file in its nearest
+    existing folder, which is left as it was; or None."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return None  # a file in the way is the caller's to name
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nextquill-write-check-"):
+            pass
+    except OSError as error:
+        return f"cannot write to {folder} ({error.strerror or error})"
+    return None
+
+
 def current_umask() -> int:
     """The process's umask (read by setting it and putting it back)."""
     mask = os.umask(0)

@@ -320,7 +320,8 @@ def test_every_subcommand_prints_its_help(capsys):
 
 def test_an_output_that_is_the_wrong_kind_of_path_is_a_usage_error(tmp_path, capsys):
     """--out naming a file ended in "[Errno 17] File exists" (synthetic, evaluate, inspect,
-    recipes), after the work for some; compare --csv naming a folder in "[Errno 21]"."""
+    recipes), after the work for some; compare --csv naming a folder in "[Errno 21]"; --out on
+    a disk nothing can be written to in "[Errno 1]"."""
     from dataset_formats.build.cli import main as nextquill_data
     from nextquill_plugin.cli import main
 
@@ -334,6 +335,11 @@ def test_an_output_that_is_the_wrong_kind_of_path_is_a_usage_error(tmp_path, cap
         (main, ["inspect", "r.yml", "--out", str(a_file)], "is a file; give a folder"),
         (main, ["recipes", str(a_file)], "is a file; give a folder"),
         (main, ["compare", "a", "b", "--csv", str(tmp_path)], "is a folder; give a file name"),
+        # a folder nothing can be written to (procfs; a read-only disk for users): raw errnos,
+        # one naming a temporary file the user never chose
+        (nextquill_data, ["synthetic", "--out", "/proc/1/raw"], "cannot write to /proc/1"),
+        (nextquill_data, ["convert-dpl", "--rows", "r", "--meta", "m", "--out", "/proc/1/o.jsonl"], "cannot write to /proc/1"),
+        (main, ["evaluate", "r.yml", "--out", "/proc/1/eval"], "give a folder on a writable disk"),
     ]  # fmt: skip
     for command, arguments, message in cases:
         with pytest.raises(SystemExit) as error:

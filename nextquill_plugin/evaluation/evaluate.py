@@ -18,7 +18,12 @@ from typing import Any
 from dataset_formats.prompting import DROPPED_ALL_HISTORY
 from dataset_formats.sources import file_identity
 from nextquill_common.cli_options import UsageError, option, output_folder
-from nextquill_common.jsonl import read_jsonl, write_jsonl, write_text_atomic
+from nextquill_common.jsonl import (
+    nearest_write_problem,
+    read_jsonl,
+    write_jsonl,
+    write_text_atomic,
+)
 
 from .. import distributed
 from ..batching import length_buckets
@@ -210,6 +215,9 @@ def run_evaluation(
     """
     recipe, dataset_type, data, rows = request.load_recipe_and_rows(request.limit)
     out = Path(request.out) if request.out else default_out_dir(request, generation, data.stem)
+    problem = None if request.out else nearest_write_problem(out)
+    if problem:  # the default lies inside the checkpoint, which may be someone else's
+        raise UsageError(f"the default --out {out}: {problem}; pass --out FOLDER")
     require_wordnet()  # METEOR needs it: fail now, not after hours of generation
     if request.score_only:
         changed = sorted(changed_generation_settings(generation))
