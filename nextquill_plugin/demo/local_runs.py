@@ -47,7 +47,8 @@ FULL_FINETUNE = {
 # `axolotl train --launcher python` with the one torch thread accelerate's launcher gives a CPU
 # run: the same training in one Python process instead of three (the default launcher's `axolotl`,
 # `accelerate` and trainer processes each import torch). The tests use it where the launcher is
-# not what they test; the demo keeps the launcher a user gets by default.
+# not what they test (forked from a process that imported Axolotl: tests/axolotl_runs.py); the
+# demo keeps the launcher a user gets by default.
 IN_ONE_PROCESS = {"launcher": "python", "threads": 1}
 
 
