@@ -100,6 +100,10 @@ def changed_source(source: str) -> str | None:
     )
 
 
+# What datasets' save_to_disk writes at the top of a Dataset or DatasetDict folder.
+SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
+
+
 def files_a_loader_reads(path: Path) -> list[Path]:
     """The JSON(L) files a ``datasets`` loader reads for ``path``: the file itself; for a folder,
     those its dataset card's configs (or datasets' default split patterns) name, as datasets
@@ -107,6 +111,8 @@ def files_a_loader_reads(path: Path) -> list[Path]:
     tell (a folder saved with save_to_disk, say): the loader then reports what it cannot read."""
     if path.is_file():
         return [path]
+    if any((path / name).is_file() for name in SAVED_DATASET_FILES):
+        return []  # Axolotl reads it with load_from_disk: Arrow files, JSON metadata
     try:
         from datasets import load_dataset_builder  # only for a folder, and only here
 

@@ -119,7 +119,7 @@ def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our
 ):
     """`axolotl merge-lora` on a NextQuill run gives the model `nextquill evaluate` builds from
     the adapter (same greedy predictions); `nextquill prompts` feeds `axolotl inference`.
-    (Launcher: `python`; what is checked is what the commands make, not how they start.)"""
+    (inference's launcher: `python`; what is checked is what the commands make.)"""
     import json
     import subprocess
     import sys
@@ -137,7 +137,7 @@ def test_merged_lora_generates_as_the_evaluation_and_axolotl_inference_takes_our
     ):
         nextquill(["weights", str(tmp_path / "recipe.yml"), "--", "--lora_model_dir", adapter])
     merge = {**recipe, "lora_model_dir": adapter}
-    trained(run_axolotl("merge-lora", merge, tmp_path, **IN_ONE_PROCESS))
+    trained(run_axolotl("merge-lora", merge, tmp_path))  # it has no --launcher
     merged = tmp_path / "out" / "merged"
     assert (merged / "config.json").exists()
 

@@ -356,6 +356,11 @@ def test_a_cut_line_anywhere_in_any_json_lines_file_of_the_recipe_is_named(
 
     # a build folder: its splits are checked, not its stats.json (which is no data)
     load_recipe(datasets=[{"path": str(build_folder), **ours}])
+    # a save_to_disk folder (Axolotl's load_from_disk): its state.json is metadata, not data
+    from datasets import Dataset
+
+    Dataset.from_list(synthetic_splits["train"][:2]).save_to_disk(tmp_path / "saved")
+    load_recipe(datasets=[{"path": str(tmp_path / "saved"), **ours}])
 
     document = tmp_path / "document.json"  # a stock type's JSON document is its loader's to read
     document.write_text('{\n  "data": [{"instruction": "a", "output": "b"}]\n}\n')
