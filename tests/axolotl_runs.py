@@ -17,8 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from nextquill_common.offline import offline_env
 from nextquill_plugin.demo import local_runs
 from nextquill_plugin.demo.local_runs import IN_ONE_PROCESS
@@ -65,10 +63,7 @@ def run_axolotl(
         return local_runs.run_axolotl(
             command, recipe, workdir, timeout, extra_args, name, threads, launcher
         )
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / name
-    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    argv = [command, str(config.resolve()), "--launcher", launcher, *extra_args]
+    argv = local_runs.axolotl_arguments(command, recipe, workdir, extra_args, name, launcher)
     with tempfile.TemporaryDirectory() as logs:
         out, err = Path(logs) / "stdout", Path(logs) / "stderr"
         request = {"argv": argv, "cwd": str(workdir), "stdout": str(out), "stderr": str(err)}

@@ -99,20 +99,31 @@ def run_axolotl(
     """`axolotl <command> recipe.yml`, exactly as a user runs it (from the venv's bin); with
     ``threads``, torch uses that many CPU threads; ``launcher`` is `axolotl train`'s
     (default accelerate; "python" trains in the one process, without two more Python starts)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / name
-    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
     axolotl = Path(sys.executable).parent / "axolotl"
-    if launcher:
-        extra_args = ("--launcher", launcher, *extra_args)
     return subprocess.run(
-        [str(axolotl), command, str(config.resolve()), *extra_args],
+        [str(axolotl), *axolotl_arguments(command, recipe, workdir, extra_args, name, launcher)],
         cwd=workdir,
         env=offline_env(threads),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def axolotl_arguments(
+    command: str,
+    recipe: dict,
+    workdir: Path,
+    extra_args: tuple[str, ...] = (),
+    name: str = "recipe.yml",
+    launcher: str | None = None,
+) -> list[str]:
+    """The arguments after `axolotl` for ``command`` on ``recipe``, written to workdir/name."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / name
+    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    launch = ("--launcher", launcher) if launcher else ()
+    return [command, str(config.resolve()), *launch, *extra_args]
 
 
 class TrainingFailed(RuntimeError):
